@@ -1,0 +1,526 @@
+"""The command line: parse, call, print, exit. The only place errors become exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from supervisor import errors
+from supervisor.cli_common import (
+    AgentOpt,
+    ClusterSizeOpt,
+    ConfigOpt,
+    JsonOpt,
+    NodeNameOpt,
+    SetOpt,
+    StateDirOpt,
+    check_agent,
+    load,
+)
+from supervisor.config import Config
+from supervisor.durations import DurationError, format_duration, parse_duration
+from supervisor.errors import SupervisorError, UsageError
+from supervisor.gate import GateResult, gate_once, state_signature, wait_until_allowed
+from supervisor.log import configure, get_logger
+from supervisor.operators import authorize, current_operator
+from supervisor.policy import Decision, Policy, next_grid_slot, window_seconds
+from supervisor.state import OperatorFlag, iso, iso_seconds
+from supervisor.store import StateStore
+
+app = typer.Typer(
+    name="agent-supervisor",
+    help="Gate every start of a node agent (cilium-agent) so a control-plane outage does not "
+    "turn into a restart storm.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def _log_decision(result: GateResult, user: str | None) -> None:
+    d = result.decision
+    log = get_logger()
+    fields: dict[str, Any] = {
+        "agent": d.agent, "node": d.node, "reason": d.reason,
+        "window_seconds": d.window_seconds, "backoff_level": d.backoff_level,
+        "next_allowed_at": None if d.next_allowed_at is None else iso(d.next_allowed_at),
+        "recorded": result.recorded,
+    }
+    if d.forced:
+        fields["user"] = user
+    if d.allowed and d.event != "gate.forced":
+        log.info(d.event, **fields)
+    elif d.allowed:
+        log.warning(d.event, **fields)
+    else:
+        log.info(d.event, **fields)
+
+
+def _check_identity(cfg: Config, now: float) -> None:
+    if cfg.identity is None:
+        return
+    from supervisor.identity import check_identity
+
+    report = check_identity(cfg.identity, cfg.node_name, now)
+    for warning in report.warnings:
+        get_logger().warning("identity.warning", problem=warning)
+    if not report.ok:
+        get_logger().error("gate.identity_refused", problems=list(report.problems))
+        raise errors.IdentityError("bad agent identity: " + "; ".join(report.problems))
+
+
+class _Interrupted(Exception):
+    """SIGTERM or SIGINT arrived while the gate was waiting."""
+
+
+def _countdown(d: Decision, now: float, state: dict[str, float]) -> None:
+    target = d.next_allowed_at
+    left = "until released" if target is None else f"in {format_duration(max(0, target - now))}"
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\rwaiting: next start {left} ({d.reason})\x1b[K")
+        sys.stderr.flush()
+    elif now - state.get("last", -1e18) >= 60:
+        state["last"] = now
+        get_logger().info(
+            "gate.waiting", agent=d.agent, reason=d.reason,
+            next_allowed_at=None if target is None else iso(target),
+        )
+
+
+@app.command()
+def gate(
+    command: Annotated[list[str] | None, typer.Argument(
+        help="after --: the command to exec once allowed", show_default=False)] = None,
+    agent: AgentOpt = "cilium-agent",
+    wait: Annotated[bool, typer.Option("--wait/--no-wait",
+                                       help="block until allowed")] = False,
+    force: Annotated[bool, typer.Option("--force", help="operator override: allow this start "
+                                        "whatever the backoff or a hold says")] = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="why (with --force)")] = None,
+    json_out: JsonOpt = False,
+    config: ConfigOpt = None,
+    state_dir: StateDirOpt = None,
+    cluster_size: ClusterSizeOpt = None,
+    node_name: NodeNameOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Decide whether the agent may start now; record the start before saying yes.
+
+    Exit 0 allowed, 75 not now, 78 configuration or identity, 74 state I/O, 77 not permitted.
+    """
+    agent = check_agent(agent)
+    cfg = load(config, state_dir, cluster_size, node_name, sets)
+    Policy.from_config(cfg, agent)  # cluster_size missing -> 78 before anything else
+    store = StateStore(cfg.state_dir)
+    op = current_operator()
+    if reason is not None and not force:
+        raise UsageError("--reason goes with --force (operator actions have their own commands)")
+    if force:
+        try:
+            authorize(op, "gate --force", cfg.state_dir, cfg.operators_group)
+        except errors.NotPermitted:
+            get_logger().warning("operator.refused", action="gate --force", user=op.display)
+            raise
+    else:
+        _check_identity(cfg, time.time())
+
+    def once() -> GateResult:
+        return gate_once(cfg, store, agent, time.time(), force=force, reason=reason, operator=op)
+
+    if wait:
+        result = _wait(once, store, agent)
+    else:
+        result = once()
+    _log_decision(result, op.display)
+    if force and result.recorded:
+        _audit(store, "gate --force", agent, reason, op)
+    if json_out:
+        _emit(result.decision.to_json())
+    elif not command:
+        sys.stdout.write(("allowed: " if result.decision.allowed else "not now: ")
+                         + result.decision.reason + "\n")
+    if not result.decision.allowed:
+        raise typer.Exit(errors.EXIT_NOT_NOW)
+    if command:
+        _exec(command, store, agent)
+
+
+def _wait(once: Any, store: StateStore, agent: str) -> GateResult:
+    waiting = {"sleeping": 0.0}
+    state: dict[str, float] = {}
+
+    def handler(signum: int, _frame: Any) -> None:
+        if waiting["sleeping"]:
+            raise _Interrupted(signal.Signals(signum).name)
+        waiting["stop"] = 1.0
+
+    def sleep(seconds: float) -> None:
+        if waiting.get("stop"):
+            raise _Interrupted("signal")
+        waiting["sleeping"] = 1.0
+        try:
+            time.sleep(seconds)
+        finally:
+            waiting["sleeping"] = 0.0
+
+    def on_wait(d: Decision, now: float) -> None:
+        if not state:
+            get_logger().info(d.event, agent=d.agent, reason=d.reason,
+                              next_allowed_at=None if d.next_allowed_at is None
+                              else iso(d.next_allowed_at))
+        _countdown(d, now, state)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return wait_until_allowed(once, lambda: state_signature(store, agent), sleep=sleep,
+                                  on_wait=on_wait)
+    except _Interrupted as exc:
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        get_logger().info("gate.wait_interrupted", agent=agent, signal=str(exc))
+        raise typer.Exit(errors.EXIT_NOT_NOW) from None
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if state and sys.stderr.isatty():
+            sys.stderr.write("\n")
+
+
+def _exec(command: list[str], store: StateStore, agent: str) -> NoReturn:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(command[0], command)
+    except OSError as exc:
+        # The start was recorded but the agent never ran: record its end so it is not mistaken
+        # for a run that is still going.
+        with store.transaction(agent) as tx:
+            tx.write(tx.state.record_exit(time.time(), 127), time.time())
+        raise errors.SupervisorError(f"cannot exec {command[0]!r}: {exc.strerror}") from None
+
+
+@app.command()
+def status(
+    agent: AgentOpt = "cilium-agent",
+    json_out: JsonOpt = False,
+    config: ConfigOpt = None,
+    state_dir: StateDirOpt = None,
+    cluster_size: ClusterSizeOpt = None,
+    node_name: NodeNameOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """What the gate would say now, and why: window, slot, level, runs, hold, override."""
+    agent = check_agent(agent)
+    cfg = load(config, state_dir, cluster_size, node_name, sets)
+    policy = Policy.from_config(cfg, agent)
+    store = StateStore(cfg.state_dir)
+    now = time.time()
+    result = gate_once(cfg, store, agent, now, record=False)
+    d = result.decision
+    state = result.state
+    assert state is not None
+    doc: dict[str, Any] = d.to_json()
+    doc["slot"] = {
+        "mode": policy.slot_mode,
+        "offset_seconds": round(policy.offset * policy.window, 3),
+        "next_slot_at": iso(next_grid_slot(now, policy.window, policy.offset)),
+    }
+    doc["runs"] = [
+        {"started_at": iso(r.started_at), "via": r.via,
+         "ended_at": None if r.ended_at is None else iso(r.ended_at),
+         "exit_code": r.exit_code, "seconds": round(r.duration(now), 3),
+         "end_source": r.end_source}
+        for r in state.runs[-10:]
+    ]
+    doc["hold"] = _flag_json(state.hold, now)
+    doc["override"] = _flag_json(state.override, now)
+    doc["quarantined"] = list(result.quarantined)
+    doc["audit"] = store.audit_tail(5)
+    if cfg.identity is not None:
+        from supervisor.identity import check_identity
+
+        doc["identity"] = check_identity(cfg.identity, cfg.node_name, now).to_json()
+    if json_out:
+        _emit(doc)
+        return
+    out = [
+        f"agent        {agent} on {d.node}",
+        f"gate         {'ALLOWED' if d.allowed else 'NOT NOW'}: {d.reason}",
+        f"window       {format_duration(d.window_seconds)} for {d.cluster_size} nodes "
+        f"({d.cluster_size / d.window_seconds * 60:.1f} starts/min fleet-wide)",
+        f"slot         {policy.slot_mode}, {format_duration(policy.offset * policy.window)} "
+        f"into each window",
+        f"backoff      level {d.backoff_level}",
+    ]
+    if d.next_allowed_at is not None:
+        out.append(f"next start   {iso_seconds(d.next_allowed_at)} "
+                   f"(in {format_duration(d.next_allowed_at - now)})")
+    for name, flag in (("hold", state.hold), ("override", state.override)):
+        if flag is not None and flag.active(now):
+            until = iso_seconds(flag.until) if flag.until is not None else "released"
+            out.append(f"{name:<12} by {flag.user} until {until}: {flag.reason}")
+    if "identity" in doc:
+        ident = doc["identity"]
+        out.append(f"certificate  {'ok' if ident['ok'] else 'BAD'}"
+                   + (f", expires {ident['not_after']}" if ident.get("not_after") else "")
+                   + "".join(f"; {p}" for p in ident["problems"] + ident["warnings"]))
+    out.append("last runs:" if state.runs else "last runs:   none")
+    for r in state.runs[-5:]:
+        end = ("running?" if r.ended_at is None
+               else f"exit {r.exit_code if r.exit_code is not None else '?'}")
+        out.append(f"  {iso_seconds(r.started_at)}  {format_duration(r.duration(now)):>8}  "
+                   f"{end:<10} via {r.via}")
+    for entry in doc["audit"]:
+        out.append(f"audit: {entry.get('time')} {entry.get('user')} {entry.get('command')}: "
+                   f"{entry.get('reason')}")
+    for q in result.quarantined:
+        out.append(f"WARNING: a corrupt state file was moved aside to {q}")
+    sys.stdout.write("\n".join(out) + "\n")
+
+
+def _flag_json(flag: OperatorFlag | None, now: float) -> dict[str, Any] | None:
+    if flag is None or not flag.active(now):
+        return None
+    return {"user": flag.user, "reason": flag.reason, "set_at": iso(flag.set_at),
+            "until": None if flag.until is None else iso(flag.until)}
+
+
+def _audit(store: StateStore, command: str, agent: str, reason: str | None, op: Any,
+           **extra: Any) -> None:
+    store.audit(time.time(), user=op.display, uid=op.uid, command=command, agent=agent,
+                reason=reason, **extra)
+
+
+def _operator_action(
+    action: str, agent: str, reason: str | None, cfg: Config,
+    change: Any, **extra: Any,
+) -> None:
+    store = StateStore(cfg.state_dir)
+    op = current_operator()
+    try:
+        authorize(op, action, cfg.state_dir, cfg.operators_group)
+    except errors.NotPermitted:
+        get_logger().warning("operator.refused", action=action, agent=agent, user=op.display)
+        raise
+    now = time.time()
+    with store.transaction(agent, now) as tx:
+        new = change(tx.state, now, op.display, store)
+        tx.write(new, now)
+        store.audit(now, user=op.display, uid=op.uid, command=action, agent=agent,
+                    reason=reason, **extra)
+    get_logger().info(f"operator.{action}", agent=agent, user=op.display, reason=reason, **extra)
+
+
+def _duration_opt(value: str | None, name: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except DurationError as exc:
+        raise UsageError(f"{name} {value!r}: {exc}") from None
+
+
+ForOpt = Annotated[str | None, typer.Option("--for", help="how long, e.g. 30m, 2h",
+                                            show_default=False)]
+ReasonReq = Annotated[str, typer.Option("--reason", help="why (recorded and logged)")]
+ReasonOpt = Annotated[str | None, typer.Option("--reason", help="why (recorded and logged)")]
+
+
+def _check_reason(reason: str | None, required: bool) -> str | None:
+    if reason is not None and (not reason.strip() or "\n" in reason or len(reason) > 500):
+        raise UsageError("--reason must be one line of 1 to 500 characters")
+    if required and reason is None:
+        raise UsageError("--reason is required")
+    return reason
+
+
+@app.command()
+def override(
+    reason: ReasonReq,
+    for_: ForOpt = None,
+    agent: AgentOpt = "cilium-agent",
+    config: ConfigOpt = None, state_dir: StateDirOpt = None, cluster_size: ClusterSizeOpt = None,
+    node_name: NodeNameOpt = None, sets: SetOpt = None,
+) -> None:
+    """Let every start through until it expires (default 1h), whatever the backoff says."""
+    agent, cfg = check_agent(agent), load(config, state_dir, cluster_size, node_name, sets)
+    _check_reason(reason, True)
+    seconds = _duration_opt(for_, "--for") or 3600.0
+
+    def change(state: Any, now: float, user: str, _store: StateStore) -> Any:
+        return state.with_override(OperatorFlag(user, reason, now, now + seconds))
+
+    _operator_action("override", agent, reason, cfg, change, seconds=seconds)
+    sys.stdout.write(f"override set for {format_duration(seconds)}: {reason}\n")
+
+
+@app.command()
+def hold(
+    reason: ReasonReq,
+    for_: ForOpt = None,
+    agent: AgentOpt = "cilium-agent",
+    config: ConfigOpt = None, state_dir: StateDirOpt = None, cluster_size: ClusterSizeOpt = None,
+    node_name: NodeNameOpt = None, sets: SetOpt = None,
+) -> None:
+    """Block every start but a forced one, until released (or for --for)."""
+    agent, cfg = check_agent(agent), load(config, state_dir, cluster_size, node_name, sets)
+    _check_reason(reason, True)
+    seconds = _duration_opt(for_, "--for")
+
+    def change(state: Any, now: float, user: str, _store: StateStore) -> Any:
+        return state.with_hold(OperatorFlag(user, reason, now,
+                                            None if seconds is None else now + seconds))
+
+    _operator_action("hold", agent, reason, cfg, change, seconds=seconds)
+    until = "until released" if seconds is None else f"for {format_duration(seconds)}"
+    sys.stdout.write(f"hold set {until}: {reason}\n")
+
+
+@app.command()
+def release(
+    reason: ReasonOpt = None,
+    agent: AgentOpt = "cilium-agent",
+    config: ConfigOpt = None, state_dir: StateDirOpt = None, cluster_size: ClusterSizeOpt = None,
+    node_name: NodeNameOpt = None, sets: SetOpt = None,
+) -> None:
+    """Clear the hold and the override."""
+    agent, cfg = check_agent(agent), load(config, state_dir, cluster_size, node_name, sets)
+    _check_reason(reason, False)
+
+    def change(state: Any, _now: float, _user: str, _store: StateStore) -> Any:
+        return state.with_hold(None).with_override(None)
+
+    _operator_action("release", agent, reason, cfg, change)
+    sys.stdout.write("hold and override cleared\n")
+
+
+@app.command()
+def reset(
+    reason: ReasonOpt = None,
+    agent: AgentOpt = "cilium-agent",
+    config: ConfigOpt = None, state_dir: StateDirOpt = None, cluster_size: ClusterSizeOpt = None,
+    node_name: NodeNameOpt = None, sets: SetOpt = None,
+) -> None:
+    """Forget the agent's history (a backup is kept beside the state file)."""
+    agent, cfg = check_agent(agent), load(config, state_dir, cluster_size, node_name, sets)
+    _check_reason(reason, False)
+    backups: list[str] = []
+
+    def change(state: Any, now: float, _user: str, store: StateStore) -> Any:
+        backup = store.backup(agent, now)
+        if backup:
+            backups.append(backup)
+        return type(state)(agent=agent)
+
+    _operator_action("reset", agent, reason, cfg, change)
+    sys.stdout.write("state reset" + (f"; backup at {backups[0]}" if backups else "") + "\n")
+
+
+_SIGNALS = {s.name: int(s) for s in signal.Signals}
+
+
+def parse_exit_status(text: str) -> int | None:
+    """An exit status as systemd's ``$EXIT_STATUS`` gives it: a number or a signal name.
+
+    A run killed by a signal becomes 128 + the signal number, as a shell reports it; an empty
+    value (the service never started) is an unknown code.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        code = int(text, 10)
+    except ValueError:
+        name = text.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        if name not in _SIGNALS:
+            raise UsageError(f"--code {text!r}: expected an exit status or a signal name") from None
+        return 128 + _SIGNALS[name]
+    if not -(2**31) <= code < 2**31:
+        raise UsageError(f"--code {text!r}: out of range")
+    return code
+
+
+@app.command("record-exit")
+def record_exit(
+    code: Annotated[str, typer.Option("--code", help="exit status or signal name "
+                                      "(systemd: $EXIT_STATUS)")],
+    agent: AgentOpt = "cilium-agent",
+    config: ConfigOpt = None, state_dir: StateDirOpt = None, cluster_size: ClusterSizeOpt = None,
+    node_name: NodeNameOpt = None, sets: SetOpt = None,
+) -> None:
+    """Record the end of the agent's current run (systemd ExecStopPost=)."""
+    agent, cfg = check_agent(agent), load(config, state_dir, cluster_size, node_name, sets)
+    exit_code = parse_exit_status(code)
+    store = StateStore(cfg.state_dir)
+    now = time.time()
+    with store.transaction(agent, now) as tx:
+        last = tx.state.last_run
+        new = tx.state.record_exit(now, exit_code)
+        if new is tx.state:
+            get_logger().info("run.exit_ignored", agent=agent, exit_code=exit_code,
+                              why="no run in progress")
+            sys.stdout.write("no run in progress; nothing recorded\n")
+            return
+        tx.write(new, now)
+    assert last is not None
+    get_logger().info("run.exited", agent=agent, exit_code=exit_code,
+                      seconds=round(now - last.started_at, 3))
+    sys.stdout.write(f"recorded exit {exit_code} after "
+                     f"{format_duration(max(0.0, now - last.started_at))}\n")
+
+
+@app.command()
+def window(
+    cluster_size: ClusterSizeOpt = None,
+    json_out: JsonOpt = False,
+    config: ConfigOpt = None, state_dir: StateDirOpt = None,
+    node_name: NodeNameOpt = None, sets: SetOpt = None,
+) -> None:
+    """The jitter window for a cluster size, and the fleet-wide start rate it implies."""
+    cfg = load(config, state_dir, cluster_size, node_name, sets)
+    size = cfg.require_cluster_size()
+    w = window_seconds(cfg.window, size)
+    rate = size / w * 60
+    if json_out:
+        _emit({"cluster_size": size, "window_seconds": w, "starts_per_minute": round(rate, 3),
+               "seconds_between_starts": round(w / size, 3)})
+        return
+    sys.stdout.write(
+        f"cluster of {size} nodes: window {format_duration(w)} ({w:g} s); "
+        f"at most {rate:.1f} starts/min fleet-wide (one every {w / size:.2f} s)\n"
+    )
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    sys.stderr.write(f"agent-supervisor: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``agent-supervisor`` console script."""
+    configure()
+    try:
+        app(args=argv, prog_name="agent-supervisor")
+    except SupervisorError as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        get_logger().debug("cli.error", error=msg, exit_code=exc.exit_code)
+        _fail(msg, exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as exc:  # noqa: BLE001 - the one place a bug becomes one line
+        _fail(f"internal error: {type(exc).__name__}: {exc} (please report this)",
+              errors.EXIT_INTERNAL)

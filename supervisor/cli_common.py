@@ -1,0 +1,73 @@
+"""Options shared by every command, and the one way a command loads its configuration.
+
+Every command takes the same ``--config``, ``--state-dir``, ``--cluster-size``, ``--node-name``
+and ``--set KEY=VALUE`` options, so an operator never has to remember which command takes which.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Final
+
+import typer
+
+from supervisor.config import Config, load_config, parse_assignment
+from supervisor.errors import UsageError
+
+AGENT_NAME: Final = re.compile(r"[a-z0-9._-]+")
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="TOML config file [env AGENT_SUPERVISOR_CONFIG; "
+                 "default /etc/agent-supervisor/config.toml]", show_default=False),
+]
+StateDirOpt = Annotated[
+    Path | None,
+    typer.Option("--state-dir", help="state directory [env AGENT_SUPERVISOR_STATE_DIR; "
+                 "default /var/lib/agent-supervisor]", show_default=False),
+]
+ClusterSizeOpt = Annotated[
+    int | None,
+    typer.Option("--cluster-size", help="number of nodes [env AGENT_SUPERVISOR_CLUSTER_SIZE]",
+                 show_default=False),
+]
+NodeNameOpt = Annotated[
+    str | None,
+    typer.Option("--node-name", help="this node's name [default: host name]", show_default=False),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override any config key, e.g. --set window.base=5m",
+                 show_default=False),
+]
+AgentOpt = Annotated[
+    str, typer.Option("--agent", help="agent name; state is kept per agent")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
+
+
+def check_agent(agent: str) -> str:
+    """Agent names become file names: only ``[a-z0-9._-]+``, and not ``.`` or ``..``."""
+    if not AGENT_NAME.fullmatch(agent) or agent in (".", "..") or len(agent) > 100:
+        raise UsageError(f"--agent {agent!r}: agent names are [a-z0-9._-]+ (at most 100)")
+    return agent
+
+
+def load(
+    config: Path | None = None,
+    state_dir: Path | None = None,
+    cluster_size: int | None = None,
+    node_name: str | None = None,
+    sets: list[str] | None = None,
+) -> Config:
+    """Load the configuration with the command line's overrides applied."""
+    overrides: dict[str, object] = {}
+    for item in sets or []:
+        key, value = parse_assignment(item)
+        overrides[key] = value
+    if cluster_size is not None:
+        overrides["cluster_size"] = cluster_size
+    if node_name is not None:
+        overrides["node_name"] = node_name
+    return load_config(config, overrides=overrides, state_dir=state_dir)

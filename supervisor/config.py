@@ -1,0 +1,479 @@
+"""Configuration: one TOML file, ``AGENT_SUPERVISOR_*`` environment variables, the command line.
+
+Precedence: command line > environment > file > defaults. Everything is validated once, here,
+into frozen typed objects; every error names where the value came from (the file, the
+environment variable or the command line), the key and the value, and exits 78.
+
+Why a schema table rather than ad-hoc ``dict.get`` calls: the same table drives the file parser,
+the environment mapping (``window.per_node`` <-> ``AGENT_SUPERVISOR_WINDOW_PER_NODE``), the
+``--set`` flag and the unknown-key check, so a key cannot be accepted in one place and not another.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import stat
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from supervisor.durations import DurationError, parse_duration
+from supervisor.errors import ConfigError
+
+DEFAULT_CONFIG_PATH: Final = Path("/etc/agent-supervisor/config.toml")
+DEFAULT_STATE_DIR: Final = Path("/var/lib/agent-supervisor")
+ENV_PREFIX: Final = "AGENT_SUPERVISOR_"
+ENV_CONFIG: Final = "AGENT_SUPERVISOR_CONFIG"
+ENV_STATE_DIR: Final = "AGENT_SUPERVISOR_STATE_DIR"
+#: A config file larger than this is not a config file (a log pointed at by mistake).
+MAX_CONFIG_BYTES: Final = 1024 * 1024
+#: Largest cluster we accept: well beyond any real fleet, small enough to keep arithmetic sane.
+MAX_CLUSTER_SIZE: Final = 10_000_000
+
+_NODE_NAME: Final = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
+_OPTION_NAME: Final = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
+class _Invalid(ValueError):
+    """A value failed validation; the text says what was expected."""
+
+
+# --- value parsers: each takes a TOML value or an environment string -------------------------
+
+
+def _int(minimum: int, maximum: int) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        if isinstance(value, bool):
+            raise _Invalid("expected a whole number")
+        if isinstance(value, str):
+            try:
+                value = int(value.strip(), 10)
+            except ValueError:
+                raise _Invalid("expected a whole number") from None
+        if not isinstance(value, int):
+            raise _Invalid("expected a whole number")
+        if value < minimum:
+            raise _Invalid(f"must be at least {minimum}")
+        if value > maximum:
+            raise _Invalid(f"must be at most {maximum}")
+        return value
+
+    return parse
+
+
+def _duration(value: object) -> float:
+    try:
+        return parse_duration(value)
+    except DurationError as exc:
+        raise _Invalid(str(exc)) from None
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("expected a string")
+    if "\x00" in value or "\n" in value:
+        raise _Invalid("must be one line of text")
+    if len(value) > 4096:
+        raise _Invalid("is longer than 4096 characters")
+    return value
+
+
+def _path(value: object) -> str:
+    text = _text(value).strip()
+    if not text:
+        raise _Invalid("expected a path")
+    return text
+
+
+def _node_name(value: object) -> str:
+    text = _text(value).strip()
+    if not _NODE_NAME.fullmatch(text):
+        raise _Invalid("expected a host name (letters, digits, '.', '_', '-')")
+    return text
+
+
+def _url_list(value: object) -> tuple[str, ...]:
+    items: list[object]
+    if isinstance(value, str):
+        items = [v for v in (p.strip() for p in value.split(",")) if v]
+    elif isinstance(value, list):
+        items = list(value)
+    else:
+        raise _Invalid("expected a list of URLs")
+    urls = []
+    for item in items:
+        url = _text(item).strip()
+        if not (url.startswith("https://") or url.startswith("http://")):
+            raise _Invalid(f"{url!r} is not an http(s) URL")
+        urls.append(url)
+    return tuple(urls)
+
+
+def _choice(*choices: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        text = _text(value).strip()
+        if text not in choices:
+            raise _Invalid(f"expected one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    path: str
+    parse: Callable[[object], Any]
+    doc: str
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.path.replace(".", "_").upper()
+
+
+#: Every key of the configuration file. The README's reference is written from this table.
+KEYS: Final[tuple[_Key, ...]] = (
+    _Key("cluster_size", _int(1, MAX_CLUSTER_SIZE), "number of nodes in the cluster (required)"),
+    _Key("node_name", _node_name, "this node's name (default: the host name)"),
+    _Key("state_dir", _path, "state directory (default /var/lib/agent-supervisor)"),
+    _Key("max_multiplier", _int(1, 1024), "cap of the backoff multiplier 2**(k-1) (default 4)"),
+    _Key("stable_after", _duration, "a run this long resets the backoff level (default 10m)"),
+    _Key("slot_mode", _choice("auto", "hash", "index", "address"), "slot offsets (default auto)"),
+    _Key("slot_index", _int(0, MAX_CLUSTER_SIZE), "this node's ordinal for exact slots"),
+    _Key("slot_count", _int(1, MAX_CLUSTER_SIZE), "number of ordinals for exact slots"),
+    _Key("node_id", _int(0, 2**63 - 1), "integer node id for address slots (default from name)"),
+    _Key("metrics_file", _path, "Prometheus textfile to write after every decision"),
+    _Key("operators_group", _text, "Unix group whose members may run operator commands"),
+    _Key("agent_config_dir", _path, "where `config render` writes the agent's options"),
+    _Key("window.base", _duration, "fixed part of the jitter window (default 10m)"),
+    _Key("window.per_node", _duration, "window growth per node (default 0.6s)"),
+    _Key("window.min", _duration, "lower bound of the window (default 1m)"),
+    _Key("window.max", _duration, "upper bound of the window (default 24h)"),
+    _Key("probe.urls", _url_list, "control-plane health URLs (e.g. apiserver /readyz)"),
+    _Key("probe.timeout", _duration, "timeout of one probe request (default 2s)"),
+    _Key("identity.cert", _path, "agent client certificate (PEM)"),
+    _Key("identity.key", _path, "agent private key (PEM)"),
+    _Key("identity.ca", _path, "CA bundle that signed the certificate and the apiserver"),
+    _Key("identity.user", _text, "expected CN (default system:cilium-agent:{node_name})"),
+    _Key("identity.group", _text, "expected O (default cilium-agents)"),
+    _Key("identity.renew_before", _duration, "warn when the certificate expires within (7d)"),
+    _Key("identity.server", _text, "kube-apiserver URL for `kubeconfig render`"),
+    _Key("docker.container", _text, "container whose State tells the end of the last run"),
+)
+_BY_PATH: Final = {k.path: k for k in KEYS}
+_BY_ENV: Final = {k.env: k for k in KEYS}
+#: Tables whose content is free-form: the agent's own options.
+_FREE_TABLES: Final = ("agent",)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowConfig:
+    """The jitter window: ``clamp(base + per_node * cluster_size, min, max)`` seconds."""
+
+    base: float = 600.0
+    per_node: float = 0.6
+    min: float = 60.0
+    max: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeConfig:
+    """Control-plane probes; no URLs means the gate never probes."""
+
+    urls: tuple[str, ...] = ()
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityConfig:
+    """The agent's client certificate, key and CA, and who the certificate must name."""
+
+    cert: str
+    key: str
+    ca: str | None = None
+    user: str = "system:cilium-agent:{node_name}"
+    group: str = "cilium-agents"
+    renew_before: float = 7 * 86400.0
+    server: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The validated configuration. ``sources`` says where each set key came from."""
+
+    cluster_size: int | None = None
+    node_name: str = "localhost"
+    state_dir: Path = DEFAULT_STATE_DIR
+    max_multiplier: int = 4
+    stable_after: float = 600.0
+    slot_mode: str = "auto"
+    slot_index: int | None = None
+    slot_count: int | None = None
+    node_id: int | None = None
+    metrics_file: str | None = None
+    operators_group: str | None = None
+    agent_config_dir: str = "/etc/cilium/config-map"
+    window: WindowConfig = field(default_factory=WindowConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    identity: IdentityConfig | None = None
+    docker_container: str | None = None
+    agent: Mapping[str, str] = field(default_factory=dict)
+    config_file: Path | None = None
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def require_cluster_size(self) -> int:
+        """The cluster size, or a :class:`ConfigError` that says how to set it."""
+        if self.cluster_size is None:
+            where = self.config_file or DEFAULT_CONFIG_PATH
+            raise ConfigError(
+                f"cluster_size is not set: add 'cluster_size = N' to {where}, "
+                "or set AGENT_SUPERVISOR_CLUSTER_SIZE=N, or pass --cluster-size N"
+            )
+        return self.cluster_size
+
+    def source_of(self, key: str) -> str:
+        """Where ``key`` was set (file, environment variable, command line) or 'default'."""
+        return self.sources.get(key, "default")
+
+
+def _agent_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
+        return " ".join(str(v) for v in value)
+    raise _Invalid("expected a string, number, boolean or list of strings")
+
+
+def _flatten(data: Mapping[str, Any], source: str) -> tuple[dict[str, object], dict[str, str]]:
+    """Split a parsed TOML document into known keys and the free-form [agent] table."""
+    flat: dict[str, object] = {}
+    agent: dict[str, str] = {}
+    for name, value in data.items():
+        if name in _FREE_TABLES:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: [{name}] must be a table, got {value!r}")
+            for opt, optval in value.items():
+                if not _OPTION_NAME.fullmatch(opt):
+                    raise ConfigError(
+                        f"{source}: agent.{opt}: option names are the agent's kebab-case "
+                        "names (lower case letters, digits, '-')"
+                    )
+                try:
+                    agent[opt] = _agent_value(optval)
+                except _Invalid as exc:
+                    raise ConfigError(f"{source}: agent.{opt} = {optval!r}: {exc}") from None
+            continue
+        if isinstance(value, dict):
+            for sub, subval in value.items():
+                flat[f"{name}.{sub}"] = subval
+        else:
+            flat[name] = value
+    return flat, agent
+
+
+def _check_known(key: str, source: str) -> _Key:
+    spec = _BY_PATH.get(key)
+    if spec is None:
+        table = key.split(".", maxsplit=1)[0] + "." if "." in key else ""
+        near = sorted(k.path for k in KEYS if table and k.path.startswith(table)) or sorted(
+            k.path for k in KEYS if "." not in k.path
+        )
+        raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(near)})")
+    return spec
+
+
+def _read_file(path: Path, *, named: bool) -> dict[str, Any]:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if named:
+            raise ConfigError(f"{path}: config file not found") from None
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path}: config file is not a regular file")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: config file is {st.st_size} bytes, larger than 1 MiB")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
+
+
+def default_node_name() -> str:
+    """The host name, without a domain, as Kubernetes names bare-metal nodes by default."""
+    return socket.gethostname().split(".")[0] or "localhost"
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+    state_dir: str | Path | None = None,
+) -> Config:
+    """Load and validate the configuration.
+
+    ``path`` is ``--config`` (None: ``AGENT_SUPERVISOR_CONFIG``, then the default file, whose
+    absence is not an error). ``overrides`` are command-line values by dotted key, which beat
+    the environment, which beats the file. ``state_dir`` is ``--state-dir``.
+    """
+    env = os.environ if env is None else env
+    named = path is not None or bool(env.get(ENV_CONFIG))
+    file_path = Path(path) if path is not None else Path(env.get(ENV_CONFIG) or DEFAULT_CONFIG_PATH)
+    data = _read_file(file_path, named=named)
+    source = str(file_path)
+    flat, agent = _flatten(data, source)
+
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {}
+    for key, raw in flat.items():
+        spec = _check_known(key, source)
+        values[key] = _convert(spec, raw, source)
+        sources[key] = source
+    for name, raw in env.items():
+        env_spec = _BY_ENV.get(name)
+        if env_spec is None:
+            continue
+        where = f"environment {name}"
+        values[env_spec.path] = _convert(env_spec, raw, where)
+        sources[env_spec.path] = where
+    if state_dir is None and env.get(ENV_STATE_DIR):
+        state_dir = env[ENV_STATE_DIR]
+    for key, raw in (overrides or {}).items():
+        where = "command line"
+        spec = _check_known(key, where)
+        values[key] = _convert(spec, raw, where)
+        sources[key] = where
+    if state_dir is not None:
+        values["state_dir"] = _convert(_BY_PATH["state_dir"], str(state_dir), "--state-dir")
+        sources["state_dir"] = "command line"
+    return _build(values, agent, sources, file_path if data or named else None)
+
+
+def _convert(spec: _Key, raw: object, where: str) -> object:
+    try:
+        return spec.parse(raw)
+    except _Invalid as exc:
+        raise ConfigError(f"{where}: {spec.path} = {raw!r}: {exc}") from None
+
+
+def _build(
+    values: Mapping[str, object],
+    agent: Mapping[str, str],
+    sources: Mapping[str, str],
+    config_file: Path | None,
+) -> Config:
+    def where(key: str) -> str:
+        return sources.get(key, "defaults")
+
+    w = WindowConfig()
+    window = WindowConfig(
+        base=float(values.get("window.base", w.base)),  # type: ignore[arg-type]
+        per_node=float(values.get("window.per_node", w.per_node)),  # type: ignore[arg-type]
+        min=float(values.get("window.min", w.min)),  # type: ignore[arg-type]
+        max=float(values.get("window.max", w.max)),  # type: ignore[arg-type]
+    )
+    if window.min > window.max:
+        raise ConfigError(
+            f"{where('window.min')}: window.min = {window.min}s is larger than "
+            f"window.max = {window.max}s"
+        )
+    if window.max <= 0:
+        raise ConfigError(f"{where('window.max')}: window.max = {window.max}s must be positive")
+    slot_index = values.get("slot_index")
+    slot_count = values.get("slot_count")
+    if (slot_index is None) != (slot_count is None):
+        key = "slot_count" if slot_count is None else "slot_index"
+        raise ConfigError(
+            f"{where('slot_index' if slot_index is not None else 'slot_count')}: "
+            f"slot_index and slot_count go together ({key} is not set)"
+        )
+    if isinstance(slot_index, int) and isinstance(slot_count, int) and slot_index >= slot_count:
+        raise ConfigError(
+            f"{where('slot_index')}: slot_index = {slot_index} must be below "
+            f"slot_count = {slot_count}"
+        )
+    slot_mode = str(values.get("slot_mode", "auto"))
+    if slot_mode == "index" and slot_index is None:
+        raise ConfigError(f"{where('slot_mode')}: slot_mode = 'index' needs slot_index and "
+                          "slot_count")
+    identity = None
+    id_keys = {k: v for k, v in values.items() if k.startswith("identity.")}
+    if id_keys:
+        for required in ("identity.cert", "identity.key"):
+            if required not in id_keys:
+                first = next(iter(id_keys))
+                raise ConfigError(
+                    f"{where(first)}: [identity] needs {required.split('.')[1]} "
+                    f"({required} is not set)"
+                )
+        d = IdentityConfig(cert="", key="")
+        identity = IdentityConfig(
+            cert=str(id_keys["identity.cert"]),
+            key=str(id_keys["identity.key"]),
+            ca=_opt_str(id_keys.get("identity.ca")),
+            user=str(id_keys.get("identity.user", d.user)),
+            group=str(id_keys.get("identity.group", d.group)),
+            renew_before=float(id_keys.get("identity.renew_before", d.renew_before)),  # type: ignore[arg-type]
+            server=_opt_str(id_keys.get("identity.server")),
+        )
+    probe = ProbeConfig(
+        urls=tuple(values.get("probe.urls", ())),  # type: ignore[arg-type]
+        timeout=float(values.get("probe.timeout", 2.0)),  # type: ignore[arg-type]
+    )
+    if probe.timeout <= 0:
+        raise ConfigError(f"{where('probe.timeout')}: probe.timeout must be positive")
+    return Config(
+        cluster_size=values.get("cluster_size"),  # type: ignore[arg-type]
+        node_name=str(values.get("node_name") or default_node_name()),
+        state_dir=Path(str(values.get("state_dir", DEFAULT_STATE_DIR))),
+        max_multiplier=int(values.get("max_multiplier", 4)),  # type: ignore[call-overload]
+        stable_after=float(values.get("stable_after", 600.0)),  # type: ignore[arg-type]
+        slot_mode=slot_mode,
+        slot_index=slot_index,  # type: ignore[arg-type]
+        slot_count=slot_count,  # type: ignore[arg-type]
+        node_id=values.get("node_id"),  # type: ignore[arg-type]
+        metrics_file=_opt_str(values.get("metrics_file")),
+        operators_group=_opt_str(values.get("operators_group")),
+        agent_config_dir=str(values.get("agent_config_dir", "/etc/cilium/config-map")),
+        window=window,
+        probe=probe,
+        identity=identity,
+        docker_container=_opt_str(values.get("docker.container")),
+        agent=dict(agent),
+        config_file=config_file,
+        sources=dict(sources),
+    )
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    """Split a ``--set key=value`` argument; the key must be a known dotted key."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"command line: --set {text!r}: expected KEY=VALUE")
+    _check_known(key, "command line")
+    return key, value

@@ -1,0 +1,154 @@
+"""Running the gate: load state under the lock, decide, durably record an allowed start.
+
+:func:`gate_once` is one decision; :func:`wait_until_allowed` is the ``--wait`` loop. Both take
+the clock and sleep as parameters (tenacity's lesson), so tests drive them with fake time and
+the daemon reuses them unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from supervisor.config import Config
+from supervisor.errors import StateError
+from supervisor.log import get_logger
+from supervisor.operators import Operator
+from supervisor.policy import Decision, Policy, decide
+from supervisor.state import AgentState
+from supervisor.store import StateStore
+
+#: How often a waiting gate looks at the state file for an operator's action.
+POLL_SECONDS: Final = 1.0
+
+#: Learns how the last run ended from outside (Docker) when no record-exit came.
+EndHook = Callable[[AgentState], AgentState]
+#: Asks the control plane whether it is healthy (True/False); only called when it matters.
+Probe = Callable[[], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    """A decision and what happened around it."""
+
+    decision: Decision
+    quarantined: tuple[str, ...] = ()
+    recorded: bool = False
+    state: AgentState | None = field(default=None, compare=False)
+
+
+def gate_once(
+    cfg: Config,
+    store: StateStore,
+    agent: str,
+    now: float,
+    *,
+    force: bool = False,
+    reason: str | None = None,
+    operator: Operator | None = None,
+    end_hook: EndHook | None = None,
+    probe: Probe | None = None,
+    record: bool = True,
+) -> GateResult:
+    """Decide once; if allowed and ``record``, write the start before returning.
+
+    A start that cannot be recorded is not allowed (StateError, exit 74), except a forced one,
+    which goes ahead loudly: the operator asked for it and a full disk must not keep the
+    network down.
+    """
+    policy = Policy.from_config(cfg, agent)
+    log = get_logger()
+    user = operator.display if operator else None
+    try:
+        tx_cm = store.transaction(agent, now)
+        tx = tx_cm.__enter__()
+    except StateError:
+        if not force:
+            raise
+        log.error("gate.forced_unrecorded", agent=agent, why="state unavailable")
+        d = decide(policy, AgentState(agent), now, force=True, reason=reason, user=user)
+        return GateResult(d)
+    try:
+        state = tx.state
+        if end_hook is not None:
+            state = end_hook(state)
+        healthy = probe() if probe is not None and _probe_matters(policy, state, now) else None
+        d = decide(policy, state, now, force=force, reason=reason, user=user,
+                   control_plane_healthy=healthy)
+        recorded = False
+        if d.allowed and record:
+            new = state.record_start(now, via=d.via, user=user,  # type: ignore[arg-type]
+                                     reason=reason if d.forced else None)
+            try:
+                tx.write(new, now)
+                recorded = True
+                state = new
+            except StateError as exc:
+                if not d.forced:
+                    raise
+                log.error("gate.forced_unrecorded", agent=agent, why=str(exc))
+        elif state is not tx.state:
+            # Docker told us how the last run ended: keep it, but a failure to write it must
+            # not turn a refusal into an I/O error.
+            try:
+                tx.write(state, now)
+            except StateError as exc:
+                log.warning("state.write_failed", agent=agent, why=str(exc))
+        return GateResult(d, tuple(tx.quarantined), recorded, state)
+    finally:
+        tx_cm.__exit__(None, None, None)
+
+
+def _probe_matters(policy: Policy, state: AgentState, now: float) -> bool:
+    """Probe only where the answer can change the decision: a failed run, window passed."""
+    last = state.last_run
+    if last is None or not policy.probe_configured:
+        return False
+    if now - min(last.started_at, now) < policy.window:
+        return False
+    return (last.exit_code not in (None, 0)) or last.duration(now) < policy.stable_after
+
+
+def state_signature(store: StateStore, agent: str) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of the state file: changes when anyone writes it."""
+    try:
+        st = os.stat(store.state_path(agent), follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def wait_until_allowed(
+    decide_now: Callable[[], GateResult],
+    signature: Callable[[], object],
+    *,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+    on_wait: Callable[[Decision, float], None] | None = None,
+    poll: float = POLL_SECONDS,
+) -> GateResult:
+    """Re-decide until allowed: at the announced time, or as soon as the state file changes.
+
+    Between decisions only the state file's signature is polled (once per ``poll``), so an
+    operator's override or release is seen within about a second, and a control-plane probe
+    is made once per decision, never in a loop.
+    """
+    while True:
+        result = decide_now()
+        if result.decision.allowed:
+            return result
+        seen = signature()
+        target = result.decision.next_allowed_at
+        while True:
+            now = clock()
+            if target is not None and now >= target:
+                break
+            if on_wait is not None:
+                on_wait(result.decision, now)
+            remaining = poll if target is None else min(poll, target - now)
+            sleep(max(remaining, 0.0))
+            if signature() != seen:
+                break

@@ -1,0 +1,65 @@
+"""Who is acting, and whether they may: operator commands and ``--force``.
+
+Allowed: root; the owner of the state directory (they can rewrite the state file anyway, so
+refusing them would be theatre, and it lets a non-root operator run a local trial); members of
+``operators_group``. Everyone else gets exit 77 and the attempt is logged.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from dataclasses import dataclass
+from pathlib import Path
+
+from supervisor.errors import NotPermitted
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    """The invoking user; ``sudo_user`` is who ran sudo, when that is how we were started."""
+
+    user: str
+    uid: int
+    sudo_user: str | None = None
+
+    @property
+    def display(self) -> str:
+        """``alice`` or ``root (sudo by alice)``."""
+        return f"{self.user} (sudo by {self.sudo_user})" if self.sudo_user else self.user
+
+
+def current_operator() -> Operator:
+    """The real user behind this process."""
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid:{uid}"
+    sudo = os.environ.get("SUDO_USER") if uid == 0 else None
+    return Operator(user=name, uid=uid, sudo_user=sudo or None)
+
+
+def _in_group(group: str, user: str) -> bool:
+    try:
+        entry = grp.getgrnam(group)
+    except KeyError:
+        return False
+    return entry.gr_gid in os.getgroups() or os.getegid() == entry.gr_gid or user in entry.gr_mem
+
+
+def authorize(op: Operator, action: str, state_dir: Path, operators_group: str | None) -> None:
+    """Raise :class:`NotPermitted` unless ``op`` may perform ``action``."""
+    if os.geteuid() == 0:
+        return
+    try:
+        if state_dir.stat().st_uid == os.geteuid():
+            return
+    except OSError:
+        pass
+    if operators_group and _in_group(operators_group, op.user):
+        return
+    who = f"user {op.user} (uid {op.uid})"
+    group = f"members of group {operators_group!r}" if operators_group else "root"
+    raise NotPermitted(f"{action}: not permitted for {who}; only {group} may do this")

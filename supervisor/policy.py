@@ -1,0 +1,228 @@
+"""The decision engine: a pure function of (policy, state, now) returning a frozen Decision.
+
+Nothing here reads a file, a clock or the network: the CLI, the daemon and the simulator all
+call :func:`decide` with the state they loaded and the time they chose, which is what makes the
+invariants of the design testable with hypothesis and what lets ``simulate`` run the very code
+the gate runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Final
+
+from supervisor.config import Config, WindowConfig
+from supervisor.durations import format_duration
+from supervisor.slots import slot_offset
+from supervisor.state import AgentState, iso
+
+DEFAULT_MAX_MULTIPLIER: Final = 4
+
+
+def window_seconds(window: WindowConfig, cluster_size: int) -> float:
+    """The jitter window W for a cluster: ``clamp(base + per_node * cluster_size, min, max)``.
+
+    Why it grows with the cluster: the control plane can absorb a roughly fixed number of full
+    resyncs per minute, and in a storm every node wants one. Spreading N nodes' starts over a
+    window proportional to N keeps the start rate N/W near that budget whatever the fleet size
+    (defaults: 1000 nodes -> 20 min, 5000 nodes -> 60 min, about 83 starts a minute).
+    """
+    raw = window.base + window.per_node * cluster_size
+    return float(min(max(raw, window.min), window.max))
+
+
+def multiplier(level: int, max_multiplier: int) -> int:
+    """Backoff multiplier ``m = min(2**(k-1), max_multiplier)``, at least 1.
+
+    Clamped before exponentiation so that a huge level cannot overflow (stamina's lesson).
+    """
+    if level <= 1:
+        return 1
+    if level - 1 >= max_multiplier.bit_length():
+        return max_multiplier
+    return min(1 << (level - 1), max_multiplier)
+
+
+def backoff_level(state: AgentState, now: float, stable_after: float) -> int:
+    """k: the number of consecutive most recent runs that did not become stable.
+
+    A run is stable when it lasted at least ``stable_after``; a run whose end is unknown is
+    measured up to ``now`` (the first gate call after a start learns its end, invariant 5).
+    """
+    level = 0
+    for run in reversed(state.runs):
+        if run.duration(now) >= stable_after:
+            break
+        level += 1
+    return level
+
+
+def next_grid_slot(not_before: float, window: float, offset: float) -> float:
+    """The first time ``e*W + offset*W`` (whole e, from the Unix epoch) at or after not_before.
+
+    Every node of a cluster shares one grid, so N nodes with evenly spread offsets make a flat
+    start rate, and the answer depends only on the inputs (invariant 3).
+    """
+    shift = offset * window
+    e = math.ceil((not_before - shift) / window)
+    slot = e * window + shift
+    # Float rounding may land a hair before not_before; step one window on if so.
+    if slot < not_before:
+        slot += window
+    return slot
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Everything :func:`decide` needs from the configuration, resolved for one agent."""
+
+    agent: str
+    node: str
+    cluster_size: int
+    window: float
+    offset: float
+    slot_mode: str
+    stable_after: float = 600.0
+    max_multiplier: int = DEFAULT_MAX_MULTIPLIER
+    probe_configured: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Config, agent: str) -> Policy:
+        """Resolve the policy of ``agent`` from a validated configuration."""
+        size = cfg.require_cluster_size()
+        offset, mode = slot_offset(
+            cfg.slot_mode, node=cfg.node_name, agent=agent, slot_index=cfg.slot_index,
+            slot_count=cfg.slot_count, node_id=cfg.node_id,
+        )
+        return cls(
+            agent=agent, node=cfg.node_name, cluster_size=size,
+            window=window_seconds(cfg.window, size), offset=offset, slot_mode=mode,
+            stable_after=cfg.stable_after, max_multiplier=cfg.max_multiplier,
+            probe_configured=bool(cfg.probe.urls),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The gate's answer. ``next_allowed_at`` is None when allowed (or held indefinitely)."""
+
+    allowed: bool
+    reason: str
+    agent: str
+    node: str
+    cluster_size: int
+    window_seconds: float
+    backoff_level: int
+    next_allowed_at: float | None
+    forced: bool = False
+    via: str = "gate"
+    event: str = "gate.allowed"
+
+    def to_json(self) -> dict[str, Any]:
+        """The decision JSON of the contract."""
+        return {
+            "allowed": self.allowed,
+            "reason": self.reason,
+            "agent": self.agent,
+            "node": self.node,
+            "cluster_size": self.cluster_size,
+            "window_seconds": self.window_seconds,
+            "backoff_level": self.backoff_level,
+            "next_allowed_at": None if self.next_allowed_at is None else iso(self.next_allowed_at),
+            "forced": self.forced,
+        }
+
+
+def decide(
+    policy: Policy,
+    state: AgentState,
+    now: float,
+    *,
+    force: bool = False,
+    reason: str | None = None,
+    user: str | None = None,
+    control_plane_healthy: bool | None = None,
+) -> Decision:
+    """Decide whether the agent may start at ``now``.
+
+    Order: an operator's ``--force`` wins; then a hold refuses; then an override allows; then
+    the window: no start in the last W allows at once (invariant 1), unless a probe says the
+    control plane is down after a failed run; otherwise the start waits for the node's slot
+    in window ``last + W*m`` (invariant 3). ``control_plane_healthy`` is None when no probe ran.
+    """
+    level = backoff_level(state, now, policy.stable_after)
+
+    def make(allowed: bool, why: str, nxt: float | None, event: str, via: str = "gate",
+             forced: bool = False) -> Decision:
+        return Decision(
+            allowed=allowed, reason=why, agent=policy.agent, node=policy.node,
+            cluster_size=policy.cluster_size, window_seconds=policy.window,
+            backoff_level=level, next_allowed_at=None if allowed else nxt, forced=forced,
+            via=via, event=event,
+        )
+
+    if force:
+        who = f" by {user}" if user else ""
+        return make(True, f"forced{who}: {reason or 'no reason given'}", None, "gate.forced",
+                    via="force", forced=True)
+
+    normal = _window_decision(policy, state, now, level, control_plane_healthy)
+    hold = state.hold
+    if hold is not None and hold.active(now):
+        until = f" until {iso(hold.until)}" if hold.until is not None else " until released"
+        nxt: float | None = None
+        if hold.until is not None:
+            nxt = hold.until if normal.allowed else max(hold.until, normal.next_allowed_at or 0.0)
+        return make(False, f"held by {hold.user}{until}: {hold.reason}", nxt, "gate.held")
+    ovr = state.override
+    if ovr is not None and ovr.active(now):
+        until = f" until {iso(ovr.until)}" if ovr.until is not None else ""
+        return make(True, f"override by {ovr.user}{until}: {ovr.reason}", None, "gate.override",
+                    via="override")
+    return make(normal.allowed, normal.reason, normal.next_allowed_at, normal.event)
+
+
+@dataclass(frozen=True, slots=True)
+class _Normal:
+    allowed: bool
+    reason: str
+    next_allowed_at: float | None
+    event: str
+
+
+def _window_decision(
+    policy: Policy, state: AgentState, now: float, level: int, healthy: bool | None
+) -> _Normal:
+    w = policy.window
+    last = state.last_run
+    # A start recorded in the future means the clock stepped back: count it as now, so a clock
+    # step can never block an agent for longer than a normal backoff.
+    last_start = None if last is None else min(last.started_at, now)
+    if last_start is None or now - last_start >= w:
+        if last is not None and healthy is False and _failed(last, now, policy.stable_after):
+            nxt = next_grid_slot(now, w, policy.offset)
+            return _Normal(
+                False,
+                "control plane unhealthy after a failed run: waiting for this node's slot "
+                f"in {format_duration(nxt - now)}",
+                nxt, "gate.refused",
+            )
+        why = "no start in the last window" if last is not None else "first start"
+        return _Normal(True, why, None, "gate.allowed")
+    m = multiplier(level, policy.max_multiplier)
+    nxt = next_grid_slot(last_start + w * m, w, policy.offset)
+    ago = format_duration(now - last_start)
+    return _Normal(
+        False,
+        f"started {ago} ago, within the {format_duration(w)} window; backoff level {level} "
+        f"(x{m}): next slot in {format_duration(nxt - now)}",
+        nxt, "gate.refused",
+    )
+
+
+def _failed(run: Any, now: float, stable_after: float) -> bool:
+    """A run failed when it exited non-zero or did not last ``stable_after``."""
+    if run.exit_code is not None and run.exit_code != 0:
+        return True
+    return bool(run.duration(now) < stable_after)
