@@ -53,8 +53,11 @@ def _log_decision(result: GateResult, user: str | None) -> None:
     d = result.decision
     log = get_logger()
     fields: dict[str, Any] = {
-        "agent": d.agent, "node": d.node, "reason": d.reason,
-        "window_seconds": d.window_seconds, "backoff_level": d.backoff_level,
+        "agent": d.agent,
+        "node": d.node,
+        "reason": d.reason,
+        "window_seconds": d.window_seconds,
+        "backoff_level": d.backoff_level,
         "next_allowed_at": None if d.next_allowed_at is None else iso(d.next_allowed_at),
         "recorded": result.recorded,
     }
@@ -94,20 +97,28 @@ def _countdown(d: Decision, now: float, state: dict[str, float]) -> None:
     elif now - state.get("last", -1e18) >= 60:
         state["last"] = now
         get_logger().info(
-            "gate.waiting", agent=d.agent, reason=d.reason,
+            "gate.waiting",
+            agent=d.agent,
+            reason=d.reason,
             next_allowed_at=None if target is None else iso(target),
         )
 
 
 @app.command()
 def gate(
-    command: Annotated[list[str] | None, typer.Argument(
-        help="after --: the command to exec once allowed", show_default=False)] = None,
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(help="after --: the command to exec once allowed", show_default=False),
+    ] = None,
     agent: AgentOpt = "cilium-agent",
-    wait: Annotated[bool, typer.Option("--wait/--no-wait",
-                                       help="block until allowed")] = False,
-    force: Annotated[bool, typer.Option("--force", help="operator override: allow this start "
-                                        "whatever the backoff or a hold says")] = False,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="block until allowed")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="operator override: allow this start whatever the backoff or a hold says",
+        ),
+    ] = False,
     reason: Annotated[str | None, typer.Option("--reason", help="why (with --force)")] = None,
     json_out: JsonOpt = False,
     config: ConfigOpt = None,
@@ -149,8 +160,11 @@ def gate(
     if json_out:
         _emit(result.decision.to_json())
     elif not command:
-        sys.stdout.write(("allowed: " if result.decision.allowed else "not now: ")
-                         + result.decision.reason + "\n")
+        sys.stdout.write(
+            ("allowed: " if result.decision.allowed else "not now: ")
+            + result.decision.reason
+            + "\n"
+        )
     if not result.decision.allowed:
         raise typer.Exit(errors.EXIT_NOT_NOW)
     if command:
@@ -177,15 +191,19 @@ def _wait(once: Any, store: StateStore, agent: str) -> GateResult:
 
     def on_wait(d: Decision, now: float) -> None:
         if not state:
-            get_logger().info(d.event, agent=d.agent, reason=d.reason,
-                              next_allowed_at=None if d.next_allowed_at is None
-                              else iso(d.next_allowed_at))
+            get_logger().info(
+                d.event,
+                agent=d.agent,
+                reason=d.reason,
+                next_allowed_at=None if d.next_allowed_at is None else iso(d.next_allowed_at),
+            )
         _countdown(d, now, state)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return wait_until_allowed(once, lambda: state_signature(store, agent), sleep=sleep,
-                                  on_wait=on_wait)
+        return wait_until_allowed(
+            once, lambda: state_signature(store, agent), sleep=sleep, on_wait=on_wait
+        )
     except _Interrupted as exc:
         if sys.stderr.isatty():
             sys.stderr.write("\n")
@@ -238,10 +256,14 @@ def status(
         "next_slot_at": iso(next_grid_slot(now, policy.window, policy.offset)),
     }
     doc["runs"] = [
-        {"started_at": iso(r.started_at), "via": r.via,
-         "ended_at": None if r.ended_at is None else iso(r.ended_at),
-         "exit_code": r.exit_code, "seconds": round(r.duration(now), 3),
-         "end_source": r.end_source}
+        {
+            "started_at": iso(r.started_at),
+            "via": r.via,
+            "ended_at": None if r.ended_at is None else iso(r.ended_at),
+            "exit_code": r.exit_code,
+            "seconds": round(r.duration(now), 3),
+            "end_source": r.end_source,
+        }
         for r in state.runs[-10:]
     ]
     doc["hold"] = _flag_json(state.hold, now)
@@ -265,26 +287,37 @@ def status(
         f"backoff      level {d.backoff_level}",
     ]
     if d.next_allowed_at is not None:
-        out.append(f"next start   {iso_seconds(d.next_allowed_at)} "
-                   f"(in {format_duration(d.next_allowed_at - now)})")
+        out.append(
+            f"next start   {iso_seconds(d.next_allowed_at)} "
+            f"(in {format_duration(d.next_allowed_at - now)})"
+        )
     for name, flag in (("hold", state.hold), ("override", state.override)):
         if flag is not None and flag.active(now):
             until = iso_seconds(flag.until) if flag.until is not None else "released"
             out.append(f"{name:<12} by {flag.user} until {until}: {flag.reason}")
     if "identity" in doc:
         ident = doc["identity"]
-        out.append(f"certificate  {'ok' if ident['ok'] else 'BAD'}"
-                   + (f", expires {ident['not_after']}" if ident.get("not_after") else "")
-                   + "".join(f"; {p}" for p in ident["problems"] + ident["warnings"]))
+        out.append(
+            f"certificate  {'ok' if ident['ok'] else 'BAD'}"
+            + (f", expires {ident['not_after']}" if ident.get("not_after") else "")
+            + "".join(f"; {p}" for p in ident["problems"] + ident["warnings"])
+        )
     out.append("last runs:" if state.runs else "last runs:   none")
     for r in state.runs[-5:]:
-        end = ("running?" if r.ended_at is None
-               else f"exit {r.exit_code if r.exit_code is not None else '?'}")
-        out.append(f"  {iso_seconds(r.started_at)}  {format_duration(r.duration(now)):>8}  "
-                   f"{end:<10} via {r.via}")
+        end = (
+            "running?"
+            if r.ended_at is None
+            else f"exit {r.exit_code if r.exit_code is not None else '?'}"
+        )
+        out.append(
+            f"  {iso_seconds(r.started_at)}  {format_duration(r.duration(now)):>8}  "
+            f"{end:<10} via {r.via}"
+        )
     for entry in doc["audit"]:
-        out.append(f"audit: {entry.get('time')} {entry.get('user')} {entry.get('command')}: "
-                   f"{entry.get('reason')}")
+        out.append(
+            f"audit: {entry.get('time')} {entry.get('user')} {entry.get('command')}: "
+            f"{entry.get('reason')}"
+        )
     for q in result.quarantined:
         out.append(f"WARNING: a corrupt state file was moved aside to {q}")
     sys.stdout.write("\n".join(out) + "\n")
@@ -293,19 +326,35 @@ def status(
 def _flag_json(flag: OperatorFlag | None, now: float) -> dict[str, Any] | None:
     if flag is None or not flag.active(now):
         return None
-    return {"user": flag.user, "reason": flag.reason, "set_at": iso(flag.set_at),
-            "until": None if flag.until is None else iso(flag.until)}
+    return {
+        "user": flag.user,
+        "reason": flag.reason,
+        "set_at": iso(flag.set_at),
+        "until": None if flag.until is None else iso(flag.until),
+    }
 
 
-def _audit(store: StateStore, command: str, agent: str, reason: str | None, op: Any,
-           **extra: Any) -> None:
-    store.audit(time.time(), user=op.display, uid=op.uid, command=command, agent=agent,
-                reason=reason, **extra)
+def _audit(
+    store: StateStore, command: str, agent: str, reason: str | None, op: Any, **extra: Any
+) -> None:
+    store.audit(
+        time.time(),
+        user=op.display,
+        uid=op.uid,
+        command=command,
+        agent=agent,
+        reason=reason,
+        **extra,
+    )
 
 
 def _operator_action(
-    action: str, agent: str, reason: str | None, cfg: Config,
-    change: Any, **extra: Any,
+    action: str,
+    agent: str,
+    reason: str | None,
+    cfg: Config,
+    change: Any,
+    **extra: Any,
 ) -> None:
     store = StateStore(cfg.state_dir)
     op = current_operator()
@@ -318,8 +367,9 @@ def _operator_action(
     with store.transaction(agent, now) as tx:
         new = change(tx.state, now, op.display, store)
         tx.write(new, now)
-        store.audit(now, user=op.display, uid=op.uid, command=action, agent=agent,
-                    reason=reason, **extra)
+        store.audit(
+            now, user=op.display, uid=op.uid, command=action, agent=agent, reason=reason, **extra
+        )
     get_logger().info(f"operator.{action}", agent=agent, user=op.display, reason=reason, **extra)
 
 
@@ -332,8 +382,9 @@ def _duration_opt(value: str | None, name: str) -> float | None:
         raise UsageError(f"{name} {value!r}: {exc}") from None
 
 
-ForOpt = Annotated[str | None, typer.Option("--for", help="how long, e.g. 30m, 2h",
-                                            show_default=False)]
+ForOpt = Annotated[
+    str | None, typer.Option("--for", help="how long, e.g. 30m, 2h", show_default=False)
+]
 ReasonReq = Annotated[str, typer.Option("--reason", help="why (recorded and logged)")]
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="why (recorded and logged)")]
 
@@ -351,8 +402,11 @@ def override(
     reason: ReasonReq,
     for_: ForOpt = None,
     agent: AgentOpt = "cilium-agent",
-    config: ConfigOpt = None, state_dir: StateDirOpt = None, cluster_size: ClusterSizeOpt = None,
-    node_name: NodeNameOpt = None, sets: SetOpt = None,
+    config: ConfigOpt = None,
+    state_dir: StateDirOpt = None,
+    cluster_size: ClusterSizeOpt = None,
+    node_name: NodeNameOpt = None,
+    sets: SetOpt = None,
 ) -> None:
     """Let every start through until it expires (default 1h), whatever the backoff says."""
     agent, cfg = check_agent(agent), load(config, state_dir, cluster_size, node_name, sets)
@@ -371,8 +425,11 @@ def hold(
     reason: ReasonReq,
     for_: ForOpt = None,
     agent: AgentOpt = "cilium-agent",
-    config: ConfigOpt = None, state_dir: StateDirOpt = None, cluster_size: ClusterSizeOpt = None,
-    node_name: NodeNameOpt = None, sets: SetOpt = None,
+    config: ConfigOpt = None,
+    state_dir: StateDirOpt = None,
+    cluster_size: ClusterSizeOpt = None,
+    node_name: NodeNameOpt = None,
+    sets: SetOpt = None,
 ) -> None:
     """Block every start but a forced one, until released (or for --for)."""
     agent, cfg = check_agent(agent), load(config, state_dir, cluster_size, node_name, sets)
@@ -380,8 +437,9 @@ def hold(
     seconds = _duration_opt(for_, "--for")
 
     def change(state: Any, now: float, user: str, _store: StateStore) -> Any:
-        return state.with_hold(OperatorFlag(user, reason, now,
-                                            None if seconds is None else now + seconds))
+        return state.with_hold(
+            OperatorFlag(user, reason, now, None if seconds is None else now + seconds)
+        )
 
     _operator_action("hold", agent, reason, cfg, change, seconds=seconds)
     until = "until released" if seconds is None else f"for {format_duration(seconds)}"
@@ -392,8 +450,11 @@ def hold(
 def release(
     reason: ReasonOpt = None,
     agent: AgentOpt = "cilium-agent",
-    config: ConfigOpt = None, state_dir: StateDirOpt = None, cluster_size: ClusterSizeOpt = None,
-    node_name: NodeNameOpt = None, sets: SetOpt = None,
+    config: ConfigOpt = None,
+    state_dir: StateDirOpt = None,
+    cluster_size: ClusterSizeOpt = None,
+    node_name: NodeNameOpt = None,
+    sets: SetOpt = None,
 ) -> None:
     """Clear the hold and the override."""
     agent, cfg = check_agent(agent), load(config, state_dir, cluster_size, node_name, sets)
@@ -410,8 +471,11 @@ def release(
 def reset(
     reason: ReasonOpt = None,
     agent: AgentOpt = "cilium-agent",
-    config: ConfigOpt = None, state_dir: StateDirOpt = None, cluster_size: ClusterSizeOpt = None,
-    node_name: NodeNameOpt = None, sets: SetOpt = None,
+    config: ConfigOpt = None,
+    state_dir: StateDirOpt = None,
+    cluster_size: ClusterSizeOpt = None,
+    node_name: NodeNameOpt = None,
+    sets: SetOpt = None,
 ) -> None:
     """Forget the agent's history (a backup is kept beside the state file)."""
     agent, cfg = check_agent(agent), load(config, state_dir, cluster_size, node_name, sets)
@@ -455,11 +519,15 @@ def parse_exit_status(text: str) -> int | None:
 
 @app.command("record-exit")
 def record_exit(
-    code: Annotated[str, typer.Option("--code", help="exit status or signal name "
-                                      "(systemd: $EXIT_STATUS)")],
+    code: Annotated[
+        str, typer.Option("--code", help="exit status or signal name (systemd: $EXIT_STATUS)")
+    ],
     agent: AgentOpt = "cilium-agent",
-    config: ConfigOpt = None, state_dir: StateDirOpt = None, cluster_size: ClusterSizeOpt = None,
-    node_name: NodeNameOpt = None, sets: SetOpt = None,
+    config: ConfigOpt = None,
+    state_dir: StateDirOpt = None,
+    cluster_size: ClusterSizeOpt = None,
+    node_name: NodeNameOpt = None,
+    sets: SetOpt = None,
 ) -> None:
     """Record the end of the agent's current run (systemd ExecStopPost=)."""
     agent, cfg = check_agent(agent), load(config, state_dir, cluster_size, node_name, sets)
@@ -470,24 +538,29 @@ def record_exit(
         last = tx.state.last_run
         new = tx.state.record_exit(now, exit_code)
         if new is tx.state:
-            get_logger().info("run.exit_ignored", agent=agent, exit_code=exit_code,
-                              why="no run in progress")
+            get_logger().info(
+                "run.exit_ignored", agent=agent, exit_code=exit_code, why="no run in progress"
+            )
             sys.stdout.write("no run in progress; nothing recorded\n")
             return
         tx.write(new, now)
     assert last is not None
-    get_logger().info("run.exited", agent=agent, exit_code=exit_code,
-                      seconds=round(now - last.started_at, 3))
-    sys.stdout.write(f"recorded exit {exit_code} after "
-                     f"{format_duration(max(0.0, now - last.started_at))}\n")
+    get_logger().info(
+        "run.exited", agent=agent, exit_code=exit_code, seconds=round(now - last.started_at, 3)
+    )
+    sys.stdout.write(
+        f"recorded exit {exit_code} after {format_duration(max(0.0, now - last.started_at))}\n"
+    )
 
 
 @app.command()
 def window(
     cluster_size: ClusterSizeOpt = None,
     json_out: JsonOpt = False,
-    config: ConfigOpt = None, state_dir: StateDirOpt = None,
-    node_name: NodeNameOpt = None, sets: SetOpt = None,
+    config: ConfigOpt = None,
+    state_dir: StateDirOpt = None,
+    node_name: NodeNameOpt = None,
+    sets: SetOpt = None,
 ) -> None:
     """The jitter window for a cluster size, and the fleet-wide start rate it implies."""
     cfg = load(config, state_dir, cluster_size, node_name, sets)
@@ -495,8 +568,14 @@ def window(
     w = window_seconds(cfg.window, size)
     rate = size / w * 60
     if json_out:
-        _emit({"cluster_size": size, "window_seconds": w, "starts_per_minute": round(rate, 3),
-               "seconds_between_starts": round(w / size, 3)})
+        _emit(
+            {
+                "cluster_size": size,
+                "window_seconds": w,
+                "starts_per_minute": round(rate, 3),
+                "seconds_between_starts": round(w / size, 3),
+            }
+        )
         return
     sys.stdout.write(
         f"cluster of {size} nodes: window {format_duration(w)} ({w:g} s); "
@@ -522,5 +601,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except Exception as exc:  # noqa: BLE001 - the one place a bug becomes one line
-        _fail(f"internal error: {type(exc).__name__}: {exc} (please report this)",
-              errors.EXIT_INTERNAL)
+        _fail(
+            f"internal error: {type(exc).__name__}: {exc} (please report this)",
+            errors.EXIT_INTERNAL,
+        )

@@ -19,18 +19,28 @@ AGENT_NAME: Final = re.compile(r"[a-z0-9._-]+")
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", help="TOML config file [env AGENT_SUPERVISOR_CONFIG; "
-                 "default /etc/agent-supervisor/config.toml]", show_default=False),
+    typer.Option(
+        "--config",
+        help="TOML config file [env AGENT_SUPERVISOR_CONFIG; "
+        "default /etc/agent-supervisor/config.toml]",
+        show_default=False,
+    ),
 ]
 StateDirOpt = Annotated[
     Path | None,
-    typer.Option("--state-dir", help="state directory [env AGENT_SUPERVISOR_STATE_DIR; "
-                 "default /var/lib/agent-supervisor]", show_default=False),
+    typer.Option(
+        "--state-dir",
+        help="state directory [env AGENT_SUPERVISOR_STATE_DIR; default /var/lib/agent-supervisor]",
+        show_default=False,
+    ),
 ]
 ClusterSizeOpt = Annotated[
     int | None,
-    typer.Option("--cluster-size", help="number of nodes [env AGENT_SUPERVISOR_CLUSTER_SIZE]",
-                 show_default=False),
+    typer.Option(
+        "--cluster-size",
+        help="number of nodes [env AGENT_SUPERVISOR_CLUSTER_SIZE]",
+        show_default=False,
+    ),
 ]
 NodeNameOpt = Annotated[
     str | None,
@@ -38,12 +48,11 @@ NodeNameOpt = Annotated[
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="override any config key, e.g. --set window.base=5m",
-                 show_default=False),
+    typer.Option(
+        "--set", help="override any config key, e.g. --set window.base=5m", show_default=False
+    ),
 ]
-AgentOpt = Annotated[
-    str, typer.Option("--agent", help="agent name; state is kept per agent")
-]
+AgentOpt = Annotated[str, typer.Option("--agent", help="agent name; state is kept per agent")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
 
 

@@ -414,8 +414,9 @@ def _build(
         )
     slot_mode = str(values.get("slot_mode", "auto"))
     if slot_mode == "index" and slot_index is None:
-        raise ConfigError(f"{where('slot_mode')}: slot_mode = 'index' needs slot_index and "
-                          "slot_count")
+        raise ConfigError(
+            f"{where('slot_mode')}: slot_mode = 'index' needs slot_index and slot_count"
+        )
     identity = None
     id_keys = {k: v for k, v in values.items() if k.startswith("identity.")}
     if id_keys:

@@ -76,12 +76,17 @@ def gate_once(
         if end_hook is not None:
             state = end_hook(state)
         healthy = probe() if probe is not None and _probe_matters(policy, state, now) else None
-        d = decide(policy, state, now, force=force, reason=reason, user=user,
-                   control_plane_healthy=healthy)
+        d = decide(
+            policy, state, now, force=force, reason=reason, user=user, control_plane_healthy=healthy
+        )
         recorded = False
         if d.allowed and record:
-            new = state.record_start(now, via=d.via, user=user,  # type: ignore[arg-type]
-                                     reason=reason if d.forced else None)
+            new = state.record_start(
+                now,
+                via=d.via,
+                user=user,  # type: ignore[arg-type]
+                reason=reason if d.forced else None,
+            )
             try:
                 tx.write(new, now)
                 recorded = True

@@ -19,8 +19,9 @@ import structlog
 _configured = False
 
 
-def configure(stream: TextIO | None = None, *, json: bool | None = None,
-              level: int = logging.INFO) -> None:
+def configure(
+    stream: TextIO | None = None, *, json: bool | None = None, level: int = logging.INFO
+) -> None:
     """Configure structlog once. ``json`` None means: JSON unless ``stream`` is a terminal."""
     global _configured
     out = stream if stream is not None else sys.stderr

@@ -92,13 +92,22 @@ class Policy:
         """Resolve the policy of ``agent`` from a validated configuration."""
         size = cfg.require_cluster_size()
         offset, mode = slot_offset(
-            cfg.slot_mode, node=cfg.node_name, agent=agent, slot_index=cfg.slot_index,
-            slot_count=cfg.slot_count, node_id=cfg.node_id,
+            cfg.slot_mode,
+            node=cfg.node_name,
+            agent=agent,
+            slot_index=cfg.slot_index,
+            slot_count=cfg.slot_count,
+            node_id=cfg.node_id,
         )
         return cls(
-            agent=agent, node=cfg.node_name, cluster_size=size,
-            window=window_seconds(cfg.window, size), offset=offset, slot_mode=mode,
-            stable_after=cfg.stable_after, max_multiplier=cfg.max_multiplier,
+            agent=agent,
+            node=cfg.node_name,
+            cluster_size=size,
+            window=window_seconds(cfg.window, size),
+            offset=offset,
+            slot_mode=mode,
+            stable_after=cfg.stable_after,
+            max_multiplier=cfg.max_multiplier,
             probe_configured=bool(cfg.probe.urls),
         )
 
@@ -153,19 +162,38 @@ def decide(
     """
     level = backoff_level(state, now, policy.stable_after)
 
-    def make(allowed: bool, why: str, nxt: float | None, event: str, via: str = "gate",
-             forced: bool = False) -> Decision:
+    def make(
+        allowed: bool,
+        why: str,
+        nxt: float | None,
+        event: str,
+        via: str = "gate",
+        forced: bool = False,
+    ) -> Decision:
         return Decision(
-            allowed=allowed, reason=why, agent=policy.agent, node=policy.node,
-            cluster_size=policy.cluster_size, window_seconds=policy.window,
-            backoff_level=level, next_allowed_at=None if allowed else nxt, forced=forced,
-            via=via, event=event,
+            allowed=allowed,
+            reason=why,
+            agent=policy.agent,
+            node=policy.node,
+            cluster_size=policy.cluster_size,
+            window_seconds=policy.window,
+            backoff_level=level,
+            next_allowed_at=None if allowed else nxt,
+            forced=forced,
+            via=via,
+            event=event,
         )
 
     if force:
         who = f" by {user}" if user else ""
-        return make(True, f"forced{who}: {reason or 'no reason given'}", None, "gate.forced",
-                    via="force", forced=True)
+        return make(
+            True,
+            f"forced{who}: {reason or 'no reason given'}",
+            None,
+            "gate.forced",
+            via="force",
+            forced=True,
+        )
 
     normal = _window_decision(policy, state, now, level, control_plane_healthy)
     hold = state.hold
@@ -178,8 +206,13 @@ def decide(
     ovr = state.override
     if ovr is not None and ovr.active(now):
         until = f" until {iso(ovr.until)}" if ovr.until is not None else ""
-        return make(True, f"override by {ovr.user}{until}: {ovr.reason}", None, "gate.override",
-                    via="override")
+        return make(
+            True,
+            f"override by {ovr.user}{until}: {ovr.reason}",
+            None,
+            "gate.override",
+            via="override",
+        )
     return make(normal.allowed, normal.reason, normal.next_allowed_at, normal.event)
 
 
@@ -206,7 +239,8 @@ def _window_decision(
                 False,
                 "control plane unhealthy after a failed run: waiting for this node's slot "
                 f"in {format_duration(nxt - now)}",
-                nxt, "gate.refused",
+                nxt,
+                "gate.refused",
             )
         why = "no start in the last window" if last is not None else "first start"
         return _Normal(True, why, None, "gate.allowed")
@@ -217,7 +251,8 @@ def _window_decision(
         False,
         f"started {ago} ago, within the {format_duration(w)} window; backoff level {level} "
         f"(x{m}): next slot in {format_duration(nxt - now)}",
-        nxt, "gate.refused",
+        nxt,
+        "gate.refused",
     )
 
 

@@ -107,8 +107,9 @@ class AgentState:
         """A new run begins at ``now``; an earlier run whose end is unknown ended at ``now``."""
         runs = list(self.runs)
         if runs and runs[-1].ended_at is None:
-            runs[-1] = replace(runs[-1], ended_at=max(now, runs[-1].started_at),
-                               end_source="inferred")
+            runs[-1] = replace(
+                runs[-1], ended_at=max(now, runs[-1].started_at), end_source="inferred"
+            )
         runs.append(Run(started_at=now, via=via, user=user, reason=reason))
         return replace(self, runs=tuple(runs[-MAX_RUNS:]))
 
@@ -119,8 +120,9 @@ class AgentState:
         last = self.last_run
         if last is None or last.ended_at is not None:
             return self
-        run = replace(last, ended_at=max(ended_at, last.started_at), exit_code=exit_code,
-                      end_source=source)
+        run = replace(
+            last, ended_at=max(ended_at, last.started_at), exit_code=exit_code, end_source=source
+        )
         return replace(self, runs=(*self.runs[:-1], run))
 
     def with_hold(self, flag: OperatorFlag | None) -> AgentState:
@@ -142,8 +144,12 @@ def _opt_ts(ts: float | None) -> str | None:
 def _flag_doc(flag: OperatorFlag | None) -> dict[str, Any] | None:
     if flag is None:
         return None
-    return {"user": flag.user, "reason": flag.reason, "set_at": iso(flag.set_at),
-            "until": _opt_ts(flag.until)}
+    return {
+        "user": flag.user,
+        "reason": flag.reason,
+        "set_at": iso(flag.set_at),
+        "until": _opt_ts(flag.until),
+    }
 
 
 def to_document(state: AgentState, now: float) -> dict[str, Any]:
@@ -208,8 +214,9 @@ def _run(value: object, i: int) -> Run:
     if source is not None and source not in _END_SOURCES:
         raise StateFormatError(f"{what}.end_source is {source!r}")
     code = value.get("exit_code")
-    if code is not None and (isinstance(code, bool) or not isinstance(code, int)
-                             or not -(2**31) <= code < 2**31):
+    if code is not None and (
+        isinstance(code, bool) or not isinstance(code, int) or not -(2**31) <= code < 2**31
+    ):
         raise StateFormatError(f"{what}.exit_code is {code!r}")
     ended = value.get("ended_at")
     return Run(

@@ -42,8 +42,14 @@ def _stamp(now: float) -> str:
 
 
 def _describe(mode: int) -> str:
-    kinds = {stat.S_IFLNK: "a symlink", stat.S_IFIFO: "a FIFO", stat.S_IFDIR: "a directory",
-             stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
+    kinds = {
+        stat.S_IFLNK: "a symlink",
+        stat.S_IFIFO: "a FIFO",
+        stat.S_IFDIR: "a directory",
+        stat.S_IFSOCK: "a socket",
+        stat.S_IFCHR: "a device",
+        stat.S_IFBLK: "a device",
+    }
     return kinds.get(stat.S_IFMT(mode), "not a regular file")
 
 
@@ -170,8 +176,9 @@ class StateStore:
         if st is None:
             return AgentState(agent=agent), []
         if st.st_size > MAX_STATE_BYTES:
-            return AgentState(agent=agent), [self._quarantine(
-                path, now, f"{st.st_size} bytes, larger than {MAX_STATE_BYTES}")]
+            return AgentState(agent=agent), [
+                self._quarantine(path, now, f"{st.st_size} bytes, larger than {MAX_STATE_BYTES}")
+            ]
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             try:
@@ -183,8 +190,14 @@ class StateStore:
         try:
             doc = json.loads(raw.decode("utf-8"))
             return from_document(doc, agent), []
-        except (UnicodeDecodeError, json.JSONDecodeError, StateFormatError, RecursionError,
-                ValueError, OverflowError) as exc:
+        except (
+            UnicodeDecodeError,
+            json.JSONDecodeError,
+            StateFormatError,
+            RecursionError,
+            ValueError,
+            OverflowError,
+        ) as exc:
             why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             return AgentState(agent=agent), [self._quarantine(path, now, why)]
 
@@ -229,12 +242,13 @@ class StateStore:
         self._check_entry(path, "state file")
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600)
+            fd = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
