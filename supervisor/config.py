@@ -397,6 +397,8 @@ def _build(
             f"{where('window.min')}: window.min = {window.min}s is larger than "
             f"window.max = {window.max}s"
         )
+    if window.min <= 0:
+        raise ConfigError(f"{where('window.min')}: window.min = {window.min}s must be positive")
     if window.max <= 0:
         raise ConfigError(f"{where('window.max')}: window.max = {window.max}s must be positive")
     slot_index = values.get("slot_index")

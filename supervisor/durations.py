@@ -65,6 +65,6 @@ def format_duration(seconds: float) -> str:
         parts.append(f"{hours}h")
     if minutes:
         parts.append(f"{minutes:02d}m" if parts else f"{minutes}m")
-    if secs and not days:
+    if secs:
         parts.append(f"{secs:02d}s" if parts else f"{secs}s")
     return "".join(parts) or "0s"

@@ -84,7 +84,7 @@ def gate_once(
             new = state.record_start(
                 now,
                 via=d.via,
-                user=user,  # type: ignore[arg-type]
+                user=user,
                 reason=reason if d.forced else None,
             )
             try:

@@ -15,7 +15,7 @@ from typing import Any, Final
 from supervisor.config import Config, WindowConfig
 from supervisor.durations import format_duration
 from supervisor.slots import slot_offset
-from supervisor.state import AgentState, iso
+from supervisor.state import AgentState, Via, iso
 
 DEFAULT_MAX_MULTIPLIER: Final = 4
 
@@ -125,8 +125,9 @@ class Decision:
     backoff_level: int
     next_allowed_at: float | None
     forced: bool = False
-    via: str = "gate"
+    via: Via = "gate"
     event: str = "gate.allowed"
+    decided_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The decision JSON of the contract."""
@@ -140,6 +141,7 @@ class Decision:
             "backoff_level": self.backoff_level,
             "next_allowed_at": None if self.next_allowed_at is None else iso(self.next_allowed_at),
             "forced": self.forced,
+            "decided_at": None if self.decided_at is None else iso(self.decided_at),
         }
 
 
@@ -167,7 +169,7 @@ def decide(
         why: str,
         nxt: float | None,
         event: str,
-        via: str = "gate",
+        via: Via = "gate",
         forced: bool = False,
     ) -> Decision:
         return Decision(
@@ -182,6 +184,7 @@ def decide(
             forced=forced,
             via=via,
             event=event,
+            decided_at=now,
         )
 
     if force:
@@ -235,6 +238,11 @@ def _window_decision(
     if last_start is None or now - last_start >= w:
         if last is not None and healthy is False and _failed(last, now, policy.stable_after):
             nxt = next_grid_slot(now, w, policy.offset)
+            if nxt <= now:
+                # Asked exactly at this node's slot (a waiting gate wakes there): the slot is
+                # this very refusal, so the next one is a window on. A refusal must name a
+                # later time, or a virtual clock (simulate) would re-ask forever.
+                nxt += w
             return _Normal(
                 False,
                 "control plane unhealthy after a failed run: waiting for this node's slot "

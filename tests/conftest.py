@@ -18,6 +18,16 @@ from typing import Any
 import pytest
 
 REQUIRE_DOCKER = os.environ.get("AGENT_SUPERVISOR_REQUIRE_DOCKER") == "1"
+#: CI runs as root and sets this: tests that need root (tmpfs, other users) must not skip.
+REQUIRE_ROOT_TESTS = os.environ.get("AGENT_SUPERVISOR_REQUIRE_ROOT_TESTS") == "1"
+NOBODY = 65534
+
+
+def skip_or_fail(msg: str, strict: bool) -> None:
+    """Skip on a laptop; fail where CI demands that every test runs."""
+    if strict:
+        pytest.fail(msg + " (CI requires this test to run)")
+    pytest.skip(msg)
 
 
 @dataclass(frozen=True)
@@ -31,9 +41,7 @@ class Result:
     @property
     def stderr_lines(self) -> list[str]:
         """Non-empty stderr lines that are not structured log lines."""
-        return [
-            ln for ln in self.stderr.splitlines() if ln.strip() and not ln.startswith("{")
-        ]
+        return [ln for ln in self.stderr.splitlines() if ln.strip() and not ln.startswith("{")]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -85,3 +93,42 @@ def docker_client() -> Iterator[Any]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs (root only): a disk that really fills up."""
+    if os.geteuid() != 0:
+        skip_or_fail("mounting a tmpfs needs root", REQUIRE_ROOT_TESTS)
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mnt)], check=True
+    )
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def nobody() -> int:
+    """The uid of an unprivileged user that can still run this Python (root only)."""
+    if os.geteuid() != 0:
+        skip_or_fail("switching to another user needs root", REQUIRE_ROOT_TESTS)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import supervisor.cli"],
+        user=NOBODY,
+        group=NOBODY,
+        cwd="/",
+        capture_output=True,
+        check=False,
+        env=clean_env(HOME="/nonexistent"),
+    )
+    if probe.returncode != 0:
+        skip_or_fail(
+            f"user {NOBODY} cannot run {sys.executable} (is /root 0700? "
+            ".ci/run makes it traversable)",
+            REQUIRE_ROOT_TESTS,
+        )
+    return NOBODY

@@ -1,0 +1,390 @@
+"""The CLI as operators and units run it: real processes, a real state directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from conftest import Result, clean_env, run_cli
+
+SIZE = ("--cluster-size", "5000")
+
+
+def ts(text: str) -> float:
+    """ISO 8601 -> epoch seconds."""
+    return datetime.fromisoformat(text).timestamp()
+
+
+def gate(state_dir: Path, *args: str, env: dict[str, str] | None = None) -> Result:
+    """Run ``gate --json`` against ``state_dir``."""
+    return run_cli("gate", "--json", "--state-dir", str(state_dir), *args, env=env)
+
+
+def state_doc(state_dir: Path) -> dict[str, object]:
+    """The agent's state file, parsed."""
+    doc = json.loads((state_dir / "cilium-agent.json").read_text())
+    assert isinstance(doc, dict)
+    return doc
+
+
+def test_done_when_example(state_dir: Path) -> None:
+    """Issue 2's acceptance: allowed once with W=3600, then 75 with a stable next slot."""
+    env = clean_env(AGENT_SUPERVISOR_CLUSTER_SIZE="5000")
+    exe = shutil.which("agent-supervisor")
+    assert exe, "the console script is installed"
+    cmd = [exe, "gate", "--json", "--state-dir", str(state_dir)]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    assert first.returncode == 0, first.stderr
+    d1 = json.loads(first.stdout)
+    assert d1["allowed"] is True and d1["window_seconds"] == 3600
+    assert set(d1) >= {
+        "allowed",
+        "reason",
+        "agent",
+        "node",
+        "cluster_size",
+        "window_seconds",
+        "backoff_level",
+        "next_allowed_at",
+        "forced",
+    }
+    start = ts(d1["decided_at"])
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    third = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    assert second.returncode == 75 and third.returncode == 75
+    d2, d3 = json.loads(second.stdout), json.loads(third.stdout)
+    assert d2["allowed"] is False and d2["next_allowed_at"] == d3["next_allowed_at"]
+    assert start + 3600 <= ts(d2["next_allowed_at"]) < start + 7200
+
+
+def test_python_dash_m_is_the_same_program(state_dir: Path) -> None:
+    """``python -m supervisor`` gates like the console script."""
+    r = gate(state_dir, *SIZE)
+    assert r.code == 0 and json.loads(r.stdout)["allowed"]
+
+
+def test_missing_cluster_size_exits_78_and_says_how(state_dir: Path) -> None:
+    """Without cluster_size the gate exits 78 with one line saying how to set it."""
+    r = gate(state_dir)
+    assert r.code == 78
+    assert r.stderr_lines == [
+        "agent-supervisor: error: cluster_size is not set: add 'cluster_size = N' to "
+        "/etc/agent-supervisor/config.toml, or set AGENT_SUPERVISOR_CLUSTER_SIZE=N, "
+        "or pass --cluster-size N"
+    ]
+    assert not state_dir.exists() or not (state_dir / "cilium-agent.json").exists()
+
+
+def test_bad_agent_name_is_a_usage_error(state_dir: Path) -> None:
+    """Agent names that could escape the state directory exit 2."""
+    r = gate(state_dir, *SIZE, "--agent", "../etc")
+    assert r.code == 2 and "agent names are [a-z0-9._-]+" in r.stderr
+
+
+def test_gate_execs_the_command_in_place(state_dir: Path, tmp_path: Path) -> None:
+    """Once allowed the gate execs the command: same PID, its exit code is the process's."""
+    out = tmp_path / "pid"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "supervisor",
+            "gate",
+            "--state-dir",
+            str(state_dir),
+            *SIZE,
+            "--",
+            sys.executable,
+            "-c",
+            f"import os; open({str(out)!r}, 'w').write(str(os.getpid())); raise SystemExit(3)",
+        ],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.communicate(timeout=60)
+    assert proc.returncode == 3
+    assert int(out.read_text()) == proc.pid
+    runs = state_doc(state_dir)["runs"]
+    assert isinstance(runs, list) and len(runs) == 1
+
+
+def test_exec_of_missing_command_records_the_end(state_dir: Path) -> None:
+    """A command that cannot be exec'd is reported in one line and its run is closed."""
+    r = run_cli("gate", "--state-dir", str(state_dir), *SIZE, "--", "/nonexistent/agent")
+    assert r.code == 70 and r.stderr_lines == [
+        "agent-supervisor: error: cannot exec '/nonexistent/agent': No such file or directory"
+    ]
+    runs = state_doc(state_dir)["runs"]
+    assert isinstance(runs, list) and runs[-1]["exit_code"] == 127
+
+
+def test_force_is_recorded_with_user_and_reason(state_dir: Path) -> None:
+    """--force allows inside the window and records who and why, in state and audit log."""
+    assert gate(state_dir, *SIZE).code == 0
+    r = gate(state_dir, *SIZE, "--force", "--reason", "hotfix rollout")
+    assert r.code == 0
+    d = json.loads(r.stdout)
+    assert d["forced"] is True and "hotfix rollout" in d["reason"]
+    run = state_doc(state_dir)["runs"][-1]  # type: ignore[index]
+    assert run["via"] == "force" and run["reason"] == "hotfix rollout" and run["user"]
+    audit = [json.loads(x) for x in (state_dir / "audit.jsonl").read_text().splitlines()]
+    assert audit[-1]["command"] == "gate --force" and audit[-1]["reason"] == "hotfix rollout"
+    assert any('"event": "gate.forced"' in ln for ln in r.stderr.splitlines())
+
+
+def test_reason_without_force_is_a_usage_error(state_dir: Path) -> None:
+    """--reason alone would be silently ignored, so it is refused."""
+    assert gate(state_dir, *SIZE, "--reason", "x").code == 2
+
+
+def test_hold_blocks_release_unblocks(state_dir: Path) -> None:
+    """A hold refuses even a first start; release lets it through; both are audited."""
+    assert run_cli("hold", "--reason", "kernel upgrade", "--state-dir", str(state_dir)).code == 0
+    r = gate(state_dir, *SIZE)
+    assert r.code == 75 and "held by" in json.loads(r.stdout)["reason"]
+    assert run_cli("release", "--state-dir", str(state_dir)).code == 0
+    assert gate(state_dir, *SIZE).code == 0
+    commands = [
+        json.loads(x)["command"] for x in (state_dir / "audit.jsonl").read_text().splitlines()
+    ]
+    assert commands == ["hold", "release"]
+
+
+def test_override_lets_starts_through(state_dir: Path) -> None:
+    """During an override every start is allowed; they are marked as operator starts."""
+    assert gate(state_dir, *SIZE).code == 0
+    assert (
+        run_cli(
+            "override", "--for", "10m", "--reason", "testing", "--state-dir", str(state_dir)
+        ).code
+        == 0
+    )
+    for _ in range(2):
+        assert gate(state_dir, *SIZE).code == 0
+    vias = [r["via"] for r in state_doc(state_dir)["runs"]]  # type: ignore[attr-defined]
+    assert vias == ["gate", "override", "override"]
+
+
+def test_operator_commands_require_a_reason(state_dir: Path) -> None:
+    """override and hold without --reason exit 2 and change nothing."""
+    assert run_cli("override", "--state-dir", str(state_dir)).code == 2
+    assert run_cli("hold", "--state-dir", str(state_dir)).code == 2
+    assert not (state_dir / "cilium-agent.json").exists()
+
+
+def test_record_exit_and_stable_reset(state_dir: Path) -> None:
+    """A run that lasted stable_after resets the level; a short one raises it."""
+    fast = ("--set", "stable_after=2s", "--set", "window.base=1h")
+    assert gate(state_dir, *SIZE, *fast).code == 0
+    r = run_cli("record-exit", "--code", "1", "--state-dir", str(state_dir))
+    assert r.code == 0 and "recorded exit 1" in r.stdout
+    d = json.loads(gate(state_dir, *SIZE, *fast).stdout)
+    assert d["backoff_level"] == 1
+    assert (
+        run_cli("override", "--for", "1h", "--reason", "t", "--state-dir", str(state_dir)).code == 0
+    )
+    assert gate(state_dir, *SIZE, *fast).code == 0
+    assert run_cli("release", "--state-dir", str(state_dir)).code == 0
+    time.sleep(2.1)  # the run lasts longer than stable_after (not a timing assertion)
+    assert run_cli("record-exit", "--code", "TERM", "--state-dir", str(state_dir)).code == 0
+    d = json.loads(gate(state_dir, *SIZE, *fast).stdout)
+    assert d["allowed"] is False and d["backoff_level"] == 0
+    last = state_doc(state_dir)["runs"][-1]  # type: ignore[index]
+    assert last["exit_code"] == 128 + signal.SIGTERM and last["end_source"] == "record-exit"
+
+
+@pytest.mark.parametrize(
+    ("code", "stored"), [("0", 0), ("137", 137), ("KILL", 137), ("SIGSEGV", 139), ("", None)]
+)
+def test_record_exit_accepts_systemd_exit_status(
+    state_dir: Path, code: str, stored: int | None
+) -> None:
+    """$EXIT_STATUS may be a number or a signal name; both are recorded."""
+    assert gate(state_dir, *SIZE).code == 0
+    assert run_cli("record-exit", "--code", code, "--state-dir", str(state_dir)).code == 0
+    assert state_doc(state_dir)["runs"][-1]["exit_code"] == stored  # type: ignore[index]
+
+
+def test_record_exit_rejects_garbage(state_dir: Path) -> None:
+    """An exit status that is neither a number nor a signal name exits 2 in one line."""
+    r = run_cli("record-exit", "--code", "banana", "--state-dir", str(state_dir))
+    assert r.code == 2 and len(r.stderr_lines) == 1
+
+
+def test_reset_keeps_a_backup(state_dir: Path) -> None:
+    """reset empties the history and keeps the old file beside it."""
+    assert gate(state_dir, *SIZE).code == 0
+    before = (state_dir / "cilium-agent.json").read_text()
+    r = run_cli("reset", "--reason", "fresh start", "--state-dir", str(state_dir))
+    assert r.code == 0 and "backup at" in r.stdout
+    backups = list(state_dir.glob("cilium-agent.json.reset-*"))
+    assert len(backups) == 1 and backups[0].read_text() == before
+    assert gate(state_dir, *SIZE).code == 0
+
+
+def test_status_json_explains_the_decision(state_dir: Path) -> None:
+    """status --json has the decision plus slot, runs, hold and override, and writes nothing."""
+    assert gate(state_dir, *SIZE).code == 0
+    before = (state_dir / "cilium-agent.json").read_bytes()
+    r = run_cli("status", "--json", "--state-dir", str(state_dir), *SIZE)
+    assert r.code == 0
+    doc = json.loads(r.stdout)
+    assert doc["allowed"] is False and doc["window_seconds"] == 3600
+    assert doc["slot"]["mode"] == "hash" and 0 <= doc["slot"]["offset_seconds"] < 3600
+    assert len(doc["runs"]) == 1 and doc["hold"] is None and doc["override"] is None
+    assert (state_dir / "cilium-agent.json").read_bytes() == before
+    human = run_cli("status", "--state-dir", str(state_dir), *SIZE)
+    assert human.code == 0 and "NOT NOW" in human.stdout and "window       1h" in human.stdout
+
+
+def test_window_command_prints_window_and_rate() -> None:
+    """window --cluster-size prints W and the start rate it implies."""
+    r = run_cli("window", "--cluster-size", "1000", "--json")
+    assert json.loads(r.stdout) == {
+        "cluster_size": 1000,
+        "window_seconds": 1200.0,
+        "starts_per_minute": 50.0,
+        "seconds_between_starts": 1.2,
+    }
+    assert "20m" in run_cli("window", "--cluster-size", "1000").stdout
+
+
+def test_wait_wakes_on_override(state_dir: Path) -> None:
+    """A waiting gate notices an override within about a second and starts."""
+    assert gate(state_dir, *SIZE).code == 0
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "supervisor",
+            "gate",
+            "--wait",
+            "--json",
+            "--state-dir",
+            str(state_dir),
+            *SIZE,
+        ],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_log(proc, "gate.refused")
+    assert run_cli("override", "--reason", "go", "--state-dir", str(state_dir)).code == 0
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and json.loads(out)["allowed"] is True
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_wait_ends_on_signal_without_recording(state_dir: Path, sig: signal.Signals) -> None:
+    """SIGTERM/SIGINT end a wait at once with exit 75, and no start is recorded."""
+    assert gate(state_dir, *SIZE).code == 0
+    before = (state_dir / "cilium-agent.json").read_bytes()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "supervisor",
+            "gate",
+            "--wait",
+            "--state-dir",
+            str(state_dir),
+            *SIZE,
+        ],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_log(proc, "gate.refused")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 75
+    assert "Traceback" not in err and "gate.wait_interrupted" in err
+    assert (state_dir / "cilium-agent.json").read_bytes() == before
+
+
+def test_wait_allows_at_the_slot(state_dir: Path) -> None:
+    """With a one-second window a waiting gate is allowed at its slot and records it."""
+    small = (
+        "--cluster-size",
+        "1",
+        "--set",
+        "window.base=1s",
+        "--set",
+        "window.per_node=0",
+        "--set",
+        "window.min=1s",
+        "--set",
+        "slot_index=0",
+        "--set",
+        "slot_count=1",
+    )
+    assert gate(state_dir, *small).code == 0
+    r = run_cli("gate", "--wait", "--json", "--state-dir", str(state_dir), *small)
+    assert r.code == 0 and json.loads(r.stdout)["allowed"] is True
+    runs = state_doc(state_dir)["runs"]
+    assert isinstance(runs, list) and len(runs) == 2
+    assert ts(runs[1]["started_at"]) - ts(runs[0]["started_at"]) >= 1.0
+
+
+def test_unwritable_state_refuses_but_force_allows(small_tmpfs: Path) -> None:
+    """If the start cannot be recorded the gate exits 74; --force still allows, loudly."""
+    sd = small_tmpfs / "state"
+    sd.mkdir(mode=0o700)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    r = gate(sd, *SIZE)
+    assert r.code == 74 and len(r.stderr_lines) == 1
+    assert "cannot" in r.stderr_lines[0] and str(sd) in r.stderr_lines[0]
+    f = gate(sd, *SIZE, "--force", "--reason", "disk is broken, start anyway")
+    assert f.code == 0 and json.loads(f.stdout)["forced"] is True
+    assert "gate.forced_unrecorded" in f.stderr
+
+
+def test_non_operator_is_refused_with_77(tmp_path: Path, nobody: int) -> None:
+    """An unprivileged user who does not own the state may not hold, override or force."""
+    sd = tmp_path / "state"
+    assert gate(sd, *SIZE).code == 0
+    before = (sd / "cilium-agent.json").read_bytes()
+    tmp_path.chmod(0o755)
+    for args in (
+        ["hold", "--reason", "x"],
+        ["override", "--reason", "x"],
+        ["release"],
+        ["reset"],
+        ["gate", "--force", "--reason", "x", *SIZE],
+    ):
+        r = run_cli(
+            *args,
+            "--state-dir",
+            str(sd),
+            user=nobody,
+            group=nobody,
+            cwd="/",
+            env=clean_env(HOME="/nonexistent"),
+        )
+        assert r.code == 77, (args, r.stderr)
+        assert "not permitted for user" in r.stderr_lines[0]
+    assert (sd / "cilium-agent.json").read_bytes() == before
+
+
+def _wait_for_log(proc: subprocess.Popen[str], event: str) -> None:
+    """Read the process's stderr until a structured log line with ``event`` appears."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        if f'"event": "{event}"' in line:
+            return
+    proc.kill()
+    raise AssertionError(f"{event} never logged")

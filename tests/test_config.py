@@ -1,0 +1,156 @@
+"""Configuration: precedence, defaults, and one clear error naming file, key and value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from supervisor.config import KEYS, load_config
+from supervisor.durations import DurationError, format_duration, parse_duration
+from supervisor.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    """Write a config file and return its path."""
+    p = tmp_path / "config.toml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("500ms", 0.5),
+        ("30s", 30),
+        ("20m", 1200),
+        ("3h", 10800),
+        ("1d", 86400),
+        ("1h30m", 5400),
+        (45, 45),
+        (0.6, 0.6),
+        ("0.6s", 0.6),
+        ("90", 90),
+    ],
+)
+def test_durations_parse(text: object, seconds: float) -> None:
+    """Durations with a unit, compound durations and bare numbers are seconds."""
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "10x", "-5s", "s", "1e999", "nan", True, [1], "20 minutes", "99999999d"]
+)
+def test_bad_durations_are_refused(bad: object) -> None:
+    """Unparsable, negative, infinite and absurd durations raise DurationError."""
+    with pytest.raises(DurationError):
+        parse_duration(bad)
+
+
+@given(st.floats(min_value=1, max_value=10 * 86400))
+def test_format_duration_round_trips_to_the_second(seconds: float) -> None:
+    """A formatted duration parses back to the same whole number of seconds (within 1 s)."""
+    assert abs(parse_duration(format_duration(seconds)) - seconds) <= 1.0
+
+
+def test_missing_default_file_is_not_an_error(tmp_path: Path) -> None:
+    """Without a file, the defaults apply and cluster_size is unset."""
+    cfg = load_config(env={})
+    assert cfg.cluster_size is None
+    assert cfg.window.base == 600 and cfg.window.per_node == 0.6
+    with pytest.raises(
+        ConfigError, match=r"cluster_size is not set.*AGENT_SUPERVISOR_CLUSTER_SIZE"
+    ):
+        cfg.require_cluster_size()
+
+
+def test_named_missing_file_is_an_error(tmp_path: Path) -> None:
+    """A config file named on the command line or in the environment must exist."""
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml", env={})
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(env={"AGENT_SUPERVISOR_CONFIG": str(tmp_path / "nope.toml")})
+
+
+def test_precedence_command_line_then_environment_then_file(tmp_path: Path) -> None:
+    """The command line beats the environment, which beats the file."""
+    p = write(tmp_path, 'cluster_size = 10\nnode_name = "file"\n[window]\nbase = "1m"\n')
+    env = {"AGENT_SUPERVISOR_CLUSTER_SIZE": "20", "AGENT_SUPERVISOR_WINDOW_BASE": "2m"}
+    cfg = load_config(p, env=env, overrides={"cluster_size": 30})
+    assert cfg.cluster_size == 30 and cfg.window.base == 120 and cfg.node_name == "file"
+    assert cfg.source_of("cluster_size") == "command line"
+    assert cfg.source_of("window.base") == "environment AGENT_SUPERVISOR_WINDOW_BASE"
+    assert cfg.source_of("node_name") == str(p)
+
+
+def test_every_key_has_an_environment_variable() -> None:
+    """Each key maps to AGENT_SUPERVISOR_<KEY> with '_' for '.'."""
+    envs = {k.path: k.env for k in KEYS}
+    assert envs["window.per_node"] == "AGENT_SUPERVISOR_WINDOW_PER_NODE"
+    assert envs["cluster_size"] == "AGENT_SUPERVISOR_CLUSTER_SIZE"
+    assert len(set(envs.values())) == len(envs)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("cluster_size = -1", "cluster_size = -1: must be at least 1"),
+        ("cluster_size = 0", "cluster_size = 0"),
+        ('cluster_size = "many"', "cluster_size = 'many': expected a whole number"),
+        ("cluster_size = 1.5", "expected a whole number"),
+        ("cluster_size = true", "expected a whole number"),
+        ("cluster_size = 99999999999", "must be at most"),
+        ("clustersize = 5", "unknown key 'clustersize'"),
+        ('[window]\nbse = "1m"', "unknown key 'window.bse' (known: window.base"),
+        ('[window]\nbase = "10x"', "window.base = '10x'"),
+        ('[window]\nmin = "2h"\nmax = "1h"', "window.min"),
+        ("slot_index = 3", "slot_index and slot_count go together"),
+        ("slot_index = 3\nslot_count = 3", "must be below slot_count"),
+        ('node_name = "bad name!"', "node_name = 'bad name!'"),
+        ('[probe]\nurls = ["ftp://x"]', "is not an http(s) URL"),
+        ('[identity]\ncert = "/c.pem"', "needs key"),
+        ("[agent]\nCluster_Name = 'x'", "kebab-case"),
+        ("[agent]\ncluster-name = {a = 1}", "agent.cluster-name"),
+        ("cluster_size = ", "not valid TOML"),
+        ("agent = 5", "[agent] must be a table"),
+    ],
+)
+def test_bad_config_names_file_key_and_value(tmp_path: Path, text: str, needle: str) -> None:
+    """Each bad file gives one ConfigError line naming the file and what is wrong."""
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(p, env={})
+    msg = str(info.value)
+    assert str(p) in msg and needle in msg and "\n" not in msg
+
+
+def test_bad_environment_value_names_the_variable() -> None:
+    """A bad environment value names the variable, the key and the value."""
+    with pytest.raises(
+        ConfigError,
+        match=r"environment AGENT_SUPERVISOR_WINDOW_PER_NODE: "
+        r"window.per_node = 'fast'",
+    ):
+        load_config(env={"AGENT_SUPERVISOR_WINDOW_PER_NODE": "fast"})
+
+
+def test_agent_table_is_kept_as_strings(tmp_path: Path) -> None:
+    """The free-form [agent] table becomes option -> text."""
+    p = write(tmp_path, "[agent]\ncluster-id = 7\nenable-ipv6 = false\nlabels = ['a', 'b']\n")
+    cfg = load_config(p, env={})
+    assert dict(cfg.agent) == {"cluster-id": "7", "enable-ipv6": "false", "labels": "a b"}
+
+
+def test_binary_and_huge_files_are_refused(tmp_path: Path) -> None:
+    """Non-UTF-8 and oversized files give a ConfigError, not a crash."""
+    p = tmp_path / "c.toml"
+    p.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(p, env={})
+    p.write_bytes(b"# " + b"x" * (2 * 1024 * 1024))
+    with pytest.raises(ConfigError, match="larger than 1 MiB"):
+        load_config(p, env={})
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(tmp_path, env={})
