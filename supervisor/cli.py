@@ -17,6 +17,7 @@ from supervisor.cli_common import (
     ClusterSizeOpt,
     ConfigOpt,
     JsonOpt,
+    MetricsOpt,
     NodeNameOpt,
     SetOpt,
     StateDirOpt,
@@ -26,7 +27,13 @@ from supervisor.cli_common import (
 from supervisor.config import Config
 from supervisor.durations import DurationError, format_duration, parse_duration
 from supervisor.errors import SupervisorError, UsageError
-from supervisor.gate import GateResult, gate_once, state_signature, wait_until_allowed
+from supervisor.gate import (
+    GateResult,
+    gate_once,
+    publish_metrics,
+    state_signature,
+    wait_until_allowed,
+)
 from supervisor.log import configure, get_logger
 from supervisor.operators import authorize, current_operator
 from supervisor.policy import Decision, Policy, next_grid_slot, window_seconds
@@ -71,9 +78,10 @@ def _log_decision(result: GateResult, user: str | None) -> None:
         log.info(d.event, **fields)
 
 
-def _check_identity(cfg: Config, now: float) -> None:
+def _check_identity(cfg: Config, now: float) -> float | None:
+    """Refuse (78) on a bad identity; return the certificate's seconds left, if configured."""
     if cfg.identity is None:
-        return
+        return None
     from supervisor.identity import check_identity
 
     report = check_identity(cfg.identity, cfg.node_name, now)
@@ -82,6 +90,7 @@ def _check_identity(cfg: Config, now: float) -> None:
     if not report.ok:
         get_logger().error("gate.identity_refused", problems=list(report.problems))
         raise errors.IdentityError("bad agent identity: " + "; ".join(report.problems))
+    return report.seconds_left
 
 
 class _Interrupted(Exception):
@@ -121,6 +130,7 @@ def gate(
     ] = False,
     reason: Annotated[str | None, typer.Option("--reason", help="why (with --force)")] = None,
     json_out: JsonOpt = False,
+    metrics_file: MetricsOpt = None,
     config: ConfigOpt = None,
     state_dir: StateDirOpt = None,
     cluster_size: ClusterSizeOpt = None,
@@ -132,7 +142,7 @@ def gate(
     Exit 0 allowed, 75 not now, 78 configuration or identity, 74 state I/O, 77 not permitted.
     """
     agent = check_agent(agent)
-    cfg = load(config, state_dir, cluster_size, node_name, sets)
+    cfg = load(config, state_dir, cluster_size, node_name, _with_metrics(sets, metrics_file))
     Policy.from_config(cfg, agent)  # cluster_size missing -> 78 before anything else
     store = StateStore(cfg.state_dir)
     op = current_operator()
@@ -144,17 +154,17 @@ def gate(
         except errors.NotPermitted:
             get_logger().warning("operator.refused", action="gate --force", user=op.display)
             raise
-    else:
-        _check_identity(cfg, time.time())
+    cert_left = None if force else _check_identity(cfg, time.time())
 
     def once() -> GateResult:
         return gate_once(cfg, store, agent, time.time(), force=force, reason=reason, operator=op)
 
     if wait:
-        result = _wait(once, store, agent)
+        result = _wait(once, store, agent, cfg)
     else:
         result = once()
     _log_decision(result, op.display)
+    publish_metrics(cfg, result, time.time(), cert_seconds_left=cert_left)
     if force and result.recorded:
         _audit(store, "gate --force", agent, reason, op)
     if json_out:
@@ -171,7 +181,11 @@ def gate(
         _exec(command, store, agent)
 
 
-def _wait(once: Any, store: StateStore, agent: str) -> GateResult:
+def _with_metrics(sets: list[str] | None, metrics_file: str | None) -> list[str]:
+    return [*(sets or []), *([f"metrics_file={metrics_file}"] if metrics_file else [])]
+
+
+def _wait(once: Any, store: StateStore, agent: str, cfg: Config) -> GateResult:
     waiting = {"sleeping": 0.0}
     state: dict[str, float] = {}
 
@@ -191,6 +205,7 @@ def _wait(once: Any, store: StateStore, agent: str) -> GateResult:
 
     def on_wait(d: Decision, now: float) -> None:
         if not state:
+            publish_metrics(cfg, GateResult(d), now)
             get_logger().info(
                 d.event,
                 agent=d.agent,
@@ -371,6 +386,10 @@ def _operator_action(
             now, user=op.display, uid=op.uid, command=action, agent=agent, reason=reason, **extra
         )
     get_logger().info(f"operator.{action}", agent=agent, user=op.display, reason=reason, **extra)
+    if cfg.metrics_file and cfg.cluster_size is not None:
+        publish_metrics(
+            cfg, gate_once(cfg, store, agent, time.time(), record=False), time.time(), count=False
+        )
 
 
 def _duration_opt(value: str | None, name: str) -> float | None:

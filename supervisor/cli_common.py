@@ -54,6 +54,14 @@ SetOpt = Annotated[
 ]
 AgentOpt = Annotated[str, typer.Option("--agent", help="agent name; state is kept per agent")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
+MetricsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--metrics-file",
+        help="Prometheus textfile to update [config metrics_file]",
+        show_default=False,
+    ),
+]
 
 
 def check_agent(agent: str) -> str:

@@ -38,6 +38,7 @@ class GateResult:
     quarantined: tuple[str, ...] = ()
     recorded: bool = False
     state: AgentState | None = field(default=None, compare=False)
+    probe_healthy: bool | None = None
 
 
 def gate_once(
@@ -102,7 +103,7 @@ def gate_once(
                 tx.write(state, now)
             except StateError as exc:
                 log.warning("state.write_failed", agent=agent, why=str(exc))
-        return GateResult(d, tuple(tx.quarantined), recorded, state)
+        return GateResult(d, tuple(tx.quarantined), recorded, state, healthy)
     finally:
         tx_cm.__exit__(None, None, None)
 
@@ -157,3 +158,49 @@ def wait_until_allowed(
             sleep(max(remaining, 0.0))
             if signature() != seen:
                 break
+
+
+def publish_metrics(
+    cfg: Config,
+    result: GateResult,
+    now: float,
+    *,
+    count: bool = True,
+    cert_seconds_left: float | None = None,
+) -> None:
+    """Write the decision to ``metrics_file`` if configured; never fails the caller.
+
+    ``count`` is False for callers that only refresh gauges (``status``, operator commands) so
+    that the starts counter counts gate decisions only.
+    """
+    if not cfg.metrics_file:
+        return
+    from supervisor.metrics import Snapshot, update_metrics
+
+    d = result.decision
+    state = result.state
+    gauges: dict[str, float] = {
+        "backoff_level": d.backoff_level,
+        "window_seconds": d.window_seconds,
+        "next_allowed_timestamp_seconds": d.next_allowed_at or 0.0,
+        "last_decision_timestamp_seconds": now,
+    }
+    if state is not None:
+        gauges["hold_active"] = float(state.hold is not None and state.hold.active(now))
+        gauges["override_active"] = float(state.override is not None and state.override.active(now))
+        ended = [r for r in state.runs if r.exit_code is not None]
+        if ended:
+            gauges["last_exit_code"] = float(ended[-1].exit_code or 0)
+    if result.probe_healthy is not None:
+        gauges["probe_healthy"] = float(result.probe_healthy)
+    if cert_seconds_left is not None:
+        gauges["certificate_expiry_seconds"] = cert_seconds_left
+    outcome: str = (
+        "forced"
+        if d.forced
+        else d.via
+        if d.via == "override"
+        else ("allowed" if d.allowed else "refused")
+    )
+    counters = {("starts", outcome): 1.0} if count else {}
+    update_metrics(cfg.metrics_file, cfg.state_dir, Snapshot(d.agent, gauges, counters))
