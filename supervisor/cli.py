@@ -157,7 +157,7 @@ def gate(
     cert_left = None if force else _check_identity(cfg, time.time())
 
     def once() -> GateResult:
-        return gate_once(cfg, store, agent, time.time(), force=force, reason=reason, operator=op)
+        return gate_once(cfg, store, agent, force=force, reason=reason, operator=op)
 
     if wait:
         result = _wait(once, store, agent, cfg)
@@ -378,8 +378,8 @@ def _operator_action(
     except errors.NotPermitted:
         get_logger().warning("operator.refused", action=action, agent=agent, user=op.display)
         raise
-    now = time.time()
-    with store.transaction(agent, now) as tx:
+    with store.transaction(agent) as tx:
+        now = time.time()  # read under the lock, so actions are recorded in order
         new = change(tx.state, now, op.display, store)
         tx.write(new, now)
         store.audit(
@@ -552,8 +552,8 @@ def record_exit(
     agent, cfg = check_agent(agent), load(config, state_dir, cluster_size, node_name, sets)
     exit_code = parse_exit_status(code)
     store = StateStore(cfg.state_dir)
-    now = time.time()
-    with store.transaction(agent, now) as tx:
+    with store.transaction(agent) as tx:
+        now = time.time()
         last = tx.state.last_run
         new = tx.state.record_exit(now, exit_code)
         if new is tx.state:

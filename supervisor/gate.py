@@ -45,8 +45,9 @@ def gate_once(
     cfg: Config,
     store: StateStore,
     agent: str,
-    now: float,
+    now: float | None = None,
     *,
+    clock: Callable[[], float] = time.time,
     force: bool = False,
     reason: str | None = None,
     operator: Operator | None = None,
@@ -59,6 +60,9 @@ def gate_once(
     A start that cannot be recorded is not allowed (StateError, exit 74), except a forced one,
     which goes ahead loudly: the operator asked for it and a full disk must not keep the
     network down.
+
+    ``now`` None (the normal case) reads ``clock`` after the lock is taken: a time read before
+    waiting for the lock would be stale by the wait, and starts would be recorded out of order.
     """
     policy = Policy.from_config(cfg, agent)
     log = get_logger()
@@ -70,9 +74,12 @@ def gate_once(
         if not force:
             raise
         log.error("gate.forced_unrecorded", agent=agent, why="state unavailable")
-        d = decide(policy, AgentState(agent), now, force=True, reason=reason, user=user)
+        at = clock() if now is None else now
+        d = decide(policy, AgentState(agent), at, force=True, reason=reason, user=user)
         return GateResult(d)
     try:
+        if now is None:
+            now = clock()
         state = tx.state
         if end_hook is not None:
             state = end_hook(state)

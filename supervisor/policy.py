@@ -234,7 +234,9 @@ def _window_decision(
     last = state.last_run
     # A start recorded in the future means the clock stepped back: count it as now, so a clock
     # step can never block an agent for longer than a normal backoff.
-    last_start = None if last is None else min(last.started_at, now)
+    # The latest start, not the last one appended: with concurrent callers or a clock step,
+    # runs are not always appended in time order, and the window counts from the latest.
+    last_start = None if last is None else min(max(r.started_at for r in state.runs), now)
     if last_start is None or now - last_start >= w:
         if last is not None and healthy is False and _failed(last, now, policy.stable_after):
             nxt = next_grid_slot(now, w, policy.offset)

@@ -146,6 +146,9 @@ class StateStore:
 
         self.prepare()
         lock_path = self.lock_path(agent)
+        # Check the state file before creating anything: a hostile entry is refused with the
+        # directory exactly as we found it. _read checks it again under the lock.
+        self._check_entry(self.state_path(agent), "state file")
         self._check_entry(lock_path, "lock file")
         lock = FileLock(str(lock_path), mode=0o600, timeout=self.lock_timeout)
         try:

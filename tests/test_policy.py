@@ -147,6 +147,19 @@ def test_future_start_counts_as_now() -> None:
     assert T0 + 1200 <= d.next_allowed_at < T0 + 2400
 
 
+def test_window_counts_from_the_latest_start_not_the_last_appended() -> None:
+    """Regression: runs appended out of time order (a stale clock read) must not open the gate.
+
+    Found by the load fault test: a caller that read the clock before waiting for the lock
+    appended an older start after a newer one, and the window was counted from the older.
+    """
+    p = policy(window=1200.0)
+    s = AgentState("cilium-agent").record_start(T0 + 1000).record_start(T0)
+    d = decide(p, s, T0 + 1300)
+    assert not d.allowed and d.next_allowed_at is not None
+    assert d.next_allowed_at >= T0 + 1000 + 1200
+
+
 def test_probe_unhealthy_after_failed_run_waits_for_slot() -> None:
     """With a probe saying the control plane is down, a restart after a failed run waits."""
     p = policy(window=1200.0, offset=0.5, probe_configured=True)

@@ -1,0 +1,85 @@
+"""Clock steps of +-1 day between runs, under faketime (a real process with a shifted clock)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from conftest import REQUIRE_ROOT_TESTS, clean_env, skip_or_fail
+
+W = 1200.0  # 1000 nodes with the default window
+SIZE = ("--cluster-size", "1000")
+
+
+def gate_at(shift: str, state_dir: Path) -> tuple[int, dict[str, object]]:
+    """Run the gate with the clock shifted by ``shift`` (faketime syntax, e.g. '-1d')."""
+    faketime = shutil.which("faketime")
+    if faketime is None:
+        skip_or_fail("faketime is not installed (Debian package faketime)", REQUIRE_ROOT_TESTS)
+    assert faketime is not None
+    cmd = [
+        faketime,
+        "-f",
+        shift,
+        sys.executable,
+        "-m",
+        "supervisor",
+        "gate",
+        "--json",
+        "--state-dir",
+        str(state_dir),
+        *SIZE,
+    ]
+    p = subprocess.run(
+        cmd, env=clean_env(), capture_output=True, text=True, check=False, timeout=60
+    )
+    assert p.returncode in (0, 75), p.stderr
+    doc = json.loads(p.stdout)
+    assert isinstance(doc, dict)
+    return p.returncode, doc
+
+
+def ts(value: object) -> float:
+    """ISO 8601 -> epoch seconds."""
+    assert isinstance(value, str)
+    return datetime.fromisoformat(value).timestamp()
+
+
+def test_clock_stepped_back_a_day_blocks_no_longer_than_a_backoff(state_dir: Path) -> None:
+    """A start recorded 'tomorrow' counts as now: the wait is at most one normal backoff."""
+    code, first = gate_at("+0", state_dir)
+    assert code == 0
+    code, back = gate_at("-1d", state_dir)
+    assert code == 75
+    now = ts(back["decided_at"])
+    assert now < ts(first["decided_at"]) - 86000  # the clock really went back
+    assert now + W <= ts(back["next_allowed_at"]) < now + 2 * W
+
+
+def test_clock_stepped_forward_a_day_allows_once_then_windows_again(state_dir: Path) -> None:
+    """After a day's jump the agent starts at once, and the next start waits a window again."""
+    assert gate_at("+0", state_dir)[0] == 0
+    assert gate_at("+0", state_dir)[0] == 75
+    code, fwd = gate_at("+1d", state_dir)
+    assert code == 0
+    code, again = gate_at("+1d", state_dir)
+    assert code == 75
+    start = ts(fwd["decided_at"])
+    assert start + W <= ts(again["next_allowed_at"]) < start + 2 * W
+
+
+@pytest.mark.parametrize("steps", [("-1d", "+0", "-1d"), ("+1d", "-1d", "+1d")])
+def test_back_and_forth_never_allows_twice_in_a_window_of_one_clock(
+    state_dir: Path, steps: tuple[str, ...]
+) -> None:
+    """Whatever the steps, no refusal asks for more than two windows of waiting."""
+    for shift in steps:
+        code, d = gate_at(shift, state_dir)
+        if code == 75:
+            now = ts(d["decided_at"])
+            assert ts(d["next_allowed_at"]) - now < 2 * W + 1
