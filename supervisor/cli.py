@@ -11,7 +11,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from supervisor import errors
+from supervisor import cli_node, errors
 from supervisor.cli_common import (
     AgentOpt,
     ClusterSizeOpt,
@@ -82,14 +82,14 @@ def _check_identity(cfg: Config, now: float) -> float | None:
     """Refuse (78) on a bad identity; return the certificate's seconds left, if configured."""
     if cfg.identity is None:
         return None
-    from supervisor.identity import check_identity
+    from supervisor.identity import check_identity, identity_message
 
     report = check_identity(cfg.identity, cfg.node_name, now)
     for warning in report.warnings:
         get_logger().warning("identity.warning", problem=warning)
     if not report.ok:
         get_logger().error("gate.identity_refused", problems=list(report.problems))
-        raise errors.IdentityError("bad agent identity: " + "; ".join(report.problems))
+        raise errors.IdentityError("bad agent identity: " + identity_message(report))
     return report.seconds_left
 
 
@@ -600,6 +600,10 @@ def window(
         f"cluster of {size} nodes: window {format_duration(w)} ({w:g} s); "
         f"at most {rate:.1f} starts/min fleet-wide (one every {w / size:.2f} s)\n"
     )
+
+
+# Commands owned by other modules: node config and identity.
+cli_node.register(app)
 
 
 def _fail(message: str, code: int) -> NoReturn:
