@@ -11,7 +11,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from supervisor import cli_node, errors
+from supervisor import cli_fleet, cli_node, errors
 from supervisor.cli_common import (
     AgentOpt,
     ClusterSizeOpt,
@@ -93,6 +93,15 @@ def _check_identity(cfg: Config, now: float) -> float | None:
     return report.seconds_left
 
 
+def _make_probe(cfg: Config) -> Any:
+    """The control-plane probe, or None; http.client and ssl are imported only when needed."""
+    if not cfg.probe.urls:
+        return None
+    from supervisor.probe import make_probe
+
+    return make_probe(cfg)
+
+
 class _Interrupted(Exception):
     """SIGTERM or SIGINT arrived while the gate was waiting."""
 
@@ -156,8 +165,10 @@ def gate(
             raise
     cert_left = None if force else _check_identity(cfg, time.time())
 
+    probe = _make_probe(cfg)
+
     def once() -> GateResult:
-        return gate_once(cfg, store, agent, force=force, reason=reason, operator=op)
+        return gate_once(cfg, store, agent, force=force, reason=reason, operator=op, probe=probe)
 
     if wait:
         result = _wait(once, store, agent, cfg)
@@ -260,7 +271,7 @@ def status(
     policy = Policy.from_config(cfg, agent)
     store = StateStore(cfg.state_dir)
     now = time.time()
-    result = gate_once(cfg, store, agent, now, record=False)
+    result = gate_once(cfg, store, agent, now, record=False, probe=_make_probe(cfg))
     d = result.decision
     state = result.state
     assert state is not None
@@ -602,8 +613,9 @@ def window(
     )
 
 
-# Commands owned by other modules: node config and identity.
+# Commands owned by other modules: node config and identity, fleet planning.
 cli_node.register(app)
+cli_fleet.register(app)
 
 
 def _fail(message: str, code: int) -> NoReturn:

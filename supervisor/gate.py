@@ -17,7 +17,7 @@ from supervisor.config import Config
 from supervisor.errors import StateError
 from supervisor.log import get_logger
 from supervisor.operators import Operator
-from supervisor.policy import Decision, Policy, decide
+from supervisor.policy import Decision, Policy, decide, probe_matters
 from supervisor.state import AgentState
 from supervisor.store import StateStore
 
@@ -83,7 +83,7 @@ def gate_once(
         state = tx.state
         if end_hook is not None:
             state = end_hook(state)
-        healthy = probe() if probe is not None and _probe_matters(policy, state, now) else None
+        healthy = probe() if probe is not None and probe_matters(policy, state, now) else None
         d = decide(
             policy, state, now, force=force, reason=reason, user=user, control_plane_healthy=healthy
         )
@@ -113,16 +113,6 @@ def gate_once(
         return GateResult(d, tuple(tx.quarantined), recorded, state, healthy)
     finally:
         tx_cm.__exit__(None, None, None)
-
-
-def _probe_matters(policy: Policy, state: AgentState, now: float) -> bool:
-    """Probe only where the answer can change the decision: a failed run, window passed."""
-    last = state.last_run
-    if last is None or not policy.probe_configured:
-        return False
-    if now - min(last.started_at, now) < policy.window:
-        return False
-    return (last.exit_code not in (None, 0)) or last.duration(now) < policy.stable_after
 
 
 def state_signature(store: StateStore, agent: str) -> tuple[int, int, int] | None:

@@ -15,7 +15,7 @@ from typing import Any, Final
 from supervisor.config import Config, WindowConfig
 from supervisor.durations import format_duration
 from supervisor.slots import slot_offset
-from supervisor.state import AgentState, Via, iso
+from supervisor.state import AgentState, Run, Via, iso
 
 DEFAULT_MAX_MULTIPLIER: Final = 4
 
@@ -234,11 +234,9 @@ def _window_decision(
     last = state.last_run
     # A start recorded in the future means the clock stepped back: count it as now, so a clock
     # step can never block an agent for longer than a normal backoff.
-    # The latest start, not the last one appended: with concurrent callers or a clock step,
-    # runs are not always appended in time order, and the window counts from the latest.
-    last_start = None if last is None else min(max(r.started_at for r in state.runs), now)
+    last_start = latest_start(state, now)
     if last_start is None or now - last_start >= w:
-        if last is not None and healthy is False and _failed(last, now, policy.stable_after):
+        if last is not None and healthy is False and run_failed(last, now, policy.stable_after):
             nxt = next_grid_slot(now, w, policy.offset)
             if nxt <= now:
                 # Asked exactly at this node's slot (a waiting gate wakes there): the slot is
@@ -266,8 +264,35 @@ def _window_decision(
     )
 
 
-def _failed(run: Any, now: float, stable_after: float) -> bool:
-    """A run failed when it exited non-zero or did not last ``stable_after``."""
+def run_failed(run: Run, now: float, stable_after: float) -> bool:
+    """Whether a run counts as failed for the control-plane probe.
+
+    Failed: it exited non-zero, or it did not last ``stable_after``, or its end was never
+    reported (no record-exit, no Docker State): that is a node crash or a power loss, exactly
+    when the control plane may be down too, and one probe request is cheap.
+    """
     if run.exit_code is not None and run.exit_code != 0:
         return True
-    return bool(run.duration(now) < stable_after)
+    if run.ended_at is None:
+        return True
+    return run.duration(now) < stable_after
+
+
+def latest_start(state: AgentState, now: float) -> float | None:
+    """The latest recorded start, a future one (the clock stepped back) counted as ``now``.
+
+    The latest, not the last appended: with concurrent callers or a clock step, runs are not
+    always appended in time order, and the window counts from the latest.
+    """
+    if not state.runs:
+        return None
+    return min(max(r.started_at for r in state.runs), now)
+
+
+def probe_matters(policy: Policy, state: AgentState, now: float) -> bool:
+    """Whether a probe's answer could change the decision: a failed run, the window passed."""
+    last = state.last_run
+    start = latest_start(state, now)
+    if last is None or start is None or not policy.probe_configured:
+        return False
+    return now - start >= policy.window and run_failed(last, now, policy.stable_after)

@@ -1,0 +1,213 @@
+"""Fleet commands: ``simulate`` (what a restart storm looks like) and ``plan`` (the window).
+
+Parse, call, print: the work is in :mod:`supervisor.simulate` and :mod:`supervisor.plan`.
+``cli.py`` adds these commands with :func:`register`; errors are :class:`UsageError` and
+:class:`ConfigError`, which the entry point turns into one line and an exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from supervisor.cli_common import ConfigOpt, JsonOpt, SetOpt, load
+from supervisor.durations import DurationError, parse_duration
+from supervisor.errors import UsageError
+from supervisor.log import get_logger
+from supervisor.plan import plan as make_plan
+from supervisor.plan import render_plan
+from supervisor.policy import window_seconds
+from supervisor.simulate import (
+    Fleet,
+    PlotUnavailableError,
+    Scenario,
+    ScenarioKind,
+    SlotMode,
+    render_table,
+    require_matplotlib,
+    simulate,
+    write_plot,
+)
+
+#: Largest simulated fleet: beyond any real cluster, and about a minute of work here.
+MAX_NODES = 1_000_000
+#: The outage a scenario assumes when ``--outage`` is not given.
+DEFAULT_OUTAGE = {"outage": "30m", "boot-storm": "30m", "rolling": "0s"}
+
+NodesOpt = Annotated[
+    int,
+    typer.Option("--nodes", min=1, max=MAX_NODES, help="number of nodes in the fleet"),
+]
+SlotsOpt = Annotated[
+    SlotMode,
+    typer.Option(
+        "--slots",
+        help="slot offsets: hash (default), index (exact ordinals), address (IPv4 block)",
+    ),
+]
+
+
+def _duration(value: str, option: str) -> float:
+    try:
+        return parse_duration(value)
+    except DurationError as exc:
+        raise UsageError(f"{option} {value!r}: {exc}") from None
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def simulate_command(
+    nodes: NodesOpt = 5000,
+    scenario: Annotated[
+        ScenarioKind,
+        typer.Option(
+            "--scenario",
+            help="outage: everything crashes at 0; boot-storm: every node boots within "
+            "--boot-spread; rolling: agents restarted one by one, --interval apart",
+        ),
+    ] = "outage",
+    outage: Annotated[
+        str | None,
+        typer.Option(
+            "--outage",
+            help="how long the control plane is down from 0 [default: 30m; rolling: 0s]",
+            show_default=False,
+        ),
+    ] = None,
+    fail_after: Annotated[
+        str,
+        typer.Option("--fail-after", help="a start while the control plane is down fails after"),
+    ] = "60s",
+    boot_spread: Annotated[
+        str, typer.Option("--boot-spread", help="boot-storm: nodes boot within this time")
+    ] = "60s",
+    interval: Annotated[
+        str, typer.Option("--interval", help="rolling: time between two nodes' restarts")
+    ] = "1s",
+    slots: SlotsOpt = "hash",
+    unused_addresses: Annotated[
+        float,
+        typer.Option(
+            "--unused-addresses",
+            min=0.0,
+            max=0.99,
+            help="with --slots address: fraction of the block's addresses unused, at random",
+        ),
+    ] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="seed of every random choice")] = 1,
+    json_out: JsonOpt = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="write starts per minute per policy to this PNG (needs the 'plot' extra)",
+            show_default=False,
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Simulate a fleet restart under agent-supervisor and today's alternatives.
+
+    Runs the gate's real decision engine for every virtual node, beside models of Docker
+    restart: always, kubelet CrashLoopBackOff, systemd Restart=always and full-jitter backoff,
+    and counts the starts the control plane has to serve. The window, stable_after and
+    max_multiplier come from the configuration (--config, --set window.base=..., ...).
+    """
+    kind = scenario
+    if plot is not None:
+        try:
+            require_matplotlib()
+        except PlotUnavailableError as exc:
+            raise UsageError(str(exc)) from None
+    cfg = load(config, None, nodes, None, sets)
+    outage_text = outage if outage is not None else DEFAULT_OUTAGE[kind]
+    try:
+        sc = Scenario(
+            kind=kind,
+            nodes=nodes,
+            outage=_duration(outage_text, "--outage"),
+            fail_after=_duration(fail_after, "--fail-after"),
+            boot_spread=_duration(boot_spread, "--boot-spread"),
+            rolling_interval=_duration(interval, "--interval"),
+        )
+        fleet = Fleet(
+            window=window_seconds(cfg.window, nodes),
+            slots=slots,
+            unused_addresses=unused_addresses,
+            stable_after=cfg.stable_after,
+            max_multiplier=cfg.max_multiplier,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if unused_addresses and slots != "address":
+        raise UsageError("--unused-addresses goes with --slots address")
+    result = simulate(sc, fleet, seed=seed)
+    if plot is not None:
+        try:
+            write_plot(result, plot)
+        except PlotUnavailableError as exc:
+            raise UsageError(str(exc)) from None
+        except OSError as exc:
+            raise UsageError(f"--plot {str(plot)!r}: {exc.strerror or exc}") from None
+        get_logger().info("simulate.plot_written", path=str(plot))
+    if json_out:
+        _emit(result.to_json())
+        return
+    table = render_table(result)
+    if plot is not None:
+        # The picture replaces the sparklines: keep the table, say where the plot is.
+        table = table.split("\n\nstarts per minute", 1)[0] + f"\n\nplot: {plot}\n"
+    sys.stdout.write(table)
+
+
+def plan_command(
+    nodes: NodesOpt,
+    max_start_rate: Annotated[
+        float,
+        typer.Option(
+            "--max-start-rate",
+            min=1.0,
+            help="most agent starts a minute the control plane should see, fleet-wide",
+        ),
+    ],
+    slots: SlotsOpt = "hash",
+    outage: Annotated[
+        str, typer.Option("--outage", help="the outage to state the recovery time for")
+    ] = "30m",
+    json_out: JsonOpt = False,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """The window configuration that keeps the fleet under a start rate, and its recovery time.
+
+    Compares with the current configuration (--config, --set): whether it is within budget.
+    """
+    cfg = load(config, None, nodes, None, sets)
+    try:
+        p = make_plan(
+            nodes,
+            max_start_rate,
+            slots=slots,
+            current=cfg.window,
+            outage=_duration(outage, "--outage"),
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if json_out:
+        _emit(p.to_json())
+    else:
+        sys.stdout.write(render_plan(p))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``simulate`` and ``plan`` to the command line."""
+    app.command("simulate")(simulate_command)
+    app.command("plan")(plan_command)

@@ -1,0 +1,106 @@
+"""The gate with a control-plane probe: real HTTP servers on loopback, real gate processes."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+
+class Health:
+    """A loopback health endpoint whose status code the test sets."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.hits = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.hits += 1
+                self.send_response(outer.status)
+                self.end_headers()
+                self.wfile.write(b"ok" if outer.status == 200 else b"etcd down")
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/readyz"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def health() -> Iterator[Health]:
+    """A running health endpoint."""
+    h = Health()
+    yield h
+    h.close()
+
+
+def gate(state_dir: Path, url: str) -> tuple[int, dict[str, object]]:
+    """One gate decision with a one-second window and the probe on ``url``."""
+    r = run_cli("gate", "--json", "--state-dir", str(state_dir), "--cluster-size", "1",
+                "--set", "window.base=1s", "--set", "window.per_node=0", "--set",
+                "window.min=1s", "--set", f"probe.urls={url}", "--set", "probe.timeout=2s")
+    assert r.code in (0, 75), r.stderr
+    return r.code, json.loads(r.stdout)
+
+
+def test_failed_run_waits_while_the_control_plane_is_down(state_dir: Path,
+                                                          health: Health) -> None:
+    """After a failed run, an unhealthy probe refuses past the window; a healthy one allows."""
+    assert gate(state_dir, health.url)[0] == 0
+    assert health.hits == 0  # a first start never probes
+    assert run_cli("record-exit", "--code", "1", "--state-dir", str(state_dir)).code == 0
+    time.sleep(1.1)  # let the one-second window pass (not a timing assertion)
+    health.status = 500
+    code, d = gate(state_dir, health.url)
+    assert code == 75 and "control plane unhealthy" in str(d["reason"])
+    assert health.hits == 1  # one request per decision
+    health.status = 200
+    code, d = gate(state_dir, health.url)
+    assert code == 0 and d["allowed"] is True
+
+
+def test_unknown_end_counts_as_failed_for_the_probe(state_dir: Path, health: Health) -> None:
+    """A run whose end nobody reported (a power loss) waits too while the probe says down."""
+    assert gate(state_dir, health.url)[0] == 0
+    time.sleep(1.1)
+    health.status = 503
+    code, _ = gate(state_dir, health.url)
+    assert code == 75
+
+
+def test_clean_exit_after_a_stable_run_does_not_probe(state_dir: Path, health: Health) -> None:
+    """A clean exit after a stable run restarts at once without asking the control plane."""
+    assert gate(state_dir, health.url)[0] == 0
+    time.sleep(1.1)
+    assert run_cli("record-exit", "--code", "0", "--state-dir", str(state_dir), "--set",
+                   "stable_after=1s").code == 0
+    health.status = 500
+    r = run_cli("gate", "--json", "--state-dir", str(state_dir), "--cluster-size", "1",
+                "--set", "window.base=1s", "--set", "window.per_node=0", "--set",
+                "window.min=1s", "--set", f"probe.urls={health.url}", "--set",
+                "stable_after=1s")
+    assert r.code == 0 and health.hits == 0
+
+
+def test_unreachable_probe_counts_as_unhealthy(state_dir: Path) -> None:
+    """A probe URL nobody listens on is unhealthy, and the gate says so in one decision."""
+    dead = "http://127.0.0.1:9/readyz"
+    assert gate(state_dir, dead)[0] == 0
+    assert run_cli("record-exit", "--code", "137", "--state-dir", str(state_dir)).code == 0
+    time.sleep(1.1)
+    code, d = gate(state_dir, dead)
+    assert code == 75 and "control plane unhealthy" in str(d["reason"])

@@ -1,0 +1,393 @@
+"""The fleet simulator: anchor policies' documented delays, the gate's fleet targets, the CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import typer
+from conftest import run_cli
+from typer.testing import CliRunner
+
+import supervisor.cli
+from supervisor.cli_fleet import register
+from supervisor.errors import UsageError
+from supervisor.policy import next_grid_slot
+from supervisor.simulate import (
+    DEFAULT_EPOCH,
+    POLICY_NAMES,
+    Fleet,
+    PolicyOutcome,
+    Scenario,
+    SimulationResult,
+    render_table,
+    simulate,
+    sparkline,
+)
+from supervisor.slots import index_offset
+
+WIRED = "cli_fleet" in Path(supervisor.cli.__file__).read_text()
+#: The issue's fleet (5000 nodes, 60-minute window, 30-minute outage) scaled down to 1000
+#: nodes with the same start budget N/W (83.3 a minute): W = 12 min, outage = W/2.
+N, W, OUTAGE, FAIL = 1000, 720.0, 360.0, 60.0
+
+
+def one_node(policy: str, outage: float, fail_after: float, **kw: object) -> PolicyOutcome:
+    """Simulate one node through an outage under ``policy``, keeping every start time."""
+    result = simulate(
+        Scenario(nodes=1, outage=outage, fail_after=fail_after),
+        Fleet(window=kw.pop("window", 3600.0), slots="index"),  # type: ignore[arg-type]
+        policies=(policy,),
+        record_starts=True,
+        **kw,  # type: ignore[arg-type]
+    )
+    return result.policies[0]
+
+
+def delays(starts: tuple[float, ...], fail_after: float) -> list[float]:
+    """The wait before each start: from the crash at 0, then from each failed run's end."""
+    ends = [0.0] + [s + fail_after for s in starts[:-1]]
+    return [round(s - e, 4) for s, e in zip(starts, ends, strict=True)]
+
+
+# --- anchor models on one node --------------------------------------------------------------
+
+
+def test_docker_doubles_from_100ms_to_one_minute() -> None:
+    """Docker: 100 ms, doubling after each short run, capped at 1 minute."""
+    o = one_node("docker-always", outage=600.0, fail_after=1.0)
+    assert delays(o.start_times, 1.0)[:12] == [
+        0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 51.2, 60.0, 60.0,
+    ]  # fmt: skip
+
+
+def test_docker_resets_after_a_10s_run() -> None:
+    """Docker: a run of 10 s resets the delay, so every restart waits 100 ms."""
+    o = one_node("docker-always", outage=300.0, fail_after=10.0)
+    assert set(delays(o.start_times, 10.0)) == {0.1}
+    assert len(o.start_times) == 31  # 30 begin before the outage ends (and fail), 1 after
+
+
+def test_kubelet_crashloop_backoff() -> None:
+    """kubelet: the first restart at once, then 10 s doubling, capped at 300 s."""
+    o = one_node("kubelet", outage=3000.0, fail_after=60.0)
+    assert delays(o.start_times, 60.0)[:9] == [
+        0.0,
+        10.0,
+        20.0,
+        40.0,
+        80.0,
+        160.0,
+        300.0,
+        300.0,
+        300.0,
+    ]
+
+
+def test_kubelet_resets_after_ten_minutes_running() -> None:
+    """kubelet: a container that ran 10 minutes restarts at once again."""
+    o = one_node("kubelet", outage=1900.0, fail_after=600.0)
+    assert delays(o.start_times, 600.0) == [0.0] * 5  # 0, 600, 1200, 1800 fail; 2400 is up
+
+
+def test_systemd_restarts_after_100ms() -> None:
+    """systemd: Restart=always with RestartSec=100ms and runs too long to hit the limit."""
+    o = one_node("systemd", outage=600.0, fail_after=60.0)
+    assert set(delays(o.start_times, 60.0)) == {0.1}
+    assert o.never_healthy == 0
+
+
+def test_systemd_start_limit_leaves_the_unit_failed() -> None:
+    """systemd: a sixth start within 10 s is refused and the unit stays down for good."""
+    o = one_node("systemd", outage=600.0, fail_after=1.0)
+    assert delays(o.start_times, 1.0) == [0.1] * 5
+    assert o.never_healthy == 1
+    assert o.all_healthy_at is None
+
+
+def test_systemd_start_limit_window_restarts_after_10s() -> None:
+    """systemd: starts 2.1 s apart never make six in one 10 s window, so it keeps going."""
+    o = one_node("systemd", outage=60.0, fail_after=2.0)
+    assert o.never_healthy == 0
+    assert o.total_starts == 30  # 0.1 + 2.1 k below 60 s for k = 0..28, then healthy
+
+
+class TopOfRange(random.Random):
+    """An RNG whose uniform(a, b) is always b: full jitter's ceilings become visible."""
+
+    def uniform(self, a: float, b: float) -> float:
+        """The top of the range."""
+        return b
+
+
+def test_full_jitter_ceilings_double_from_1s_to_300s() -> None:
+    """Full jitter: sleep uniform(0, min(300, 1 * 2**attempt)), attempt 0 first."""
+    o = one_node("full-jitter", outage=3000.0, fail_after=60.0, rng=TopOfRange())
+    assert delays(o.start_times, 60.0)[:11] == [
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 300.0, 300.0,
+    ]  # fmt: skip
+
+
+def test_full_jitter_sleeps_within_its_ceiling() -> None:
+    """Full jitter: every sleep lies in [0, ceiling] and a seed repeats the same sleeps."""
+    o = one_node("full-jitter", outage=3000.0, fail_after=60.0, rng=random.Random(5))
+    for k, d in enumerate(delays(o.start_times, 60.0)):
+        assert 0.0 <= d <= min(300.0, 2.0**k)
+    again = one_node("full-jitter", outage=3000.0, fail_after=60.0, rng=random.Random(5))
+    assert again.start_times == o.start_times
+
+
+# --- the gate on one node -------------------------------------------------------------------
+
+
+def test_gate_restarts_at_once_then_waits_for_its_slot() -> None:
+    """Without a probe: the crash restarts at once, the failed start waits for its next slot."""
+    o = one_node("agent-supervisor", outage=1800.0, fail_after=60.0)
+    slot = next_grid_slot(DEFAULT_EPOCH + 3600.0, 3600.0, index_offset(0, 1)) - DEFAULT_EPOCH
+    assert o.start_times == (0.0, slot)
+    assert o.all_healthy_at == slot
+
+
+def test_gate_with_probe_waits_for_the_first_slot_after_the_outage() -> None:
+    """With a probe: no start while the control plane is down, one at the first slot after."""
+    o = one_node("agent-supervisor+probe", outage=4000.0, fail_after=60.0, window=1000.0)
+    slot = next_grid_slot(DEFAULT_EPOCH + 4000.0, 1000.0, index_offset(0, 1)) - DEFAULT_EPOCH
+    assert 4000.0 <= slot < 5000.0
+    assert o.start_times == (slot,)
+
+
+def test_gate_with_probe_recovers_after_an_outage_longer_than_the_window() -> None:
+    """With a probe, an outage of several windows still costs exactly one start per node."""
+    result = simulate(
+        Scenario(nodes=200, outage=5 * 120.0 + 30, fail_after=FAIL),
+        Fleet(window=120.0, slots="index"),
+        policies=("agent-supervisor+probe",),
+    )
+    o = result.policies[0]
+    assert o.total_starts == 200
+    assert o.all_healthy_at is not None and o.all_healthy_at <= 630 + 120
+
+
+# --- the fleet targets of the issue, at 1000 nodes ------------------------------------------
+
+TARGETS = [
+    pytest.param("index", 0.0, 1.05, id="index"),
+    pytest.param("address", 0.0, 1.05, id="address-contiguous"),
+    pytest.param("address", 0.2, 1.20, id="address-fifth-unused"),
+    pytest.param("hash", 0.0, 1.35, id="hash"),
+]
+
+
+@pytest.fixture(scope="module")
+def fleets() -> dict[tuple[str, float], SimulationResult]:
+    """Our two policies over the scaled fleet, once per slot mode."""
+    return {
+        (slots, unused): simulate(
+            Scenario(nodes=N, outage=OUTAGE, fail_after=FAIL),
+            Fleet(window=W, slots=slots, unused_addresses=unused),  # type: ignore[arg-type]
+            policies=("agent-supervisor", "agent-supervisor+probe"),
+            seed=11,
+        )
+        for slots, unused in [("index", 0.0), ("address", 0.0), ("address", 0.2), ("hash", 0.0)]
+    }
+
+
+@pytest.mark.parametrize(("slots", "unused", "bound"), TARGETS)
+def test_fleet_targets_with_probe(
+    fleets: dict[tuple[str, float], SimulationResult], slots: str, unused: float, bound: float
+) -> None:
+    """With a probe: <= 1.05 N starts, healthy by outage + W + 1 min, peak within bound."""
+    result = fleets[(slots, unused)]
+    o = result.outcome("agent-supervisor+probe")
+    assert result.ideal_starts_per_minute == pytest.approx(N / W * 60)
+    assert o.total_starts <= 1.05 * N
+    assert o.all_healthy_at is not None and o.all_healthy_at <= OUTAGE + W + 60
+    assert o.peak_starts_per_minute <= bound * result.ideal_starts_per_minute
+
+
+@pytest.mark.parametrize(("slots", "unused", "bound"), TARGETS)
+def test_fleet_targets_without_probe(
+    fleets: dict[tuple[str, float], SimulationResult], slots: str, unused: float, bound: float
+) -> None:
+    """Without a probe: <= 2 N starts and the same peak bound after the first minute."""
+    result = fleets[(slots, unused)]
+    o = result.outcome("agent-supervisor")
+    assert o.total_starts <= 2 * N
+    assert o.starts_per_minute[0] == N  # invariant 1: the crash itself is never delayed
+    assert o.peak_after(1) <= bound * result.ideal_starts_per_minute
+    assert o.never_healthy == 0
+
+
+def test_issue_figures_for_the_alternatives() -> None:
+    """5000 nodes, 30 min outage, 60 s to fail: Docker 155k, kubelet 50k, jitter ~77k."""
+    result = simulate(
+        Scenario(nodes=5000, outage=1800.0, fail_after=60.0),
+        Fleet(window=3600.0),
+        policies=("docker-always", "kubelet", "systemd", "full-jitter"),
+        seed=1,
+    )
+    docker, kubelet, systemd, jitter = result.policies
+    assert docker.total_starts == 155_000
+    assert docker.peak_starts_per_minute == 5000
+    assert kubelet.total_starts == 50_000
+    assert sorted(set(kubelet.starts_per_minute)) == [0, 5000]  # synchronized waves
+    assert systemd.total_starts == 155_000
+    assert 65_000 <= jitter.total_starts <= 85_000
+
+
+# --- scenarios ------------------------------------------------------------------------------
+
+
+def test_rolling_restart_is_never_delayed() -> None:
+    """A rolling restart with a healthy control plane is one start per node, none delayed."""
+    result = simulate(
+        Scenario(kind="rolling", nodes=300, outage=0.0, rolling_interval=2.0),
+        Fleet(window=W),
+        record_starts=True,
+    )
+    for o in result.policies:
+        assert o.total_starts == 300, o.name
+        assert o.all_healthy_at == pytest.approx(299 * 2.0), o.name
+        if o.name.startswith("agent-supervisor"):
+            assert o.start_times == tuple(i * 2.0 for i in range(300))
+
+
+def test_boot_storm_recovers_everyone_and_is_seeded() -> None:
+    """A boot storm ends with every node healthy; the same seed gives the same figures."""
+    sc = Scenario(kind="boot-storm", nodes=300, outage=OUTAGE, boot_spread=60.0)
+    first = simulate(sc, Fleet(window=W), seed=3)
+    assert all(o.never_healthy == 0 for o in first.policies)
+    assert first.outcome("agent-supervisor").total_starts == 600  # boot wave + one slot each
+    assert simulate(sc, Fleet(window=W), seed=3) == first
+    assert simulate(sc, Fleet(window=W), seed=4) != first
+
+
+def test_result_json_shape() -> None:
+    """--json has nodes, window, outage and, per policy, the four figures of the issue."""
+    doc = simulate(Scenario(nodes=50, outage=120.0), Fleet(window=300.0)).to_json()
+    assert (doc["nodes"], doc["window_seconds"], doc["outage_seconds"]) == (50, 300.0, 120.0)
+    assert list(doc["policies"]) == list(POLICY_NAMES)
+    for figures in doc["policies"].values():
+        assert {
+            "total_starts",
+            "peak_starts_per_minute",
+            "ideal_starts_per_minute",
+            "all_healthy_at_seconds",
+        } <= set(figures)
+        assert figures["ideal_starts_per_minute"] == 10.0
+
+
+def test_bad_scenario_values_are_refused() -> None:
+    """Negative durations, no nodes and unknown policies are errors naming the value."""
+    with pytest.raises(ValueError, match="outage"):
+        Scenario(outage=-1.0)
+    with pytest.raises(ValueError, match="nodes"):
+        Scenario(nodes=0)
+    with pytest.raises(ValueError, match="unknown policy 'pm2'"):
+        simulate(Scenario(nodes=1), Fleet(window=60.0), policies=("pm2",))
+
+
+# --- presentation ---------------------------------------------------------------------------
+
+
+def test_sparkline_scales_to_the_peak_and_keeps_short_waves() -> None:
+    """The peak is a full block, silence is blank, and a one-minute wave is not averaged away."""
+    assert sparkline([0, 8, 4, 0], width=4) == " █▄ "
+    line = sparkline([0] * 50 + [100] + [0] * 49 + [10] * 100, width=20)
+    assert len(line) == 20
+    assert line[5] == "█"
+    assert line[0] == " "
+
+
+def test_table_names_every_policy() -> None:
+    """The default table has a row and a sparkline for every policy."""
+    text = render_table(simulate(Scenario(nodes=20, outage=60.0), Fleet(window=120.0)))
+    for name in POLICY_NAMES:
+        rows = [ln for ln in text.splitlines() if ln.split("|")[0].split(" ")[0] == name]
+        assert len(rows) == 2, name
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def fleet_app() -> typer.Typer:
+    """A fresh app with only the fleet commands, as cli.py will register them."""
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        """Root."""
+
+    register(app)
+    return app
+
+
+def test_cli_simulate_json(tmp_path: Path) -> None:
+    """simulate --json prints one object; the window comes from the configuration."""
+    res = CliRunner().invoke(
+        fleet_app(),
+        ["simulate", "--nodes", "100", "--json", "--config", str(tmp_path / "none.toml")],
+    )
+    assert res.exception is not None  # a named missing config file is an error
+    res = CliRunner().invoke(
+        fleet_app(),
+        [
+            *("simulate", "--nodes", "100", "--json", "--outage", "5m", "--slots", "index"),
+            *("--set", "window.base=0s", "--set", "window.per_node=3s"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["window_seconds"] == 300.0
+    assert doc["outage_seconds"] == 300.0
+    assert doc["policies"]["agent-supervisor+probe"]["total_starts"] == 100
+
+
+def test_cli_simulate_bad_duration_is_a_usage_error() -> None:
+    """An unparsable --outage is a usage error naming the option and the value."""
+    res = CliRunner().invoke(fleet_app(), ["simulate", "--nodes", "10", "--outage", "soon"])
+    assert isinstance(res.exception, UsageError)
+    assert "--outage 'soon'" in str(res.exception)
+
+
+def test_cli_plot_without_matplotlib_says_how_to_install(tmp_path: Path) -> None:
+    """--plot without matplotlib is one clear error, before any simulation runs."""
+    try:
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
+    except ImportError:
+        res = CliRunner().invoke(
+            fleet_app(), ["simulate", "--nodes", "10", "--plot", str(tmp_path / "p.png")]
+        )
+        assert isinstance(res.exception, UsageError)
+        assert "pip install 'agent-supervisor[plot]'" in str(res.exception)
+        return
+    res = CliRunner().invoke(
+        fleet_app(), ["simulate", "--nodes", "10", "--plot", str(tmp_path / "p.png")]
+    )
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "plot: " in res.stdout
+
+
+@pytest.mark.skipif(not WIRED, reason="cli.py does not register the fleet commands yet")
+def test_simulate_as_a_process() -> None:
+    """agent-supervisor simulate --json runs as a real process and prints one object."""
+    res = run_cli("simulate", "--nodes", "200", "--json", "--outage", "10m")
+    assert res.code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["nodes"] == 200
+    assert doc["policies"]["docker-always"]["total_starts"] > 200
+
+
+@pytest.mark.skipif(not WIRED, reason="cli.py does not register the fleet commands yet")
+def test_simulate_usage_error_as_a_process() -> None:
+    """A bad option exits 2 with one line, never a traceback."""
+    res = run_cli("simulate", "--nodes", "10", "--fail-after", "-5s")
+    assert res.code == 2
+    assert "Traceback" not in res.stderr
+    assert res.stderr_lines == [
+        "agent-supervisor: error: --fail-after '-5s': "
+        "'-5s' is not a duration (use e.g. 500ms, 30s, 20m, 3h, 1d)"
+    ]

@@ -1,0 +1,159 @@
+"""Slot offsets: exact ordinals, low-discrepancy addresses, hashes, and how names become ids."""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import itertools
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from supervisor.slots import (
+    address_offset,
+    hash_offset,
+    index_offset,
+    node_id_from_name,
+    slot_offset,
+)
+
+BLOCK = int(ipaddress.IPv4Address("10.0.0.0"))
+
+
+def max_interval_excess(offsets: list[float], length: float) -> float:
+    """The most any interval of ``length`` (on the circle) holds beyond its share N*length."""
+    pts = sorted(offsets)
+    ext = pts + [p + 1.0 for p in pts]
+    share = len(pts) * length
+    worst = 0.0
+    for p in pts:
+        count = bisect.bisect_left(ext, p + length) - bisect.bisect_left(ext, p)
+        worst = max(worst, count - share)
+    return worst
+
+
+def busiest_bin(offsets: list[float], bins: int) -> int:
+    """Offsets in the fullest of ``bins`` equal bins of the window."""
+    counts = [0] * bins
+    for o in offsets:
+        counts[min(int(o * bins), bins - 1)] += 1
+    return max(counts)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2**32 - 20_000),
+    st.integers(min_value=2, max_value=3000),
+)
+def test_contiguous_block_has_no_close_pair(first: int, n: int) -> None:
+    """Any N consecutive ids are at least 0.4/N of the window apart (three-gap theorem)."""
+    pts = sorted(address_offset(first + i) for i in range(n))
+    gaps = [b - a for a, b in itertools.pairwise(pts)] + [pts[0] + 1 - pts[-1]]
+    assert min(gaps) >= 0.4 / n
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2**32 - 20_000),
+    st.integers(min_value=10, max_value=5000),
+    st.floats(min_value=0.001, max_value=0.5),
+)
+def test_contiguous_block_fills_every_interval_fairly(first: int, n: int, length: float) -> None:
+    """Every interval of the window holds its share of a contiguous block to within 5 nodes."""
+    offsets = [address_offset(first + i) for i in range(n)]
+    assert max_interval_excess(offsets, length) <= 5.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=1, max_value=10_000), st.data())
+def test_index_offsets_are_exact(count: int, data: st.DataObject) -> None:
+    """slot_index/slot_count is the offset exactly, and auto mode picks it."""
+    index = data.draw(st.integers(min_value=0, max_value=count - 1))
+    assert index_offset(index, count) == index / count
+    assert slot_offset("auto", node="n", agent="a", slot_index=index, slot_count=count) == (
+        index / count,
+        "index",
+    )
+
+
+@given(st.integers(min_value=-(2**70), max_value=2**70))
+def test_address_offset_is_a_fraction_for_any_integer(node_id: int) -> None:
+    """Any integer id (even negative or past 64 bits) maps into [0, 1)."""
+    assert 0.0 <= address_offset(node_id) < 1.0
+
+
+@given(st.text(max_size=60), st.text(max_size=30))
+def test_hash_offset_is_stable_and_in_range(node: str, agent: str) -> None:
+    """The hash offset is in [0, 1) and the same every time for the same node and agent."""
+    off = hash_offset(node, agent)
+    assert 0.0 <= off < 1.0
+    assert off == hash_offset(node, agent)
+
+
+def test_hash_depends_on_agent() -> None:
+    """Two agents on one node get different slots, so they do not start together."""
+    assert hash_offset("node-1", "cilium-agent") != hash_offset("node-1", "kube-proxy")
+
+
+def test_index_offset_rejects_out_of_range() -> None:
+    """An ordinal outside [0, count) is an error naming it."""
+    with pytest.raises(ValueError, match="slot_index 5 is not in"):
+        index_offset(5, 5)
+
+
+def test_address_block_peak_with_a_fifth_unused() -> None:
+    """With a fifth of a block unused at random, the busiest minute stays under 1.20 x N/W."""
+    rng = random.Random(7)
+    n, bins = 5000, 60
+    for _ in range(5):
+        ids = rng.sample(range(6250), n)
+        offsets = [address_offset(BLOCK + i) for i in ids]
+        assert busiest_bin(offsets, bins) <= 1.20 * n / bins
+
+
+def test_contiguous_block_peak_beats_hash() -> None:
+    """Over one minute of a 60-minute window, addresses stay within 1.05x; hashes do not."""
+    n, bins = 5000, 60
+    by_address = [address_offset(BLOCK + i) for i in range(n)]
+    by_hash = [hash_offset(f"node-{i:04d}", "cilium-agent") for i in range(n)]
+    assert busiest_bin(by_address, bins) <= 1.05 * n / bins
+    assert busiest_bin(by_hash, bins) > 1.05 * n / bins
+    assert busiest_bin(by_hash, bins) <= 1.35 * n / bins
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("10.1.2.3", int(ipaddress.IPv4Address("10.1.2.3"))),
+        ("ip-10-1-2-3.ec2.internal", int(ipaddress.IPv4Address("10.1.2.3"))),
+        ("ip-10-1-2-3", int(ipaddress.IPv4Address("10.1.2.3"))),
+        ("node-0042", 42),
+        ("node-0042.dc1.example.com", 42),
+        ("worker7", 7),
+        ("ip-10-1-2-300.x", 300),
+        ("control-plane", None),
+    ],
+)
+def test_node_id_from_name(name: str, expected: int | None) -> None:
+    """Names give their IPv4 address, else the last number of the host label, else None."""
+    assert node_id_from_name(name) == expected
+
+
+def test_address_mode_uses_the_name_or_falls_back_to_hash() -> None:
+    """address mode reads the id from the name, prefers a configured id, else hashes."""
+    assert slot_offset("address", node="10.0.0.7", agent="a") == (
+        address_offset(BLOCK + 7),
+        "address",
+    )
+    assert slot_offset("address", node="x", agent="a", node_id=9) == (address_offset(9), "address")
+    assert slot_offset("address", node="gateway", agent="a") == (
+        hash_offset("gateway", "a"),
+        "hash",
+    )
+
+
+def test_auto_without_ordinals_is_hash() -> None:
+    """auto mode with no slot_index is the hash of node and agent."""
+    assert slot_offset("auto", node="n1", agent="a") == (hash_offset("n1", "a"), "hash")
