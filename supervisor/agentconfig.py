@@ -49,20 +49,22 @@ from supervisor.log import get_logger
 #: Stability options and the values large production fleets settled on; ``[agent]`` overrides.
 #: Each keeps an agent alive (instead of exiting and restarting into a full resync) while the
 #: control plane is slow or down.
-STABILITY_DEFAULTS: Final[Mapping[str, str]] = MappingProxyType({
-    # Listing all identities from the kvstore at start takes minutes in a large cluster under
-    # load; the short default makes the agent give up, exit, and retry from scratch.
-    "allocator-list-timeout": "3h",
-    # A lease shorter than an etcd outage expires during it, and the agent's keys (identities,
-    # endpoints) vanish and must all be re-created at once when etcd returns.
-    "kvstore-lease-ttl": "86400s",
-    # Initial cache sync against an overloaded apiserver can take many minutes; timing out
-    # makes the agent exit and start the same LIST again.
-    "k8s-sync-timeout": "600s",
-    # A slow apiserver answer is not a dead connection; a short heartbeat timeout turns latency
-    # into reconnect storms.
-    "k8s-heartbeat-timeout": "60s",
-})
+STABILITY_DEFAULTS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        # Listing all identities from the kvstore at start takes minutes in a large cluster under
+        # load; the short default makes the agent give up, exit, and retry from scratch.
+        "allocator-list-timeout": "3h",
+        # A lease shorter than an etcd outage expires during it, and the agent's keys (identities,
+        # endpoints) vanish and must all be re-created at once when etcd returns.
+        "kvstore-lease-ttl": "86400s",
+        # Initial cache sync against an overloaded apiserver can take many minutes; timing out
+        # makes the agent exit and start the same LIST again.
+        "k8s-sync-timeout": "600s",
+        # A slow apiserver answer is not a dead connection; a short heartbeat timeout turns latency
+        # into reconnect storms.
+        "k8s-heartbeat-timeout": "60s",
+    }
+)
 #: cilium-agent's option names: lower-case words joined by single dashes.
 OPTION_NAME: Final = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 #: An option file larger than this is not an option (and we refuse to replace a directory
@@ -144,16 +146,19 @@ def validate_options(options: Mapping[str, str], where: str = "config") -> tuple
     warnings: list[str] = []
     for name, value in options.items():
         if not OPTION_NAME.fullmatch(name) or len(name) > 200:
-            raise ConfigError(f"{where}: agent.{name}: option names are the agent's kebab-case "
-                              "names (e.g. cluster-name, k8s-kubeconfig-path)")
+            raise ConfigError(
+                f"{where}: agent.{name}: option names are the agent's kebab-case "
+                "names (e.g. cluster-name, k8s-kubeconfig-path)"
+            )
         if "\x00" in value:
             raise ConfigError(f"{where}: agent.{name} = {value!r}: contains a NUL character")
         if len(value.encode()) > MAX_OPTION_BYTES:
             raise ConfigError(f"{where}: agent.{name}: value is larger than 1 MiB")
     max_clusters = options.get("max-connected-clusters", "255").strip()
     if max_clusters not in ("255", "511"):
-        raise ConfigError(f"{where}: agent.max-connected-clusters = {max_clusters!r}: must be "
-                          "255 or 511")
+        raise ConfigError(
+            f"{where}: agent.max-connected-clusters = {max_clusters!r}: must be 255 or 511"
+        )
     if "cluster-id" in options:
         raw = options["cluster-id"]
         limit = int(max_clusters)
@@ -162,15 +167,20 @@ def validate_options(options: Mapping[str, str], where: str = "config") -> tuple
         except ValueError:
             cluster_id = -1
         if not 0 <= cluster_id <= limit:
-            raise ConfigError(f"{where}: agent.cluster-id = {raw!r}: must be a whole number "
-                              f"0..{limit}")
+            raise ConfigError(
+                f"{where}: agent.cluster-id = {raw!r}: must be a whole number 0..{limit}"
+            )
         cluster_name = options.get("cluster-name", "").strip()
         if not cluster_name:
-            raise ConfigError(f"{where}: agent.cluster-id = {raw!r} is set but agent.cluster-name "
-                              "is not: set cluster-name too")
+            raise ConfigError(
+                f"{where}: agent.cluster-id = {raw!r} is set but agent.cluster-name "
+                "is not: set cluster-name too"
+            )
         if cluster_id != 0 and cluster_name == "default":
-            raise ConfigError(f"{where}: agent.cluster-name = 'default' cannot be used with "
-                              f"agent.cluster-id = {raw!r} (the agent refuses to start)")
+            raise ConfigError(
+                f"{where}: agent.cluster-name = 'default' cannot be used with "
+                f"agent.cluster-id = {raw!r} (the agent refuses to start)"
+            )
     if not options.get("labels", "").strip():
         warnings.append(
             "agent.labels is not set: every distinct set of pod labels becomes a security "
@@ -181,8 +191,10 @@ def validate_options(options: Mapping[str, str], where: str = "config") -> tuple
         path = Path(raw.strip())
         if not raw.strip() or not path.is_file():
             what = "is not a file" if path.exists() else "does not exist"
-            raise ConfigError(f"{where}: agent.k8s-kubeconfig-path = {raw!r}: {what} (write one "
-                              "with `agent-supervisor kubeconfig render --out PATH`)")
+            raise ConfigError(
+                f"{where}: agent.k8s-kubeconfig-path = {raw!r}: {what} (write one "
+                "with `agent-supervisor kubeconfig render --out PATH`)"
+            )
     return tuple(warnings)
 
 
@@ -208,8 +220,7 @@ def _read_current(target: Path) -> dict[str, bytes] | None:
     except OSError as exc:
         raise StateError(f"{target}: cannot read: {exc.strerror or exc}") from None
     if not stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"{target}: exists and is not a directory (agent_config_dir or "
-                          "--output)")
+        raise ConfigError(f"{target}: exists and is not a directory (agent_config_dir or --output)")
     current: dict[str, bytes] = {}
     try:
         names = sorted(os.listdir(target))
@@ -221,10 +232,16 @@ def _read_current(target: Path) -> dict[str, bytes] | None:
             est = path.stat()
         except OSError:
             est = None
-        if not OPTION_NAME.fullmatch(name) or est is None or not stat.S_ISREG(est.st_mode) \
-                or est.st_size > MAX_OPTION_BYTES:
-            raise ConfigError(f"{target}: holds {name!r}, which is not an agent option file; "
-                              "refusing to replace this directory (is the output path right?)")
+        if (
+            not OPTION_NAME.fullmatch(name)
+            or est is None
+            or not stat.S_ISREG(est.st_mode)
+            or est.st_size > MAX_OPTION_BYTES
+        ):
+            raise ConfigError(
+                f"{target}: holds {name!r}, which is not an agent option file; "
+                "refusing to replace this directory (is the output path right?)"
+            )
         try:
             current[name] = path.read_bytes()
         except OSError as exc:
@@ -241,8 +258,12 @@ def _shown(old: bytes) -> str:
     return old.decode("utf-8", "replace").strip()
 
 
-def _diff(options: Mapping[str, str], current: Mapping[str, bytes] | None, output: Path,
-          warnings: tuple[str, ...]) -> RenderResult:
+def _diff(
+    options: Mapping[str, str],
+    current: Mapping[str, bytes] | None,
+    output: Path,
+    warnings: tuple[str, ...],
+) -> RenderResult:
     have = current or {}
     added, changed, unchanged, changes = [], [], [], []
     for name in sorted(options):
@@ -258,8 +279,13 @@ def _diff(options: Mapping[str, str], current: Mapping[str, bytes] | None, outpu
     removed = [n for n in sorted(have) if n not in options]
     changes += [Change(n, "removed", _shown(have[n]), None) for n in removed]
     return RenderResult(
-        output=output, added=tuple(added), changed=tuple(changed), removed=tuple(removed),
-        unchanged=tuple(unchanged), warnings=warnings, changes=tuple(changes),
+        output=output,
+        added=tuple(added),
+        changed=tuple(changed),
+        removed=tuple(removed),
+        unchanged=tuple(unchanged),
+        warnings=warnings,
+        changes=tuple(changes),
     )
 
 
@@ -278,14 +304,16 @@ def render(config: Config, output: Path | None = None) -> RenderResult:
     return render_options(options, Path(output or config.agent_config_dir), warnings)
 
 
-def plan_options(options: Mapping[str, str], output: Path,
-                 warnings: tuple[str, ...] = ()) -> RenderResult:
+def plan_options(
+    options: Mapping[str, str], output: Path, warnings: tuple[str, ...] = ()
+) -> RenderResult:
     """The diff between ``options`` and the directory at ``output``; writes nothing."""
     return _diff(options, _read_current(_target(output)), output, warnings)
 
 
-def render_options(options: Mapping[str, str], output: Path,
-                   warnings: tuple[str, ...] = ()) -> RenderResult:
+def render_options(
+    options: Mapping[str, str], output: Path, warnings: tuple[str, ...] = ()
+) -> RenderResult:
     """Make the directory at ``output`` hold exactly ``options``, atomically.
 
     Nothing is written when nothing changed. Raises :class:`ConfigError` for a wrong output
@@ -300,11 +328,11 @@ def render_options(options: Mapping[str, str], output: Path,
             return result
         try:
             old_mode = stat.S_IMODE(target.stat().st_mode) if current is not None else 0o755
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{_RENDER_TAG}",
-                                        dir=target.parent))
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{_RENDER_TAG}", dir=target.parent))
         except OSError as exc:
-            raise StateError(f"{target.parent}: cannot write there: "
-                             f"{exc.strerror or exc}") from None
+            raise StateError(
+                f"{target.parent}: cannot write there: {exc.strerror or exc}"
+            ) from None
         try:
             _populate(tmp, target, options, set(result.unchanged))
             os.chmod(tmp, old_mode)
@@ -312,8 +340,9 @@ def render_options(options: Mapping[str, str], output: Path,
             old = _swap_in(tmp, target)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise StateError(f"{target}: render failed, directory left as it was: "
-                             f"{exc.strerror or exc}") from None
+            raise StateError(
+                f"{target}: render failed, directory left as it was: {exc.strerror or exc}"
+            ) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -323,16 +352,28 @@ def render_options(options: Mapping[str, str], output: Path,
         try:
             _fsync_dir(target.parent)
         except OSError as exc:
-            raise StateError(f"{target}: rendered, but the rename may not survive a power "
-                             f"loss: fsync of {target.parent} failed: "
-                             f"{exc.strerror or exc}") from None
-    get_logger().info("config.rendered", output=str(output), added=len(result.added),
-                      changed=len(result.changed), removed=len(result.removed),
-                      unchanged=len(result.unchanged))
+            raise StateError(
+                f"{target}: rendered, but the rename may not survive a power "
+                f"loss: fsync of {target.parent} failed: "
+                f"{exc.strerror or exc}"
+            ) from None
+    get_logger().info(
+        "config.rendered",
+        output=str(output),
+        added=len(result.added),
+        changed=len(result.changed),
+        removed=len(result.removed),
+        unchanged=len(result.unchanged),
+    )
     return RenderResult(
-        output=result.output, added=result.added, changed=result.changed,
-        removed=result.removed, unchanged=result.unchanged, warnings=result.warnings,
-        written=True, changes=result.changes,
+        output=result.output,
+        added=result.added,
+        changed=result.changed,
+        removed=result.removed,
+        unchanged=result.unchanged,
+        warnings=result.warnings,
+        written=True,
+        changes=result.changes,
     )
 
 
@@ -458,8 +499,9 @@ def _lock(target: Path) -> Iterator[None]:
 
     try:
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        fd = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                     0o644)
+        fd = os.open(
+            target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+        )
     except OSError as exc:
         raise StateError(f"{target.parent}: cannot write there: {exc.strerror or exc}") from None
     try:
@@ -470,8 +512,9 @@ def _lock(target: Path) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise StateError(f"{target}: another render holds the lock for more than "
-                                     f"{LOCK_TIMEOUT:g}s") from None
+                    raise StateError(
+                        f"{target}: another render holds the lock for more than {LOCK_TIMEOUT:g}s"
+                    ) from None
                 time.sleep(0.05)
         yield
     finally:

@@ -11,7 +11,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from supervisor import cli_fleet, cli_node, errors
+from supervisor import cli_deploy, cli_fleet, cli_node, errors
 from supervisor.cli_common import (
     AgentOpt,
     ClusterSizeOpt,
@@ -28,8 +28,11 @@ from supervisor.config import Config
 from supervisor.durations import DurationError, format_duration, parse_duration
 from supervisor.errors import SupervisorError, UsageError
 from supervisor.gate import (
+    EndHook,
     GateResult,
+    check_identity,
     gate_once,
+    make_probe_for,
     publish_metrics,
     state_signature,
     wait_until_allowed,
@@ -78,28 +81,13 @@ def _log_decision(result: GateResult, user: str | None) -> None:
         log.info(d.event, **fields)
 
 
-def _check_identity(cfg: Config, now: float) -> float | None:
-    """Refuse (78) on a bad identity; return the certificate's seconds left, if configured."""
-    if cfg.identity is None:
+def _docker_end_hook(cfg: Config, agent: str) -> EndHook | None:
+    """Docker's record of the last run, when ``docker.container`` is set (lazy import)."""
+    if not cfg.docker_container:
         return None
-    from supervisor.identity import check_identity, identity_message
+    from supervisor.docker_watch import docker_end_hook
 
-    report = check_identity(cfg.identity, cfg.node_name, now)
-    for warning in report.warnings:
-        get_logger().warning("identity.warning", problem=warning)
-    if not report.ok:
-        get_logger().error("gate.identity_refused", problems=list(report.problems))
-        raise errors.IdentityError("bad agent identity: " + identity_message(report))
-    return report.seconds_left
-
-
-def _make_probe(cfg: Config) -> Any:
-    """The control-plane probe, or None; http.client and ssl are imported only when needed."""
-    if not cfg.probe.urls:
-        return None
-    from supervisor.probe import make_probe
-
-    return make_probe(cfg)
+    return docker_end_hook(cfg, agent)
 
 
 class _Interrupted(Exception):
@@ -163,12 +151,22 @@ def gate(
         except errors.NotPermitted:
             get_logger().warning("operator.refused", action="gate --force", user=op.display)
             raise
-    cert_left = None if force else _check_identity(cfg, time.time())
+    cert_left = None if force else check_identity(cfg, time.time())
 
-    probe = _make_probe(cfg)
+    probe = make_probe_for(cfg)
+    end_hook = _docker_end_hook(cfg, agent)
 
     def once() -> GateResult:
-        return gate_once(cfg, store, agent, force=force, reason=reason, operator=op, probe=probe)
+        return gate_once(
+            cfg,
+            store,
+            agent,
+            force=force,
+            reason=reason,
+            operator=op,
+            probe=probe,
+            end_hook=end_hook,
+        )
 
     if wait:
         result = _wait(once, store, agent, cfg)
@@ -271,7 +269,15 @@ def status(
     policy = Policy.from_config(cfg, agent)
     store = StateStore(cfg.state_dir)
     now = time.time()
-    result = gate_once(cfg, store, agent, now, record=False, probe=_make_probe(cfg))
+    result = gate_once(
+        cfg,
+        store,
+        agent,
+        now,
+        record=False,
+        probe=make_probe_for(cfg),
+        end_hook=_docker_end_hook(cfg, agent),
+    )
     d = result.decision
     state = result.state
     assert state is not None
@@ -613,9 +619,10 @@ def window(
     )
 
 
-# Commands owned by other modules: node config and identity, fleet planning.
+# Commands owned by other modules: node config and identity, fleet planning, deployments.
 cli_node.register(app)
 cli_fleet.register(app)
+cli_deploy.register(app)
 
 
 def _fail(message: str, code: int) -> NoReturn:

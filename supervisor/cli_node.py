@@ -36,19 +36,32 @@ if TYPE_CHECKING:
 
 _SETTINGS = {"help_option_names": ["-h", "--help"]}
 
-config_app = typer.Typer(help="The agent's node-local config directory (one file per option).",
-                         no_args_is_help=True, context_settings=_SETTINGS)
-certs_app = typer.Typer(help="The agent's client certificate: check it, or make a key and CSR.",
-                        no_args_is_help=True, context_settings=_SETTINGS)
-kubeconfig_app = typer.Typer(help="A kubeconfig for the agent's own identity.",
-                             no_args_is_help=True, context_settings=_SETTINGS)
-apf_app = typer.Typer(help="API Priority and Fairness objects for the agents' group.",
-                      no_args_is_help=True, context_settings=_SETTINGS)
+config_app = typer.Typer(
+    help="The agent's node-local config directory (one file per option).",
+    no_args_is_help=True,
+    context_settings=_SETTINGS,
+)
+certs_app = typer.Typer(
+    help="The agent's client certificate: check it, or make a key and CSR.",
+    no_args_is_help=True,
+    context_settings=_SETTINGS,
+)
+kubeconfig_app = typer.Typer(
+    help="A kubeconfig for the agent's own identity.",
+    no_args_is_help=True,
+    context_settings=_SETTINGS,
+)
+apf_app = typer.Typer(
+    help="API Priority and Fairness objects for the agents' group.",
+    no_args_is_help=True,
+    context_settings=_SETTINGS,
+)
 
 OutputDirOpt = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="config directory [default: agent_config_dir]",
-                 show_default=False),
+    typer.Option(
+        "--output", "-o", help="config directory [default: agent_config_dir]", show_default=False
+    ),
 ]
 
 
@@ -78,8 +91,10 @@ def _short(value: str | None, limit: int = 60) -> str:
 def _identity(cfg: Config, command: str) -> IdentityConfig:
     if cfg.identity is None:
         where = cfg.config_file or "the config file"
-        raise ConfigError(f"{command}: no [identity] configured: set identity.cert and "
-                          f"identity.key in {where} (or --set identity.cert=...)")
+        raise ConfigError(
+            f"{command}: no [identity] configured: set identity.cert and "
+            f"identity.key in {where} (or --set identity.cert=...)"
+        )
     return cfg.identity
 
 
@@ -87,8 +102,12 @@ def _identity(cfg: Config, command: str) -> IdentityConfig:
 
 
 def _render_lines(result: RenderResult, verb: str) -> list[str]:
-    a, c, r, u = (len(result.added), len(result.changed), len(result.removed),
-                  len(result.unchanged))
+    a, c, r, u = (
+        len(result.added),
+        len(result.changed),
+        len(result.removed),
+        len(result.unchanged),
+    )
     if not result.any_change:
         head = f"{result.output}: up to date ({u} options)"
     elif verb == "render":
@@ -135,8 +154,9 @@ def config_render(
 @config_app.command("diff")
 def config_diff(
     output: OutputDirOpt = None,
-    exit_code: Annotated[bool, typer.Option(
-        "--exit-code", help="exit 1 when a render would change something")] = False,
+    exit_code: Annotated[
+        bool, typer.Option("--exit-code", help="exit 1 when a render would change something")
+    ] = False,
     json_out: JsonOpt = False,
     config: ConfigOpt = None,
     state_dir: StateDirOpt = None,
@@ -188,10 +208,10 @@ def certs_check(
         if report.subject is not None:
             lines.append(f"subject      {report.subject}")
         if report.not_after is not None:
-            lines.append(f"expires      {iso_seconds(report.not_after)} "
-                         f"({report.days_left}d left)")
-        lines.append("result       " + ("ok" if report.ok else
-                                        f"BAD ({len(report.problems)} problems)"))
+            lines.append(f"expires      {iso_seconds(report.not_after)} ({report.days_left}d left)")
+        lines.append(
+            "result       " + ("ok" if report.ok else f"BAD ({len(report.problems)} problems)")
+        )
         lines += [f"problem: {p}" for p in report.problems]
         lines += [f"warning: {w}" for w in report.warnings]
         _say(lines)
@@ -201,14 +221,21 @@ def certs_check(
 
 @certs_app.command("csr")
 def certs_csr(
-    out: Annotated[Path, typer.Option("--out", help="directory for the key, CSR and manifest",
-                                      show_default=False)],
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="directory for the key, CSR and manifest", show_default=False),
+    ],
     name: Annotated[str, typer.Option("--name", help="file name stem")] = "cilium-agent",
     key_type: Annotated[str, typer.Option("--key-type", help="ec (P-256) or rsa")] = "ec",
     rsa_bits: Annotated[int, typer.Option("--rsa-bits", help="RSA key size")] = 3072,
-    expiration: Annotated[str | None, typer.Option(
-        "--expiration", help="requested lifetime for the Kubernetes CSR API, e.g. 90d",
-        show_default=False)] = None,
+    expiration: Annotated[
+        str | None,
+        typer.Option(
+            "--expiration",
+            help="requested lifetime for the Kubernetes CSR API, e.g. 90d",
+            show_default=False,
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="replace existing files")] = False,
     json_out: JsonOpt = False,
     config: ConfigOpt = None,
@@ -240,19 +267,30 @@ def certs_csr(
         raise UsageError(f"--key-type {key_type!r}: expected ec or rsa")
     ident = cfg.identity or IdentityConfig(cert="", key="")
     user = render_user(ident.user, cfg.node_name)
-    files = make_csr(out, user=user, group=ident.group, node_name=cfg.node_name, name=name,
-                     key_type="ec" if key_type == "ec" else "rsa", rsa_bits=rsa_bits,
-                     expiration_seconds=seconds, overwrite=force)
-    get_logger().info("certs.csr_written", key=str(files.key), csr=str(files.csr),
-                      subject=files.subject)
+    files = make_csr(
+        out,
+        user=user,
+        group=ident.group,
+        node_name=cfg.node_name,
+        name=name,
+        key_type="ec" if key_type == "ec" else "rsa",
+        rsa_bits=rsa_bits,
+        expiration_seconds=seconds,
+        overwrite=force,
+    )
+    get_logger().info(
+        "certs.csr_written", key=str(files.key), csr=str(files.csr), subject=files.subject
+    )
     if json_out:
         _emit(files.to_json())
     else:
-        _say([
-            f"key       {files.key} (mode 0600)",
-            f"csr       {files.csr} ({files.subject})",
-            f"manifest  {files.manifest} (kubectl apply -f, then kubectl certificate approve)",
-        ])
+        _say(
+            [
+                f"key       {files.key} (mode 0600)",
+                f"csr       {files.csr} ({files.subject})",
+                f"manifest  {files.manifest} (kubectl apply -f, then kubectl certificate approve)",
+            ]
+        )
 
 
 # --- kubeconfig --------------------------------------------------------------------------------
@@ -260,13 +298,20 @@ def certs_csr(
 
 @kubeconfig_app.command("render")
 def kubeconfig_render(
-    out: Annotated[Path | None, typer.Option(
-        "--out", help="file to write [default: print to stdout]", show_default=False)] = None,
-    server: Annotated[str | None, typer.Option(
-        "--server", help="apiserver URL [default: identity.server]", show_default=False)] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="file to write [default: print to stdout]", show_default=False),
+    ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server", help="apiserver URL [default: identity.server]", show_default=False
+        ),
+    ] = None,
     cluster: Annotated[str, typer.Option("--cluster", help="cluster entry name")] = "kubernetes",
-    force: Annotated[bool, typer.Option(
-        "--force", help="replace a file not written by kubeconfig render")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="replace a file not written by kubeconfig render")
+    ] = False,
     config: ConfigOpt = None,
     state_dir: StateDirOpt = None,
     cluster_size: ClusterSizeOpt = None,
@@ -283,8 +328,10 @@ def kubeconfig_render(
     elif ident.server is not None:
         url = check_server_url(ident.server, "identity.server")
     else:
-        raise ConfigError("kubeconfig render: the apiserver URL is not set: set identity.server "
-                          "or pass --server https://HOST:6443")
+        raise ConfigError(
+            "kubeconfig render: the apiserver URL is not set: set identity.server "
+            "or pass --server https://HOST:6443"
+        )
     if not cluster or any(c.isspace() for c in cluster):
         raise UsageError(f"--cluster {cluster!r}: expected a name without spaces")
     text = render_kubeconfig(ident, cfg.node_name, url, cluster=cluster)
@@ -303,21 +350,32 @@ def kubeconfig_render(
 @apf_app.command("render")
 def apf_render(
     name: Annotated[str, typer.Option("--name", help="name of both objects")] = "cilium-agents",
-    group: Annotated[str | None, typer.Option(
-        "--group", help="the agents' group [default: identity.group]", show_default=False)] = None,
-    shares: Annotated[int, typer.Option(
-        "--shares", help="nominalConcurrencyShares of the priority level")] = 20,
-    lendable_percent: Annotated[int, typer.Option(
-        "--lendable-percent", help="share other levels may borrow (0..100)")] = 0,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            "--group", help="the agents' group [default: identity.group]", show_default=False
+        ),
+    ] = None,
+    shares: Annotated[
+        int, typer.Option("--shares", help="nominalConcurrencyShares of the priority level")
+    ] = 20,
+    lendable_percent: Annotated[
+        int, typer.Option("--lendable-percent", help="share other levels may borrow (0..100)")
+    ] = 0,
     queues: Annotated[int, typer.Option("--queues", help="number of queues (1..512)")] = 128,
-    hand_size: Annotated[int, typer.Option(
-        "--hand-size", help="queues each flow (agent) may use")] = 6,
-    queue_length_limit: Annotated[int, typer.Option(
-        "--queue-length-limit", help="requests one queue holds before 429")] = 50,
-    matching_precedence: Annotated[int, typer.Option(
-        "--matching-precedence", help="FlowSchema precedence (lower wins)")] = 1000,
-    out: Annotated[Path | None, typer.Option(
-        "--out", help="file to write [default: print to stdout]", show_default=False)] = None,
+    hand_size: Annotated[
+        int, typer.Option("--hand-size", help="queues each flow (agent) may use")
+    ] = 6,
+    queue_length_limit: Annotated[
+        int, typer.Option("--queue-length-limit", help="requests one queue holds before 429")
+    ] = 50,
+    matching_precedence: Annotated[
+        int, typer.Option("--matching-precedence", help="FlowSchema precedence (lower wins)")
+    ] = 1000,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="file to write [default: print to stdout]", show_default=False),
+    ] = None,
     config: ConfigOpt = None,
     state_dir: StateDirOpt = None,
     cluster_size: ClusterSizeOpt = None,
@@ -330,9 +388,13 @@ def apf_render(
     cfg = load(config, state_dir, cluster_size, node_name, sets)
     default_group = cfg.identity.group if cfg.identity else IdentityConfig("", "").group
     settings = ApfSettings(
-        name=name, group=group if group is not None else default_group,
-        nominal_concurrency_shares=shares, lendable_percent=lendable_percent, queues=queues,
-        hand_size=hand_size, queue_length_limit=queue_length_limit,
+        name=name,
+        group=group if group is not None else default_group,
+        nominal_concurrency_shares=shares,
+        lendable_percent=lendable_percent,
+        queues=queues,
+        hand_size=hand_size,
+        queue_length_limit=queue_length_limit,
         matching_precedence=matching_precedence,
     )
     text = render_apf(settings)

@@ -201,3 +201,33 @@ def publish_metrics(
     )
     counters = {("starts", outcome): 1.0} if count else {}
     update_metrics(cfg.metrics_file, cfg.state_dir, Snapshot(d.agent, gauges, counters))
+
+
+def check_identity(cfg: Config, now: float) -> float | None:
+    """Refuse (IdentityError, exit 78) a bad agent identity; return the seconds it has left.
+
+    None when no ``[identity]`` is configured. The cryptography import happens only then.
+    """
+    if cfg.identity is None:
+        return None
+    from supervisor.errors import IdentityError
+    from supervisor.identity import check_identity as check
+    from supervisor.identity import identity_message
+
+    report = check(cfg.identity, cfg.node_name, now)
+    log = get_logger()
+    for warning in report.warnings:
+        log.warning("identity.warning", problem=warning)
+    if not report.ok:
+        log.error("gate.identity_refused", problems=list(report.problems))
+        raise IdentityError("bad agent identity: " + identity_message(report))
+    return report.seconds_left
+
+
+def make_probe_for(cfg: Config) -> Probe | None:
+    """The control-plane probe, or None; http.client and ssl are imported only when needed."""
+    if not cfg.probe.urls:
+        return None
+    from supervisor.probe import make_probe
+
+    return make_probe(cfg)

@@ -124,8 +124,14 @@ def check_identity(identity: IdentityConfig, node_name: str, now: float) -> Cert
     )
 
 
-def _run_checks(identity: IdentityConfig, node_name: str, now: float, problems: list[str],
-                warnings: list[str], facts: dict[str, Any]) -> None:
+def _run_checks(
+    identity: IdentityConfig,
+    node_name: str,
+    now: float,
+    problems: list[str],
+    warnings: list[str],
+    facts: dict[str, Any],
+) -> None:
     cert_path, key_path = identity.cert, identity.key
     certs = _load_certs(cert_path, "certificate", problems)
     leaf = certs[0] if certs else None
@@ -136,16 +142,19 @@ def _run_checks(identity: IdentityConfig, node_name: str, now: float, problems: 
         facts["seconds_left"] = not_after - now
         facts["subject"] = leaf.subject.rfc4514_string()
         _check_validity(leaf, cert_path, now, identity.renew_before, problems, warnings)
-        _check_subject(leaf, cert_path, render_user(identity.user, node_name), identity.group,
-                       problems)
+        _check_subject(
+            leaf, cert_path, render_user(identity.user, node_name), identity.group, problems
+        )
         _check_usage(leaf, cert_path, problems, warnings)
         if identity.ca:
             at = min(max(now, not_before), not_after)
             _check_chain(leaf, certs[1:], cert_path, identity.ca, now, at, problems)
     key = _load_key(key_path, problems)
     if leaf is not None and key is not None and not _key_matches(leaf, key):
-        problems.append(f"{key_path}: the private key does not match the certificate "
-                        f"{cert_path} (a key of another certificate)")
+        problems.append(
+            f"{key_path}: the private key does not match the certificate "
+            f"{cert_path} (a key of another certificate)"
+        )
 
 
 def require_identity(identity: IdentityConfig, node_name: str, now: float) -> CertReport:
@@ -259,35 +268,51 @@ def _check_key_file(path: str, problems: list[str]) -> None:
             who.append("write")
         if mode & 0o011:
             who.append("execute")
-        problems.append(f"{path}: mode {mode:04o} lets group or others {'/'.join(who)} the "
-                        f"private key (chmod 600 {path})")
+        problems.append(
+            f"{path}: mode {mode:04o} lets group or others {'/'.join(who)} the "
+            f"private key (chmod 600 {path})"
+        )
     euid = os.geteuid()
     if st.st_uid != euid:
-        problems.append(f"{path}: the private key is owned by uid {st.st_uid}, not by the user "
-                        f"running agent-supervisor (uid {euid})")
+        problems.append(
+            f"{path}: the private key is owned by uid {st.st_uid}, not by the user "
+            f"running agent-supervisor (uid {euid})"
+        )
 
 
 # --- checks on the certificate -----------------------------------------------------------------
 
 
-def _check_validity(leaf: x509.Certificate, path: str, now: float, renew_before: float,
-                    problems: list[str], warnings: list[str]) -> None:
+def _check_validity(
+    leaf: x509.Certificate,
+    path: str,
+    now: float,
+    renew_before: float,
+    problems: list[str],
+    warnings: list[str],
+) -> None:
     not_before = leaf.not_valid_before_utc.timestamp()
     not_after = leaf.not_valid_after_utc.timestamp()
     if now < not_before:
-        problems.append(f"{path}: not valid before {iso_seconds(not_before)} (in "
-                        f"{format_duration(not_before - now)}; is the clock right?)")
+        problems.append(
+            f"{path}: not valid before {iso_seconds(not_before)} (in "
+            f"{format_duration(not_before - now)}; is the clock right?)"
+        )
     if now > not_after:
-        problems.append(f"{path}: expired at {iso_seconds(not_after)} "
-                        f"({format_duration(now - not_after)} ago)")
+        problems.append(
+            f"{path}: expired at {iso_seconds(not_after)} ({format_duration(now - not_after)} ago)"
+        )
     elif not_after - now <= renew_before:
-        warnings.append(f"{path}: expires at {iso_seconds(not_after)}, in "
-                        f"{format_duration(not_after - now)}, within renew_before "
-                        f"({format_duration(renew_before)}): renew it")
+        warnings.append(
+            f"{path}: expires at {iso_seconds(not_after)}, in "
+            f"{format_duration(not_after - now)}, within renew_before "
+            f"({format_duration(renew_before)}): renew it"
+        )
 
 
-def _check_subject(leaf: x509.Certificate, path: str, user: str, group: str,
-                   problems: list[str]) -> None:
+def _check_subject(
+    leaf: x509.Certificate, path: str, user: str, group: str, problems: list[str]
+) -> None:
     """Kubernetes takes the user name from the CN and the groups from every O."""
     from cryptography.x509.oid import NameOID
 
@@ -298,12 +323,15 @@ def _check_subject(leaf: x509.Certificate, path: str, user: str, group: str,
     orgs = [str(a.value) for a in leaf.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
     if group not in orgs:
         got = ", ".join(repr(o) for o in orgs) or "none"
-        problems.append(f"{path}: subject O is {got}, expected one O = {group!r} "
-                        "(identity.group; Kubernetes reads groups from O)")
+        problems.append(
+            f"{path}: subject O is {got}, expected one O = {group!r} "
+            "(identity.group; Kubernetes reads groups from O)"
+        )
 
 
-def _check_usage(leaf: x509.Certificate, path: str, problems: list[str],
-                 warnings: list[str]) -> None:
+def _check_usage(
+    leaf: x509.Certificate, path: str, problems: list[str], warnings: list[str]
+) -> None:
     """clientAuth must be allowed. No extendedKeyUsage at all means "any" (RFC 5280, and Go's
     crypto/x509 in the apiserver accepts it), so that is only a warning."""
     from cryptography import x509
@@ -312,19 +340,25 @@ def _check_usage(leaf: x509.Certificate, path: str, problems: list[str],
     try:
         eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
-        warnings.append(f"{path}: no extendedKeyUsage; accepted as any usage, but a client "
-                        "certificate should say clientAuth")
+        warnings.append(
+            f"{path}: no extendedKeyUsage; accepted as any usage, but a client "
+            "certificate should say clientAuth"
+        )
         return
     except Exception as exc:  # noqa: BLE001 - a malformed extension is a problem, not a crash
         problems.append(f"{path}: unreadable extensions: {_one_line(exc)}")
         return
     usages = list(eku)
-    if ExtendedKeyUsageOID.CLIENT_AUTH in usages or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE \
-            in usages:
+    if (
+        ExtendedKeyUsageOID.CLIENT_AUTH in usages
+        or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages
+    ):
         return
     names = ", ".join(getattr(u, "_name", u.dotted_string) for u in usages) or "none"
-    problems.append(f"{path}: extendedKeyUsage ({names}) lacks clientAuth; the apiserver "
-                    "refuses it as a client certificate")
+    problems.append(
+        f"{path}: extendedKeyUsage ({names}) lacks clientAuth; the apiserver "
+        "refuses it as a client certificate"
+    )
 
 
 def _key_matches(leaf: x509.Certificate, key: PrivateKeyTypes) -> bool:
@@ -338,8 +372,15 @@ def _key_matches(leaf: x509.Certificate, key: PrivateKeyTypes) -> bool:
     return ours == theirs
 
 
-def _check_chain(leaf: x509.Certificate, extra: Sequence[x509.Certificate], path: str,
-                 ca_path: str, now: float, at: float, problems: list[str]) -> None:
+def _check_chain(
+    leaf: x509.Certificate,
+    extra: Sequence[x509.Certificate],
+    path: str,
+    ca_path: str,
+    now: float,
+    at: float,
+    problems: list[str],
+) -> None:
     """The certificate must chain to the CA the apiserver trusts.
 
     First the direct issuer, by hand, for a precise sentence (no CA of that name; a CA of that
@@ -357,21 +398,28 @@ def _check_chain(leaf: x509.Certificate, extra: Sequence[x509.Certificate], path
     issuers = [c for c in pool if c.subject == leaf.issuer]
     issuer_name = leaf.issuer.rfc4514_string() or "an empty name"
     if not issuers:
-        problems.append(f"{path}: issued by {issuer_name!r}, which is not in {ca_path} (signed "
-                        "by another CA)")
+        problems.append(
+            f"{path}: issued by {issuer_name!r}, which is not in {ca_path} (signed by another CA)"
+        )
         return
     signer = next((c for c in issuers if _signed_by(leaf, c)), None)
     if signer is None:
-        problems.append(f"{path}: signature does not verify with the key of {issuer_name!r} in "
-                        f"{ca_path} (signed by another CA of the same name)")
+        problems.append(
+            f"{path}: signature does not verify with the key of {issuer_name!r} in "
+            f"{ca_path} (signed by another CA of the same name)"
+        )
         return
     name = signer.subject.rfc4514_string()
     if now > signer.not_valid_after_utc.timestamp():
-        problems.append(f"{ca_path}: CA certificate {name!r} expired at "
-                        f"{iso_seconds(signer.not_valid_after_utc.timestamp())}")
+        problems.append(
+            f"{ca_path}: CA certificate {name!r} expired at "
+            f"{iso_seconds(signer.not_valid_after_utc.timestamp())}"
+        )
     elif now < signer.not_valid_before_utc.timestamp():
-        problems.append(f"{ca_path}: CA certificate {name!r} is not valid before "
-                        f"{iso_seconds(signer.not_valid_before_utc.timestamp())}")
+        problems.append(
+            f"{ca_path}: CA certificate {name!r} is not valid before "
+            f"{iso_seconds(signer.not_valid_before_utc.timestamp())}"
+        )
     if len(problems) == before:
         error = _verify_path(leaf, extra, cas, at)
         if error is not None:
@@ -386,8 +434,12 @@ def _signed_by(leaf: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def _verify_path(leaf: x509.Certificate, extra: Sequence[x509.Certificate],
-                 cas: Sequence[x509.Certificate], at: float) -> str | None:
+def _verify_path(
+    leaf: x509.Certificate,
+    extra: Sequence[x509.Certificate],
+    cas: Sequence[x509.Certificate],
+    at: float,
+) -> str | None:
     """Full path validation; None when it verifies (or this cryptography cannot check it).
 
     The extension policies are relaxed on purpose: the WebPKI defaults demand what fleet and
@@ -407,7 +459,8 @@ def _verify_path(leaf: x509.Certificate, extra: Sequence[x509.Certificate],
         return None
     try:
         ca_policy = ExtensionPolicy.permit_all().require_present(
-            x509.BasicConstraints, Criticality.AGNOSTIC, None)
+            x509.BasicConstraints, Criticality.AGNOSTIC, None
+        )
         verifier = (
             PolicyBuilder()
             .store(Store(list(cas)))
@@ -459,8 +512,9 @@ def write_file(path: Path, data: bytes, *, mode: int, overwrite: bool) -> None:
                 try:
                     os.link(tmp, path)
                 except FileExistsError:
-                    raise UsageError(f"{path} already exists (pass --force to replace it)")  \
-                        from None
+                    raise UsageError(
+                        f"{path} already exists (pass --force to replace it)"
+                    ) from None
             dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(dir_fd)
@@ -484,8 +538,12 @@ class CsrFiles:
 
     def to_json(self) -> dict[str, Any]:
         """Paths and subject, for ``certs csr --json``."""
-        return {"key": str(self.key), "csr": str(self.csr), "manifest": str(self.manifest),
-                "subject": self.subject}
+        return {
+            "key": str(self.key),
+            "csr": str(self.csr),
+            "manifest": str(self.manifest),
+            "subject": self.subject,
+        }
 
 
 def k8s_object_name(text: str) -> str:
@@ -519,8 +577,10 @@ def make_csr(
     if key_type == "rsa" and rsa_bits not in (2048, 3072, 4096):
         raise UsageError(f"--rsa-bits {rsa_bits}: expected 2048, 3072 or 4096")
     if not user or not group:
-        raise ConfigError(f"identity.user = {user!r}, identity.group = {group!r}: both must be "
-                          "non-empty to make a CSR")
+        raise ConfigError(
+            f"identity.user = {user!r}, identity.group = {group!r}: both must be "
+            "non-empty to make a CSR"
+        )
     key_path = out_dir / f"{name}.key"
     csr_path = out_dir / f"{name}.csr"
     manifest_path = out_dir / f"{name}.csr.yaml"
@@ -539,10 +599,12 @@ def make_csr(
         key = ec.generate_private_key(ec.SECP256R1())
     else:
         key = rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
-    subject = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, group),
-        x509.NameAttribute(NameOID.COMMON_NAME, user),
-    ])
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, group),
+            x509.NameAttribute(NameOID.COMMON_NAME, user),
+        ]
+    )
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(subject)
@@ -584,8 +646,9 @@ def make_csr(
     write_file(key_path, key_pem, mode=0o600, overwrite=overwrite)
     write_file(csr_path, csr_pem, mode=0o644, overwrite=overwrite)
     write_file(manifest_path, manifest_text.encode(), mode=0o644, overwrite=overwrite)
-    return CsrFiles(key=key_path, csr=csr_path, manifest=manifest_path,
-                    subject=subject.rfc4514_string())
+    return CsrFiles(
+        key=key_path, csr=csr_path, manifest=manifest_path, subject=subject.rfc4514_string()
+    )
 
 
 def check_server_url(server: str, where: str) -> str:
@@ -620,20 +683,24 @@ def render_kubeconfig(
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": cluster, "cluster": cluster_entry}],
-        "users": [{
-            "name": user,
-            "user": {
-                "client-certificate": str(Path(identity.cert).absolute()),
-                "client-key": str(Path(identity.key).absolute()),
-            },
-        }],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate": str(Path(identity.cert).absolute()),
+                    "client-key": str(Path(identity.key).absolute()),
+                },
+            }
+        ],
         "contexts": [{"name": context, "context": {"cluster": cluster, "user": user}}],
         "current-context": context,
         "preferences": {},
     }
-    return (f"{KUBECONFIG_MARKER} for {user}.\n"
-            f"# Point the agent's k8s-kubeconfig-path at this file.\n"
-            + yaml.safe_dump(doc, sort_keys=False))
+    return (
+        f"{KUBECONFIG_MARKER} for {user}.\n"
+        f"# Point the agent's k8s-kubeconfig-path at this file.\n"
+        + yaml.safe_dump(doc, sort_keys=False)
+    )
 
 
 def write_kubeconfig(path: Path, text: str, *, force: bool) -> None:
@@ -651,8 +718,10 @@ def write_kubeconfig(path: Path, text: str, *, force: bool) -> None:
         except OSError as exc:
             raise StateError(f"{path}: cannot read: {exc.strerror or exc}") from None
         if head != KUBECONFIG_MARKER.encode():
-            raise UsageError(f"{path} exists and was not written by kubeconfig render "
-                             "(pass --force to replace it)")
+            raise UsageError(
+                f"{path} exists and was not written by kubeconfig render "
+                "(pass --force to replace it)"
+            )
     write_file(path, text.encode(), mode=0o600, overwrite=True)
 
 
@@ -672,23 +741,39 @@ class ApfSettings:
     def validate(self) -> None:
         """The apiserver's own validation rules, so a bad value fails here, not at apply."""
         checks: list[tuple[bool, str]] = [
-            (self.nominal_concurrency_shares >= 0,
-             f"--shares {self.nominal_concurrency_shares}: must be >= 0"),
-            (0 <= self.lendable_percent <= 100,
-             f"--lendable-percent {self.lendable_percent}: must be 0..100"),
+            (
+                self.nominal_concurrency_shares >= 0,
+                f"--shares {self.nominal_concurrency_shares}: must be >= 0",
+            ),
+            (
+                0 <= self.lendable_percent <= 100,
+                f"--lendable-percent {self.lendable_percent}: must be 0..100",
+            ),
             (1 <= self.queues <= 512, f"--queues {self.queues}: must be 1..512"),
-            (1 <= self.hand_size <= self.queues,
-             f"--hand-size {self.hand_size}: must be 1..queues ({self.queues})"),
-            (math.ceil(math.log2(self.queues) * self.hand_size) <= 60 if self.queues > 0 else True,
-             f"--hand-size {self.hand_size} with --queues {self.queues}: needs more than 60 "
-             "bits of entropy (the apiserver's limit)"),
-            (self.queue_length_limit >= 1,
-             f"--queue-length-limit {self.queue_length_limit}: must be >= 1"),
-            (2 <= self.matching_precedence <= 10000,
-             f"--matching-precedence {self.matching_precedence}: must be 2..10000"),
+            (
+                1 <= self.hand_size <= self.queues,
+                f"--hand-size {self.hand_size}: must be 1..queues ({self.queues})",
+            ),
+            (
+                math.ceil(math.log2(self.queues) * self.hand_size) <= 60
+                if self.queues > 0
+                else True,
+                f"--hand-size {self.hand_size} with --queues {self.queues}: needs more than 60 "
+                "bits of entropy (the apiserver's limit)",
+            ),
+            (
+                self.queue_length_limit >= 1,
+                f"--queue-length-limit {self.queue_length_limit}: must be >= 1",
+            ),
+            (
+                2 <= self.matching_precedence <= 10000,
+                f"--matching-precedence {self.matching_precedence}: must be 2..10000",
+            ),
             (bool(self.group), "identity.group is empty"),
-            (k8s_object_name(self.name) == self.name,
-             f"--name {self.name!r}: must be a DNS subdomain name"),
+            (
+                k8s_object_name(self.name) == self.name,
+                f"--name {self.name!r}: must be a DNS subdomain name",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -733,14 +818,21 @@ def render_apf(settings: ApfSettings) -> str:
             "priorityLevelConfiguration": {"name": settings.name},
             "matchingPrecedence": settings.matching_precedence,
             "distinguisherMethod": {"type": "ByUser"},
-            "rules": [{
-                "subjects": [{"kind": "Group", "group": {"name": settings.group}}],
-                "resourceRules": [{
-                    "verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
-                    "clusterScope": True, "namespaces": ["*"],
-                }],
-                "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
-            }],
+            "rules": [
+                {
+                    "subjects": [{"kind": "Group", "group": {"name": settings.group}}],
+                    "resourceRules": [
+                        {
+                            "verbs": ["*"],
+                            "apiGroups": ["*"],
+                            "resources": ["*"],
+                            "clusterScope": True,
+                            "namespaces": ["*"],
+                        }
+                    ],
+                    "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+                }
+            ],
         },
     }
     header = (

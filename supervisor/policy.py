@@ -65,7 +65,10 @@ def next_grid_slot(not_before: float, window: float, offset: float) -> float:
     start rate, and the answer depends only on the inputs (invariant 3).
     """
     shift = offset * window
-    e = math.ceil((not_before - shift) / window)
+    # The epsilon keeps float error from turning a time exactly on a slot into the next one
+    # (slot + W is the excluded end of invariant 3's interval); the check below covers the
+    # other side.
+    e = math.ceil((not_before - shift) / window - 1e-9)
     slot = e * window + shift
     # Float rounding may land a hair before not_before; step one window on if so.
     if slot < not_before:

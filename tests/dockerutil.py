@@ -1,0 +1,555 @@
+"""Helpers for the tests that run against a real Docker engine.
+
+Images are built locally (there is no registry here) and cached by a tag derived from their
+content, so a rerun of the suite builds nothing:
+
+- the stand-in agent: ``FROM scratch`` with Debian's static ``/bin/busybox`` and a shell script
+  named ``cilium-agent`` whose run time and exit code the test chooses (environment variables
+  ``STANDIN_RUN_SECONDS``/``STANDIN_EXIT_CODE``, or files of those names in ``--config-dir``);
+- the supervisor's own image, built with ``compose/Dockerfile`` from a local base image: a
+  minimal Debian made with ``debootstrap`` (python3 and python3-venv) and ``docker import``.
+
+Also here: bounded waiting, reading ``docker events`` back from the engine, and restarting the
+very dockerd that is running (same argv, same log file, same environment).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+REPO: Final = Path(__file__).resolve().parent.parent
+BUSYBOX: Final = Path("/bin/busybox")
+DEBIAN_MIRROR: Final = os.environ.get(
+    "AGENT_SUPERVISOR_DEBIAN_MIRROR", "http://deb.debian.org/debian"
+)
+BASE_TAG: Final = "agent-supervisor-base:bookworm-python3"
+#: Every container, image and compose project these tests make carries this prefix.
+PREFIX: Final = "as-test"
+
+T = TypeVar("T")
+
+STANDIN_SCRIPT: Final = r"""#!/bin/sh
+# Stand-in for cilium-agent: runs for a while, then exits with a code, as the test says.
+# STANDIN_RUN_SECONDS / STANDIN_EXIT_CODE from the environment, else the files
+# standin-run-seconds / standin-exit-code in --config-dir. No run time: run until TERM.
+dir=/tmp/cilium/config-map
+for arg in "$@"; do
+  case "$arg" in --config-dir=*) dir="${arg#--config-dir=}" ;; esac
+done
+secs="${STANDIN_RUN_SECONDS:-}"
+code="${STANDIN_EXIT_CODE:-}"
+[ -z "$secs" ] && [ -r "$dir/standin-run-seconds" ] && secs="$(cat "$dir/standin-run-seconds")"
+[ -z "$code" ] && [ -r "$dir/standin-exit-code" ] && code="$(cat "$dir/standin-exit-code")"
+echo "stand-in cilium-agent: up (run ${secs:-until TERM}, then exit ${code:-0})"
+trap 'echo "stand-in cilium-agent: terminated"; exit 143' TERM INT
+if [ -n "$secs" ]; then
+  sleep "$secs" & wait $!
+else
+  while :; do sleep 3600 & wait $!; done
+fi
+exit "${code:-0}"
+"""
+INIT_SCRIPT: Final = '#!/bin/sh\necho "stand-in $0: done"\nexit 0\n'
+STANDIN_DOCKERFILE: Final = """FROM scratch
+COPY rootfs/ /
+ENV PATH=/usr/local/bin:/usr/bin:/bin
+ENTRYPOINT ["cilium-agent", "--config-dir=/tmp/cilium/config-map"]
+"""
+
+
+def unique(kind: str) -> str:
+    """A name no other test uses: ``as-test-<kind>-<random>``."""
+    return f"{PREFIX}-{kind}-{uuid.uuid4().hex[:8]}"
+
+
+def wait_for(
+    predicate: Callable[[], T | bool | None],
+    timeout: float,
+    what: str,
+    interval: float = 0.1,
+) -> T:
+    """Poll until ``predicate`` returns something truthy; fail with ``what`` after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value  # type: ignore[return-value]
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+# --- building images -----------------------------------------------------------------------------
+
+
+def _add_file(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = mode
+    info.mtime = 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _add_dir(tar: tarfile.TarFile, name: str, mode: int = 0o755) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = mode
+    tar.addfile(info)
+
+
+def _add_symlink(tar: tarfile.TarFile, name: str, target: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.SYMTYPE
+    info.linkname = target
+    tar.addfile(info)
+
+
+def _image_exists(client: Any, tag: str) -> bool:
+    import docker.errors
+
+    try:
+        client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+#: Builds that failed in this test run, by tag: fail the next test at once with the same
+#: message instead of building again.
+_FAILED_BUILDS: dict[str, str] = {}
+
+
+def _build(client: Any, context: bytes, tag: str, **kwargs: Any) -> None:
+    """Build from an in-memory tar context; a failure shows the build's own output.
+
+    ``forcerm``: the intermediate containers go even when a step fails.
+    """
+    import docker.errors
+
+    if tag in _FAILED_BUILDS:
+        raise AssertionError(_FAILED_BUILDS[tag])
+    try:
+        client.images.build(
+            fileobj=io.BytesIO(context),
+            custom_context=True,
+            tag=tag,
+            rm=True,
+            forcerm=True,
+            **kwargs,
+        )
+    except docker.errors.BuildError as exc:
+        log = "".join(str(chunk.get("stream", chunk.get("error", ""))) for chunk in exc.build_log)
+        _FAILED_BUILDS[tag] = f"building {tag} failed: {exc.msg}\n{log[-3000:]}"
+        raise AssertionError(_FAILED_BUILDS[tag]) from None
+
+
+def standin_image(client: Any) -> str:
+    """The stand-in agent image (built once, cached by content)."""
+    busybox = BUSYBOX.read_bytes()
+    digest = hashlib.sha256(
+        busybox + STANDIN_SCRIPT.encode() + INIT_SCRIPT.encode() + STANDIN_DOCKERFILE.encode()
+    ).hexdigest()[:12]
+    tag = f"{PREFIX}-standin:{digest}"
+    if _image_exists(client, tag):
+        return tag
+    applets = subprocess.run(
+        [str(BUSYBOX), "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        _add_file(tar, "Dockerfile", STANDIN_DOCKERFILE.encode())
+        for d in ("rootfs", "rootfs/bin", "rootfs/usr", "rootfs/usr/bin", "rootfs/etc"):
+            _add_dir(tar, d)
+        _add_dir(tar, "rootfs/tmp", 0o1777)
+        _add_file(tar, "rootfs/bin/busybox", busybox, 0o755)
+        for applet in applets:
+            if applet != "busybox" and re.fullmatch(r"[A-Za-z0-9._\[\]-]+", applet):
+                _add_symlink(tar, f"rootfs/bin/{applet}", "busybox")
+        _add_file(tar, "rootfs/usr/bin/cilium-agent", STANDIN_SCRIPT.encode(), 0o755)
+        _add_file(tar, "rootfs/init-container.sh", INIT_SCRIPT.encode(), 0o755)
+        _add_file(tar, "rootfs/install-plugin.sh", INIT_SCRIPT.encode(), 0o755)
+        _add_file(tar, "rootfs/etc/passwd", b"root:x:0:0:root:/:/bin/sh\n")
+    _build(client, buf.getvalue(), tag, network_mode="none")
+    return tag
+
+
+def base_image(client: Any) -> str:
+    """A minimal Debian with python3 and venv, made by debootstrap (cached by tag)."""
+    if _image_exists(client, BASE_TAG):
+        return BASE_TAG
+    from filelock import FileLock
+
+    with FileLock(os.path.join(tempfile.gettempdir(), "agent-supervisor-base-image.lock")):
+        if _image_exists(client, BASE_TAG):
+            return BASE_TAG
+        if shutil.which("debootstrap") is None:
+            raise AssertionError("debootstrap is not installed (apt-get install debootstrap)")
+        work = Path(tempfile.mkdtemp(prefix="agent-supervisor-rootfs-", dir="/var/tmp"))
+        try:
+            root = work / "root"
+            proc = subprocess.run(
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    "--include=python3,python3-venv,ca-certificates",
+                    "bookworm",
+                    str(root),
+                    DEBIAN_MIRROR,
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=900,
+            )
+            if proc.returncode != 0:
+                raise AssertionError(
+                    f"debootstrap failed ({proc.returncode}):\n{proc.stdout[-2000:]}"
+                    f"\n{proc.stderr[-2000:]}"
+                )
+            # What an image does not need: downloaded packages, documentation, apt lists.
+            for sub in (
+                "var/cache/apt/archives",
+                "var/lib/apt/lists",
+                "usr/share/doc",
+                "usr/share/man",
+                "usr/share/info",
+                "usr/share/locale",
+            ):
+                target = root / sub
+                if target.is_dir():
+                    shutil.rmtree(target)
+                    target.mkdir()
+            tarball = work / "rootfs.tar"
+            subprocess.run(
+                ["tar", "--numeric-owner", "-C", str(root), "-cf", str(tarball), "."],
+                check=True,
+            )
+            repo, tag = BASE_TAG.split(":")
+            client.api.import_image_from_file(str(tarball), repository=repo, tag=tag)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return BASE_TAG
+
+
+def wheelhouse() -> Path:
+    """Wheels of the project's dependencies, fetched by the host's pip (cached by the list).
+
+    The image is built with ``--no-index`` from these: the build then needs no network, and
+    does not depend on the base image trusting whatever proxy stands between us and PyPI.
+    """
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = [*deps, "setuptools>=68", "wheel"]
+    key = hashlib.sha256("\n".join(sorted(wanted)).encode()).hexdigest()[:12]
+    target = Path(tempfile.gettempdir()) / f"agent-supervisor-wheels-{key}"
+    if (target / ".complete").exists():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--dest",
+            str(target),
+            "--only-binary=:all:",
+            "--python-version",
+            "3.11",
+            "--implementation",
+            "cp",
+            "--platform",
+            "manylinux2014_x86_64",
+            "--platform",
+            "manylinux_2_17_x86_64",
+            "--platform",
+            "manylinux_2_28_x86_64",
+            *wanted,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"pip download failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    (target / ".complete").touch()
+    return target
+
+
+def _source_files() -> list[tuple[str, bytes]]:
+    """What the supervisor image is built from, as (path in context, content)."""
+    files: list[tuple[str, bytes]] = []
+    for wheel in sorted(wheelhouse().glob("*.whl")):
+        files.append((f"compose/wheels/{wheel.name}", wheel.read_bytes()))
+    for path in sorted((REPO / "supervisor").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".typed"):
+            data = path.read_bytes()
+            if path.name == "cli.py" and not cli_wired():
+                # Until supervisor/cli.py registers the deploy commands itself, the image gets
+                # the same one-line wiring (in the build context only, not on disk).
+                data += b"\n\nfrom supervisor import cli_deploy as _cli_deploy\n\n"
+                data += b"_cli_deploy.register(app)\n"
+            files.append((str(path.relative_to(REPO)), data))
+    files.append(("pyproject.toml", (REPO / "pyproject.toml").read_bytes()))
+    readme = REPO / "README.md"
+    files.append(("README.md", readme.read_bytes() if readme.exists() else b"agent-supervisor\n"))
+    files.append(("compose/Dockerfile", (REPO / "compose" / "Dockerfile").read_bytes()))
+    return files
+
+
+def supervisor_image(client: Any) -> str:
+    """The supervisor's image from compose/Dockerfile on the local base (cached by content)."""
+    base = base_image(client)
+    files = _source_files()
+    h = hashlib.sha256(client.images.get(base).id.encode())
+    for name, data in files:
+        h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    tag = f"{PREFIX}-supervisor:{h.hexdigest()[:12]}"
+    if _image_exists(client, tag):
+        return tag
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files:
+            _add_file(tar, name, data)
+    # Everything comes from the context (--no-index): the build needs no network at all.
+    _build(
+        client,
+        buf.getvalue(),
+        tag,
+        dockerfile="compose/Dockerfile",
+        buildargs={"BASE_IMAGE": base, "PIP_EXTRA_ARGS": "--no-index"},
+        network_mode="none",
+    )
+    _remove_older(client, f"{PREFIX}-supervisor", keep=tag)
+    return tag
+
+
+def _remove_older(client: Any, repository: str, keep: str, age: float = 3600.0) -> None:
+    """Drop images of earlier source versions made more than ``age`` seconds ago (a test run
+    in parallel may still use a recent one; an image a container uses stays anyway)."""
+    import docker.errors
+
+    for image in client.images.list(name=repository):
+        created = _parse_created(image.attrs.get("Created", ""))
+        if keep in image.tags or created is None or time.time() - created < age:
+            continue
+        for old in image.tags:
+            with contextlib.suppress(docker.errors.APIError):
+                client.images.remove(old)
+
+
+def _parse_created(text: str) -> float | None:
+    from supervisor.docker_watch import parse_docker_time
+
+    return parse_docker_time(text)
+
+
+# --- containers and events -----------------------------------------------------------------------
+
+
+def remove_containers(client: Any, *names: str) -> None:
+    """Force-remove containers by name; absent ones are fine."""
+    import docker.errors
+
+    for name in names:
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            client.containers.get(name).remove(force=True)
+
+
+def remove_project(client: Any, project: str) -> None:
+    """Force-remove every container of a compose project."""
+    import docker.errors
+
+    for c in client.containers.list(
+        all=True, filters={"label": f"com.docker.compose.project={project}"}
+    ):
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            c.remove(force=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One container event as the engine reported it."""
+
+    time: float
+    action: str
+    name: str
+    exit_code: int | None = None
+
+
+def events(client: Any, since: float, until: float, name: str) -> list[Event]:
+    """The engine's own record of a container's start/die events in [since, until]."""
+    stream = client.events(
+        since=int(since) - 1,
+        until=int(until) + 1,
+        decode=True,
+        filters={"type": "container", "container": name, "event": ["start", "die"]},
+    )
+    out: list[Event] = []
+    try:
+        for ev in stream:
+            t = ev.get("timeNano", 0) / 1e9 or float(ev.get("time", 0))
+            if since - 0.001 <= t <= until + 0.001:
+                attrs = ev.get("Actor", {}).get("Attributes", {})
+                code = attrs.get("exitCode")
+                out.append(
+                    Event(
+                        t,
+                        ev.get("Action", ev.get("status", "")),
+                        attrs.get("name", ""),
+                        int(code) if code is not None else None,
+                    )
+                )
+    finally:
+        stream.close()
+    return out
+
+
+def starts(client: Any, since: float, until: float, name: str) -> list[float]:
+    """Times at which the engine started the container in [since, until]."""
+    return [e.time for e in events(client, since, until, name) if e.action == "start"]
+
+
+# --- the daemon under test -----------------------------------------------------------------------
+
+
+def cli_wired() -> bool:
+    """Whether supervisor/cli.py already registers the deploy commands."""
+    return "cli_deploy" in (REPO / "supervisor" / "cli.py").read_text()
+
+
+def cli_argv(*args: str) -> list[str]:
+    """argv of ``agent-supervisor ARGS`` with ``run`` and ``doctor`` available.
+
+    Until supervisor/cli.py registers them, register them on its app here exactly as the
+    wiring will (``cli_deploy.register(cli.app)``), and go through ``cli.main`` all the same.
+    """
+    if cli_wired():
+        return [sys.executable, "-m", "supervisor", *args]
+    shim = (
+        "import sys; from supervisor import cli, cli_deploy; "
+        "cli_deploy.register(cli.app); sys.argv[0] = 'agent-supervisor'; cli.main()"
+    )
+    return [sys.executable, "-c", shim, *args]
+
+
+@contextlib.contextmanager
+def process(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a process with stdout+stderr to ``log``; kill it (by its pid) when done."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+
+
+# --- dockerd itself ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Dockerd:
+    """How the running dockerd was started, read from /proc so it can be started again."""
+
+    pid: int
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str
+    log: str
+
+
+def running_dockerd() -> Dockerd:
+    """The dockerd serving this machine's socket."""
+    pids = subprocess.run(["pidof", "dockerd"], capture_output=True, text=True, check=False)
+    if not pids.stdout.split():
+        raise AssertionError("no dockerd process is running")
+    pid = int(pids.stdout.split()[0])
+    proc = Path(f"/proc/{pid}")
+    argv = tuple(a.decode() for a in (proc / "cmdline").read_bytes().split(b"\0") if a)
+    env = dict(
+        kv.decode().split("=", 1)
+        for kv in (proc / "environ").read_bytes().split(b"\0")
+        if b"=" in kv
+    )
+    log = os.readlink(proc / "fd" / "1")
+    if not log.startswith("/") or log.startswith("/dev/"):
+        log = "/tmp/dockerd.log"
+    log = log.removesuffix(" (deleted)")
+    return Dockerd(pid, argv, env, os.readlink(proc / "cwd"), log)
+
+
+def _docker_answers(sock_path: str = "/var/run/docker.sock") -> bool:
+    """GET /_ping on the engine's socket, with a socket of our own that is always closed
+    (the SDK leaks one per failed connect, which pytest turns into an error)."""
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(5)
+        s.connect(sock_path)
+        s.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+        reply = b""
+        while chunk := s.recv(4096):
+            reply += chunk
+        return reply.startswith(b"HTTP/1.") and b" 200 " in reply.split(b"\r\n", 1)[0]
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def start_dockerd(d: Dockerd, timeout: float = 60) -> int:
+    """Start dockerd as ``d`` describes, detached from the tests (``setsid --fork``: it is
+    nobody's child here and outlives the test run); wait until it answers."""
+    with open(d.log, "ab") as out:
+        subprocess.run(
+            ["setsid", "--fork", *d.argv],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=d.env,
+            cwd=d.cwd,
+            check=True,
+        )
+    wait_for(_docker_answers, timeout, "dockerd to answer again", interval=0.3)
+    return running_dockerd().pid
+
+
+def stop_dockerd(d: Dockerd, timeout: float = 60) -> None:
+    """SIGTERM dockerd (it stops its containers) and wait for it to exit."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(d.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{d.pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if Path(f"/proc/{d.pid}").exists():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(d.pid, signal.SIGKILL)
+        time.sleep(1)
+
+
+def ensure_dockerd(d: Dockerd) -> None:
+    """Leave a dockerd running whatever happened: start one if nothing answers."""
+    if not _docker_answers():
+        start_dockerd(d)

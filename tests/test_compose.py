@@ -1,0 +1,370 @@
+"""The shipped compose/docker-compose.yml, run by real docker-compose 1.29 and Compose v2.
+
+The file is used as shipped, with only what a node sets anyway: variables (images, directories,
+the agent's container name) and a second compose file that moves the fixed host mounts
+(/sys/fs/bpf, /run/xtables.lock, ...) into the test's directory, merged by target as compose
+merges volumes. The agent is the busybox stand-in, the supervisor image is built from
+compose/Dockerfile; the gate's configuration (a 3 s window) is the mounted config.toml.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dockerutil
+import pytest
+from conftest import REQUIRE_DOCKER, clean_env, run_cli
+
+from supervisor.store import StateStore
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "compose" / "docker-compose.yml"
+AGENT = "cilium-agent"
+W = 3.0
+CONFIG_TOML = """\
+cluster_size = 1
+node_name = "as-test-node"
+
+[window]
+base = "3s"
+per_node = "0s"
+min = "1s"
+"""
+#: The shipped file's fixed host paths, each moved under the test's directory.
+HOST_MOUNTS = {
+    "cilium-init": ["/sys/fs/bpf", "/var/run/cilium", "/lib/modules", "/run/xtables.lock"],
+    "cilium-install-cni": ["/host/opt/cni/bin", "/host/etc/cni/net.d"],
+    "cilium-agent": [
+        "/var/run/cilium",
+        "/sys/fs/bpf",
+        "/host/opt/cni/bin",
+        "/host/etc/cni/net.d",
+        "/lib/modules",
+        "/run/xtables.lock",
+    ],
+}
+
+
+def implementations() -> list[Any]:
+    """docker-compose 1.29 and Compose v2, each skipped (or failed under CI) when missing."""
+    return [
+        pytest.param(["docker-compose"], id="compose-1.29"),
+        pytest.param(["docker", "compose"], id="compose-v2"),
+    ]
+
+
+def _available(cmd: list[str]) -> str | None:
+    if shutil.which(cmd[0]) is None:
+        return None
+    proc = subprocess.run([*cmd, "version"], capture_output=True, text=True, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+@dataclass
+class Project:
+    """One compose project of the shipped file, in its own directory and name."""
+
+    cmd: list[str]
+    name: str
+    root: Path
+    env: dict[str, str]
+    override: Path
+    container: str
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    def argv(self, *args: str) -> list[str]:
+        return [*self.cmd, "-p", self.name, "-f", str(SHIPPED), "-f", str(self.override), *args]
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(*args),
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            check=False,
+        )
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.argv(*args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+        )
+
+    def service(self, client: Any, service: str) -> Any | None:
+        found = client.containers.list(
+            all=True,
+            filters={
+                "label": [
+                    f"com.docker.compose.project={self.name}",
+                    f"com.docker.compose.service={service}",
+                ]
+            },
+        )
+        return found[0] if found else None
+
+    def runs(self) -> Any:
+        return StateStore(self.state_dir).read(AGENT).state.runs
+
+    def cli(self, *args: str) -> Any:
+        return run_cli(*args, "--state-dir", str(self.state_dir), "--cluster-size", "1")
+
+
+@pytest.fixture(params=implementations())
+def project(
+    request: pytest.FixtureRequest, docker_client: Any, tmp_path: Path
+) -> Iterator[Project]:
+    """The shipped compose file, ready to `up`, torn down (containers removed) afterwards.
+
+    The second compose file moves the fixed host mounts into the test's directory and turns
+    privileged off (this sandbox refuses privileged containers); nothing else is changed.
+    """
+    cmd: list[str] = request.param
+    if _available(cmd) is None:
+        msg = f"{' '.join(cmd)} is not installed"
+        if REQUIRE_DOCKER:
+            pytest.fail(msg + " (.ci/docker.sh installs both)")
+        pytest.skip(msg)
+    standin = dockerutil.standin_image(docker_client)
+    supervisor = dockerutil.supervisor_image(docker_client)
+    root = tmp_path
+    dirs = {}
+    for d in ("state", "etc", "config-map", "pki", "etcd-config", "etcd-secrets"):
+        dirs[d] = root / d
+        dirs[d].mkdir(mode=0o700)
+    (dirs["etc"] / "config.toml").write_text(CONFIG_TOML)
+    host = root / "host"
+    lines = ["services:"]
+    for service, targets in HOST_MOUNTS.items():
+        lines.append(f"  {service}:")
+        # This sandbox refuses privileged containers ("unable to apply caps"); the busybox
+        # stand-in needs no privilege anyway.
+        lines.append("    privileged: false")
+        lines.append("    volumes:")
+        for target in targets:
+            source = host / service / target.strip("/").replace("/", "_")
+            if target.endswith(".lock"):
+                source.parent.mkdir(parents=True, exist_ok=True)
+                source.touch()
+            else:
+                source.mkdir(parents=True, exist_ok=True)
+            lines.append(f"      - {source}:{target}")
+    override = root / "test-override.yml"
+    override.write_text("\n".join(lines) + "\n")
+    name = dockerutil.unique("compose")
+    container = f"{name}-agent"
+    env = clean_env(
+        AGENT_SUPERVISOR_IMAGE=supervisor,
+        CILIUM_IMAGE=standin,
+        CILIUM_CONTAINER_NAME=container,
+        AGENT_SUPERVISOR_STATE_DIR=str(dirs["state"]),
+        AGENT_SUPERVISOR_CONFIG_DIR=str(dirs["etc"]),
+        CILIUM_CONFIG_DIR=str(dirs["config-map"]),
+        CILIUM_PKI_DIR=str(dirs["pki"]),
+        CILIUM_ETCD_CONFIG_DIR=str(dirs["etcd-config"]),
+        CILIUM_ETCD_SECRETS_DIR=str(dirs["etcd-secrets"]),
+    )
+    proj = Project(cmd, name, root, env, override, container)
+    try:
+        yield proj
+    finally:
+        proj.run("down", "-t", "1", timeout=120)
+        dockerutil.remove_project(docker_client, name)
+        dockerutil.remove_containers(docker_client, container)
+
+
+def _reap(proc: subprocess.Popen[str]) -> None:
+    """Kill a compose process that is still running, and close its pipe."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=30)
+
+
+def _running(c: Any) -> bool:
+    c.reload()
+    return bool(c.attrs["State"]["Running"])
+
+
+@pytest.mark.docker
+def test_up_waits_for_the_gate_and_starts_the_agent_when_it_allows(
+    project: Project, docker_client: Any
+) -> None:
+    """While the gate refuses (a hold), `up` starts nothing; once released, the agent starts,
+    after the gate has exited 0 and recorded the start, and the supervisor starts after it."""
+    held = project.cli("hold", "--reason", "test: keep it down")
+    assert held.code == 0, held.stderr
+    t0 = time.time()
+    up = project.popen("up", "-d")
+    try:
+        gate = dockerutil.wait_for(
+            lambda: (g := project.service(docker_client, "gate")) is not None and _running(g) and g,
+            timeout=60,
+            what="the gate container to be waiting",
+        )
+        # The gate waits; for a while, neither the agent nor the supervisor is started.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            agent = project.service(docker_client, AGENT)
+            assert agent is None or not _running(agent)
+            assert up.poll() is None, up.communicate()[0]
+            time.sleep(0.5)
+        assert project.runs() == ()
+        t_release = time.time()
+        released = project.cli("release", "--reason", "test: go")
+        assert released.code == 0, released.stderr
+        out, _ = up.communicate(timeout=60)
+        assert up.returncode == 0, out
+    finally:
+        _reap(up)
+    agent = project.service(docker_client, AGENT)
+    assert agent is not None and _running(agent)
+    assert agent.name == project.container
+    gate.reload()
+    assert gate.attrs["State"]["ExitCode"] == 0
+    t_end = time.time()
+    gate_died = [e.time for e in dockerutil.events(docker_client, t0, t_end, gate.name)
+                 if e.action == "die"]  # fmt: skip
+    agent_started = dockerutil.starts(docker_client, t0, t_end, project.container)
+    assert len(agent_started) == 1
+    assert t_release <= gate_died[-1] <= agent_started[0]
+    runs = project.runs()
+    assert len(runs) == 1
+    assert runs[0].via == "gate"
+    assert t_release <= runs[0].started_at <= agent_started[0]
+    supervisor = dockerutil.wait_for(
+        lambda: (
+            (s := project.service(docker_client, "supervisor")) is not None and _running(s) and s
+        ),
+        timeout=30,
+        what="the supervisor service",
+    )
+    assert supervisor.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    assert agent.attrs["HostConfig"]["RestartPolicy"]["Name"] == "no"
+
+
+@pytest.mark.docker
+def test_interrupted_gate_fails_up_and_never_starts_the_agent(
+    project: Project, docker_client: Any
+) -> None:
+    """Stopping a waiting gate (SIGTERM) makes `up` fail; the agent is never started and no
+    start is recorded."""
+    assert project.cli("hold", "--reason", "test: keep it down").code == 0
+    t0 = time.time()
+    up = project.popen("up", "-d")
+    try:
+        gate = dockerutil.wait_for(
+            lambda: (g := project.service(docker_client, "gate")) is not None and _running(g) and g,
+            timeout=60,
+            what="the gate container to be waiting",
+        )
+        time.sleep(1)
+        gate.stop(timeout=10)
+        out, _ = up.communicate(timeout=60)
+    finally:
+        _reap(up)
+    assert up.returncode != 0, out
+    gate.reload()
+    assert gate.attrs["State"]["ExitCode"] == 75
+    assert dockerutil.starts(docker_client, t0, time.time(), project.container) == []
+    agent = project.service(docker_client, AGENT)
+    assert agent is None or not _running(agent)
+    assert project.runs() == ()
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_crash_loop_under_compose_starts_at_most_once_per_window(
+    project: Project, docker_client: Any
+) -> None:
+    """A stand-in that exits 1 after 1 s: the gate allows the first start, the supervisor
+    service records each exit and restarts it at most once per window."""
+    config_map = project.root / "config-map"
+    (config_map / "standin-run-seconds").write_text("1\n")
+    (config_map / "standin-exit-code").write_text("1\n")
+    t0 = time.time()
+    up = project.run("up", "-d")
+    assert up.returncode == 0, up.stdout + up.stderr
+    dockerutil.wait_for(
+        lambda: len(dockerutil.starts(docker_client, t0, time.time(), project.container)) >= 3,
+        timeout=40,
+        what="three starts of the agent",
+        interval=0.5,
+    )
+    t_end = time.time()
+    starts = dockerutil.starts(docker_client, t0, t_end, project.container)
+    sup = project.service(docker_client, "supervisor")
+    assert sup is not None and _running(sup), "the supervisor service died"
+    assert all(b - a >= W - 0.5 for a, b in itertools.pairwise(starts)), starts
+    runs = project.runs()
+    assert len(runs) >= len(starts)
+    assert all(r.via == "gate" for r in runs)
+    ended = [r for r in runs if r.ended_at is not None]
+    assert len(ended) >= 2
+    assert all(r.exit_code == 1 and r.end_source == "docker" for r in ended)
+    recorded = [r.started_at for r in runs]
+    # Every engine start follows a recorded start: the gate said yes before each one.
+    for s in starts:
+        assert any(0 <= s - r <= 3.0 for r in recorded), (s, recorded)
+
+
+def test_every_env_setting_is_used_by_the_compose_file() -> None:
+    """Each variable of compose/.env is one the compose file uses (no dead settings)."""
+    text = SHIPPED.read_text()
+    env_lines = (REPO / "compose" / ".env").read_text().splitlines()
+    names = {
+        ln.lstrip("#").split("=", 1)[0].strip()
+        for ln in env_lines
+        if "=" in ln and ln.lstrip("#").split("=", 1)[0].strip().isupper()
+    }
+    assert names >= {"AGENT_SUPERVISOR_CLUSTER_SIZE", "AGENT_SUPERVISOR_NODE_NAME",
+                     "AGENT_SUPERVISOR_STATE_DIR"}  # fmt: skip
+    for name in names:
+        assert name in text, f"{name} in .env is not used by docker-compose.yml"
+
+
+def test_shipped_file_keeps_the_agent_restart_policy_no() -> None:
+    """The agent's restart policy is "no" and its start waits for the gate to complete."""
+    import yaml
+
+    doc = yaml.safe_load(SHIPPED.read_text())
+    agent = doc["services"]["cilium-agent"]
+    assert agent["restart"] == "no"
+    assert agent["depends_on"]["gate"] == {"condition": "service_completed_successfully"}
+    assert agent["entrypoint"] == "cilium-agent --config-dir=/tmp/cilium/config-map"
+    assert agent["network_mode"] == "host"
+    assert agent["privileged"] is True
+    assert doc["services"]["gate"]["command"][:2] == ["gate", "--wait"]
+    assert doc["services"]["supervisor"]["command"][0] == "run"
+    assert "version" not in doc
+
+
+@pytest.mark.parametrize("cmd", implementations())
+def test_compose_accepts_the_shipped_file(cmd: list[str], tmp_path: Path) -> None:
+    """`config` of both compose implementations accepts the file with the shipped .env."""
+    if _available(cmd) is None:
+        if REQUIRE_DOCKER:
+            pytest.fail(f"{' '.join(cmd)} is not installed (.ci/docker.sh installs both)")
+        pytest.skip(f"{' '.join(cmd)} is not installed")
+    proc = subprocess.run(
+        [*cmd, "-f", str(SHIPPED), "config"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "service_completed_successfully" in proc.stdout

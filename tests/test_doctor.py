@@ -1,0 +1,469 @@
+"""`agent-supervisor doctor`: a deployment in the reference layout is flagged, the shipped one
+is clean, each problem is found on its own with its fix, and a bad file is one line and 78."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dockerutil
+import pytest
+import yaml
+from conftest import clean_env
+
+from supervisor.config import Config, load_config
+from supervisor.doctor import (
+    diagnose,
+    interpolate,
+    load_compose,
+    mounts,
+    read_dotenv,
+    restart_policy,
+)
+from supervisor.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "compose" / "docker-compose.yml"
+
+#: A node in the layout of ctripcloud/cilium-compose: the agent restarted by Docker itself,
+#: no gate, no supervisor, the option files in ./mount/config-map.
+REFERENCE = """\
+version: '2'
+services:
+  cilium-init:
+    image: registry.example/cloud-network/cilium:v1.16.5
+    container_name: cilium-init
+    network_mode: "host"
+    privileged: true
+    entrypoint: /init-container.sh
+    volumes:
+      - /sys/fs/bpf:/sys/fs/bpf
+      - /var/run/cilium:/var/run/cilium
+  cilium-install-cni:
+    image: registry.example/cloud-network/cilium:v1.16.5
+    container_name: cilium-install-cni
+    network_mode: "host"
+    privileged: true
+    entrypoint: /cni-install.sh
+    volumes:
+      - /opt/cni/bin:/host/opt/cni/bin
+      - /etc/cni/net.d:/host/etc/cni/net.d
+  cilium-agent:
+    image: registry.example/cloud-network/cilium:v1.16.5
+    container_name: cilium-agent
+    restart: always
+    entrypoint: cilium-agent --config-dir=/tmp/cilium/config-map
+    network_mode: "host"
+    privileged: true
+    volumes:
+      - /etc/kubernetes:/etc/kubernetes:ro
+      - ./mount/config-map:/tmp/cilium/config-map:ro
+      - /var/run/cilium:/var/run/cilium
+      - /sys/fs/bpf:/sys/fs/bpf
+      - /var/run/docker.sock:/var/run/docker.sock:ro
+    depends_on:
+      - "cilium-init"
+      - "cilium-install-cni"
+"""
+
+
+def doctor_cli(*args: str, cwd: Path | None = None) -> Any:
+    """`agent-supervisor doctor ARGS` as a process."""
+    proc = subprocess.run(
+        dockerutil.cli_argv("doctor", *args),
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+        cwd=cwd,
+    )
+    errors = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("{")]
+    return proc.returncode, proc.stdout, errors
+
+
+@pytest.fixture
+def reference(tmp_path: Path) -> Path:
+    """A node directory in the reference layout, with its option files."""
+    node = tmp_path / "cilium-compose"
+    (node / "mount" / "config-map").mkdir(parents=True)
+    (node / "mount" / "config-map" / "k8s-kubeconfig-path").write_text(
+        "/etc/kubernetes/kubelet.kubeconfig\n"
+    )
+    (node / "docker-compose.yaml").write_text(REFERENCE)
+    return node / "docker-compose.yaml"
+
+
+def host_cfg(tmp_path: Path, **overrides: object) -> Config:
+    """The host's configuration as doctor sees it (defaults unless told)."""
+    empty = tmp_path / "host-config.toml"
+    empty.touch()
+    return load_config(empty, env={}, overrides=overrides)
+
+
+def checks(problems: list[Any]) -> list[str]:
+    """The check ids of a list of problems, in order."""
+    return [p.check for p in problems]
+
+
+# --- the two files the issue names --------------------------------------------------------------
+
+
+def test_reference_layout_is_flagged_with_fixes(reference: Path) -> None:
+    """The reference layout: restart: always, no gate, no supervisor; each with a fix."""
+    code, out, errors = doctor_cli("--compose-file", str(reference))
+    assert code == 1
+    assert errors == []
+    assert "3 problems that would bypass or break the gate" in out
+    assert "[restart-policy] restart: always on cilium-agent" in out
+    assert "[gate-missing]" in out
+    assert "[supervisor-missing]" in out
+    assert out.count("   fix: ") == 3
+    assert 'set restart: "no" on cilium-agent' in out
+    assert "service_completed_successfully" in out
+
+
+def test_reference_layout_as_json(reference: Path) -> None:
+    """--json gives the same problems as objects, each with its fix."""
+    code, out, _ = doctor_cli("--compose-file", str(reference), "--json")
+    assert code == 1
+    doc = json.loads(out)
+    assert doc["ok"] is False
+    assert doc["service"] == "cilium-agent"
+    assert [p["check"] for p in doc["problems"]] == [
+        "restart-policy",
+        "gate-missing",
+        "supervisor-missing",
+    ]
+    assert all(p["fix"] for p in doc["problems"])
+
+
+def test_shipped_compose_file_is_clean() -> None:
+    """The shipped compose/docker-compose.yml (with its .env) has no problem: exit 0."""
+    code, out, errors = doctor_cli("--compose-file", str(SHIPPED))
+    assert (code, errors) == (0, [])
+    assert out.strip().endswith("no problems found")
+
+
+def test_reference_layout_under_systemd_needs_only_restart_no(reference: Path) -> None:
+    """Under the systemd unit only the agent's restart policy is wrong in the reference."""
+    code, out, _ = doctor_cli("--compose-file", str(reference), "--mode", "systemd")
+    assert code == 1
+    assert "1 problem that would bypass" in out
+    assert "[restart-policy]" in out
+
+
+# --- each problem on its own ----------------------------------------------------------------------
+
+
+Edit = Callable[[dict[str, Any]], None]
+
+
+def _set(path: str, value: Any) -> Edit:
+    def edit(doc: dict[str, Any]) -> None:
+        *keys, last = path.split(".")
+        node = doc["services"]
+        for k in keys:
+            node = node[k]
+        node[last] = value
+
+    return edit
+
+
+def _drop(path: str) -> Edit:
+    def edit(doc: dict[str, Any]) -> None:
+        *keys, last = path.split(".")
+        node = doc["services"]
+        for k in keys:
+            node = node[k]
+        del node[last]
+
+    return edit
+
+
+def _drop_volume(service: str, target: str) -> Edit:
+    def edit(doc: dict[str, Any]) -> None:
+        vols = doc["services"][service]["volumes"]
+        doc["services"][service]["volumes"] = [v for v in vols if f":{target}" not in v]
+
+    return edit
+
+
+def _map_volume(service: str, target: str, fn: Callable[[str], str]) -> Edit:
+    def edit(doc: dict[str, Any]) -> None:
+        vols = doc["services"][service]["volumes"]
+        doc["services"][service]["volumes"] = [fn(v) if f":{target}" in v else v for v in vols]
+
+    return edit
+
+
+def _both(*edits: Edit) -> Edit:
+    def edit(doc: dict[str, Any]) -> None:
+        for e in edits:
+            e(doc)
+
+    return edit
+
+
+CASES: list[tuple[str, Edit, str, str]] = [
+    ("restart-always", _set("cilium-agent.restart", "always"), "restart-policy",
+     "restart: always on cilium-agent"),
+    ("restart-unless-stopped", _set("cilium-agent.restart", "unless-stopped"), "restart-policy",
+     "restart: unless-stopped"),
+    ("deploy-restart-policy",
+     _both(_drop("cilium-agent.restart"),
+           _set("cilium-agent.deploy", {"restart_policy": {"condition": "any"}})),
+     "restart-policy", "restart: always on cilium-agent"),
+    ("gate-started-only", _set("cilium-agent.depends_on.gate", {"condition": "service_started"}),
+     "gate-not-wired", "as soon as the gate container starts"),
+    ("gate-not-a-dependency", _drop("cilium-agent.depends_on.gate"), "gate-not-wired",
+     "does not depend on the gate service gate"),
+    ("no-gate-service", _both(_drop("cilium-agent.depends_on.gate"), _drop("gate")),
+     "gate-missing", "starts cilium-agent without asking the gate"),
+    ("gate-without-state", _drop_volume("gate", "/var/lib/agent-supervisor"), "state-dir",
+     "every start looks like the first"),
+    ("gate-state-read-only",
+     _map_volume("gate", "/var/lib/agent-supervisor", lambda v: v + ":ro"), "state-dir",
+     "mounted read-only"),
+    ("gate-without-config", _drop_volume("gate", "/etc/agent-supervisor:ro"), "cluster-size",
+     "gets no cluster size"),
+    ("agent-without-options", _drop_volume("cilium-agent", "/tmp/cilium/config-map:ro"),
+     "agent-config-dir", "--config-dir=/tmp/cilium/config-map, which is not mounted"),
+    ("agent-without-credentials", _drop_volume("cilium-agent", "/etc/cilium/pki:ro"),
+     "agent-credentials", "mounts no kubeconfig or certificate directory"),
+    ("no-supervisor", _drop("supervisor"), "supervisor-missing",
+     "nothing restarts cilium-agent after it exits"),
+    ("supervisor-without-socket", _drop_volume("supervisor", "/var/run/docker.sock"),
+     "docker-socket", "does not mount the Docker socket"),
+    ("supervisor-not-restarted", _set("supervisor.restart", "no"), "supervisor-restart",
+     "nothing restarts the agent after its next exit"),
+    ("supervisor-watches-another",
+     _set("supervisor.command", ["run", "--container", "other-agent"]), "supervisor-target",
+     "watches container 'other-agent'"),
+    ("supervisor-own-state",
+     _map_volume("supervisor", "/var/lib/agent-supervisor",
+                 lambda v: "/srv/other-state:/var/lib/agent-supervisor"),
+     "state-dir", "neither sees the other's starts"),
+]  # fmt: skip
+
+
+def _shipped_doc() -> dict[str, Any]:
+    doc = yaml.safe_load(SHIPPED.read_text())
+    assert isinstance(doc, dict)
+    return doc
+
+
+def _write(tmp_path: Path, doc: dict[str, Any], name: str = "docker-compose.yml") -> Path:
+    d = tmp_path / "node"
+    d.mkdir(exist_ok=True)
+    shutil.copy(REPO / "compose" / ".env", d / ".env")
+    path = d / name
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(("case", "edit", "check", "text"), CASES, ids=[c[0] for c in CASES])
+def test_each_problem_is_found_alone_with_its_fix(
+    case: str, edit: Edit, check: str, text: str, tmp_path: Path
+) -> None:
+    """One change to the shipped file gives exactly the one problem it causes, with a fix."""
+    doc = copy.deepcopy(_shipped_doc())
+    edit(doc)
+    compose = load_compose(_write(tmp_path, doc), env={})
+    problems = diagnose(compose, cfg=host_cfg(tmp_path))
+    assert checks(problems) == [check], problems
+    assert text in problems[0].problem
+    assert problems[0].fix
+
+
+def test_the_shipped_file_is_clean_by_the_api(tmp_path: Path) -> None:
+    """The unchanged shipped document is clean: the cases above start from a clean base."""
+    compose = load_compose(_write(tmp_path, _shipped_doc()), env={})
+    assert diagnose(compose, cfg=host_cfg(tmp_path)) == []
+
+
+def test_override_file_beside_is_merged(tmp_path: Path) -> None:
+    """docker-compose.override.yml re-adding restart: always (compose merges it) is caught."""
+    path = _write(tmp_path, _shipped_doc())
+    (path.parent / "docker-compose.override.yml").write_text(
+        "services:\n  cilium-agent:\n    restart: always\n"
+    )
+    compose = load_compose(path, env={})
+    assert compose.override is not None
+    assert checks(diagnose(compose, cfg=host_cfg(tmp_path))) == ["restart-policy"]
+
+
+def test_kubeconfig_from_the_option_files_must_be_mounted(reference: Path, tmp_path: Path) -> None:
+    """k8s-kubeconfig-path read from the node's option files must lie on an agent mount."""
+    (reference.parent / "mount" / "config-map" / "k8s-kubeconfig-path").write_text(
+        "/etc/cilium/agent.kubeconfig\n"
+    )
+    problems = diagnose(load_compose(reference, env={}), mode="systemd", cfg=host_cfg(tmp_path))
+    assert checks(problems) == ["restart-policy", "agent-credentials"]
+    assert "/etc/cilium/agent.kubeconfig" in problems[1].problem
+
+
+def test_gate_must_see_the_certificate_it_checks(tmp_path: Path) -> None:
+    """With identity in the host's config, the gate needs the certificate mounted."""
+    cfg = host_cfg(
+        tmp_path,
+        **{"identity.cert": "/etc/kubernetes/pki/agent.crt", "identity.key": "/etc/cilium/pki/k"},
+    )
+    compose = load_compose(_write(tmp_path, _shipped_doc()), env={})
+    problems = diagnose(compose, cfg=cfg)
+    assert checks(problems) == ["gate-credentials"]
+    assert "/etc/kubernetes/pki/agent.crt" in problems[0].problem
+
+
+def test_host_state_dir_must_be_the_gates(tmp_path: Path) -> None:
+    """Operators' commands on the host must use the directory the containers mount."""
+    compose = load_compose(_write(tmp_path, _shipped_doc()), env={})
+    problems = diagnose(compose, cfg=host_cfg(tmp_path, state_dir="/srv/elsewhere"))
+    assert checks(problems) == ["state-dir"]
+    assert "would not reach it" in problems[0].problem
+
+
+def test_systemd_mode_flags_a_second_supervisor(tmp_path: Path) -> None:
+    """Under the systemd unit, a supervisor service in the file would double the restarts."""
+    compose = load_compose(_write(tmp_path, _shipped_doc()), env={})
+    assert checks(diagnose(compose, mode="systemd", cfg=host_cfg(tmp_path))) == ["two-supervisors"]
+    assert checks(diagnose(compose, mode="daemon", cfg=host_cfg(tmp_path))) == ["two-supervisors"]
+
+
+def test_environment_values_come_from_dotenv(tmp_path: Path) -> None:
+    """.env beside the file feeds interpolation and pass-through environment entries."""
+    path = _write(tmp_path, _shipped_doc())
+    (path.parent / ".env").write_text(
+        'AGENT_SUPERVISOR_STATE_DIR="/srv/state" # comment\n'
+        "export AGENT_SUPERVISOR_CLUSTER_SIZE=7\n"
+    )
+    compose = load_compose(path, env={})
+    gate = compose.services["gate"]
+    assert any(m.source == "/srv/state" for m in mounts(gate, compose.directory))
+    assert compose.env["AGENT_SUPERVISOR_CLUSTER_SIZE"] == "7"
+
+
+# --- reading compose files ---------------------------------------------------------------------
+
+
+def test_interpolation_follows_compose() -> None:
+    """$VAR, ${VAR}, defaults with and without ':', alternatives and $$ work as in compose."""
+    env = {"A": "a", "E": ""}
+    assert interpolate("$A-${A}", env, "f") == "a-a"
+    assert interpolate("${E:-d} ${E-d} ${U-d} ${U:-d}", env, "f") == "d  d d"
+    assert interpolate("${A:+x}${E:+x}${E+y}", env, "f") == "xy"
+    assert interpolate("$$A costs $$5", env, "f") == "$A costs $5"
+    assert interpolate("${U}", env, "f") == ""
+    with pytest.raises(ConfigError, match="required variable U is not set: set U"):
+        interpolate("${U:?set U}", env, "f")
+    with pytest.raises(ConfigError, match="required variable E"):
+        interpolate("${E:?}", env, "f")
+    assert interpolate("${E?}", env, "f") == ""
+
+
+def test_dotenv_parsing(tmp_path: Path) -> None:
+    """Comments, blank lines, quotes and `export` in .env are read as compose reads them."""
+    f = tmp_path / ".env"
+    f.write_text("# c\n\nA=1\nexport B='two words'\nC=\"x\"\nD=3 # note\nbad line\n")
+    assert read_dotenv(f) == {"A": "1", "B": "two words", "C": "x", "D": "3"}
+    assert read_dotenv(tmp_path / "missing") == {}
+
+
+def test_restart_policy_reading() -> None:
+    """No restart key is "no"; YAML's unquoted no is "no"; deploy conditions map to Docker's."""
+    assert restart_policy({}) == "no"
+    assert restart_policy({"restart": False}) == "no"
+    assert restart_policy({"restart": '"no"'}) == "no"
+    assert restart_policy({"restart": "on-failure:3"}) == "on-failure:3"
+    assert restart_policy({"deploy": {"restart_policy": {"condition": "on-failure"}}}) == (
+        "on-failure"
+    )
+    assert restart_policy({"deploy": {"restart_policy": {"condition": "none"}}}) == "no"
+
+
+def test_long_volume_syntax_is_understood(tmp_path: Path) -> None:
+    """Long-form volumes (type/source/target/read_only) count like the short ones."""
+    svc = {
+        "volumes": [
+            {"type": "bind", "source": "./state", "target": "/var/lib/agent-supervisor"},
+            {"type": "volume", "source": "named", "target": "/data", "read_only": True},
+            {"type": "tmpfs", "target": "/tmp"},
+            "/anon",
+        ]
+    }
+    ms = mounts(svc, tmp_path)
+    assert [(m.kind, m.source, m.read_only) for m in ms] == [
+        ("bind", str(tmp_path / "state"), False),
+        ("volume", "named", True),
+        ("tmpfs", None, False),
+        ("anonymous", None, False),
+    ]
+
+
+# --- bad input: one line, exit 78 (or 2) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "text"),
+    [
+        ("services: [unclosed\n", "not valid YAML"),
+        ("- a\n- b\n", "top level is not a mapping"),
+        ("version: '2'\n", "no 'services:' mapping"),
+        ("services:\n  a: 3\n", "service 'a' is not a mapping"),
+        ("services:\n  a:\n    image: ${IMG:?set IMG}\n", "required variable IMG is not set"),
+        ("\xff\xfe", "not UTF-8 text"),
+    ],
+    ids=["yaml", "list", "no-services", "bad-service", "required-variable", "binary"],
+)
+def test_invalid_compose_file_is_one_line_78(content: str, text: str, tmp_path: Path) -> None:
+    """A file compose could not use: exit 78 and one line naming the file and the fault."""
+    f = tmp_path / "docker-compose.yml"
+    f.write_bytes(content.encode("latin-1"))
+    code, out, errors = doctor_cli("--compose-file", str(f))
+    assert code == 78
+    assert out == ""
+    assert len(errors) == 1
+    assert str(f) in errors[0]
+    assert text in errors[0]
+
+
+def test_yaml_error_names_the_line(tmp_path: Path) -> None:
+    """A YAML syntax error says where it is."""
+    f = tmp_path / "docker-compose.yml"
+    f.write_text("services:\n  a:\n    image: x\n   bad: [\n")
+    code, _, errors = doctor_cli("--compose-file", str(f))
+    assert code == 78
+    assert "at line" in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "text"),
+    [
+        (["--compose-file", "/nonexistent/compose.yml"], 78, "compose file not found"),
+        (["--compose-file", "/"], 78, "is a directory"),
+        (["--compose-file", str(SHIPPED), "--service", "nope"], 78, "no service 'nope'"),
+        (["--compose-file", str(SHIPPED), "--mode", "k8s"], 2, "--mode 'k8s'"),
+    ],
+    ids=["missing", "directory", "unknown-service", "bad-mode"],
+)
+def test_bad_arguments_are_one_line(args: list[str], code: int, text: str) -> None:
+    """Missing file, a directory, an unknown service, an unknown mode: one line each."""
+    rc, out, errors = doctor_cli(*args)
+    assert rc == code
+    assert out == ""
+    assert len(errors) == 1
+    assert text in errors[0]
+
+
+def test_service_is_found_by_its_command(tmp_path: Path) -> None:
+    """Without a service named cilium-agent, the one running cilium-agent is the agent."""
+    f = tmp_path / "docker-compose.yml"
+    f.write_text("services:\n  agent:\n    image: x\n    entrypoint: cilium-agent --debug\n")
+    problems = diagnose(load_compose(f, env={}), mode="systemd", cfg=host_cfg(tmp_path))
+    assert checks(problems) == ["agent-credentials"]
+    assert problems[0].service == "agent"
