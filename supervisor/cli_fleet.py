@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -18,20 +18,13 @@ from supervisor.cli_common import ConfigOpt, JsonOpt, SetOpt, load
 from supervisor.durations import DurationError, parse_duration
 from supervisor.errors import UsageError
 from supervisor.log import get_logger
-from supervisor.plan import plan as make_plan
-from supervisor.plan import render_plan
 from supervisor.policy import window_seconds
-from supervisor.simulate import (
-    Fleet,
-    PlotUnavailableError,
-    Scenario,
-    ScenarioKind,
-    SlotMode,
-    render_table,
-    require_matplotlib,
-    simulate,
-    write_plot,
-)
+
+# The simulator and the planner are imported inside the commands: registering the commands
+# runs on every gate call, and importing them there cost about 25 ms. These two literals are
+# supervisor.simulate's own (a test checks that they stay equal).
+ScenarioKind = Literal["outage", "boot-storm", "rolling"]
+SlotMode = Literal["hash", "index", "address"]
 
 #: Largest simulated fleet: beyond any real cluster, and about a minute of work here.
 MAX_NODES = 1_000_000
@@ -121,6 +114,16 @@ def simulate_command(
     and counts the starts the control plane has to serve. The window, stable_after and
     max_multiplier come from the configuration (--config, --set window.base=..., ...).
     """
+    from supervisor.simulate import (
+        Fleet,
+        PlotUnavailableError,
+        Scenario,
+        render_table,
+        require_matplotlib,
+        simulate,
+        write_plot,
+    )
+
     kind = scenario
     if plot is not None:
         try:
@@ -190,6 +193,9 @@ def plan_command(
 
     Compares with the current configuration (--config, --set): whether it is within budget.
     """
+    from supervisor.plan import plan as make_plan
+    from supervisor.plan import render_plan
+
     cfg = load(config, None, nodes, None, sets)
     try:
         p = make_plan(

@@ -391,3 +391,13 @@ def test_simulate_usage_error_as_a_process() -> None:
         "agent-supervisor: error: --fail-after '-5s': "
         "'-5s' is not a duration (use e.g. 500ms, 30s, 20m, 3h, 1d)"
     ]
+
+
+def test_cli_literals_match_the_simulator() -> None:
+    """The CLI's scenario and slot choices are the simulator's own."""
+    from typing import get_args
+
+    from supervisor import cli_fleet, simulate
+
+    assert get_args(cli_fleet.ScenarioKind) == get_args(simulate.ScenarioKind)
+    assert get_args(cli_fleet.SlotMode) == get_args(simulate.SlotMode)
