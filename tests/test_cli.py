@@ -388,3 +388,18 @@ def _wait_for_log(proc: subprocess.Popen[str], event: str) -> None:
             return
     proc.kill()
     raise AssertionError(f"{event} never logged")
+
+
+def test_gate_path_imports_nothing_heavy() -> None:
+    """Importing the CLI loads none of docker, cryptography, yaml, http.client, the simulator
+    or rich: each would add tens of milliseconds to every gate call."""
+    code = (
+        "import sys, supervisor.cli\n"
+        "heavy = ['docker', 'cryptography', 'yaml', 'http.client', 'supervisor.simulate',\n"
+        "         'supervisor.plan', 'supervisor.identity', 'prometheus_client', 'rich']\n"
+        "print(','.join(m for m in heavy if sys.modules.get(m) is not None))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=clean_env(), check=True
+    )
+    assert r.stdout.strip() == ""
