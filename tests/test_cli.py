@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -403,3 +404,43 @@ def test_gate_path_imports_nothing_heavy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=clean_env(), check=True
     )
     assert r.stdout.strip() == ""
+
+
+def test_wait_shows_a_countdown_on_a_terminal(state_dir: Path) -> None:
+    """On a terminal a waiting gate shows a countdown and readable (not JSON) log lines."""
+    import pty
+
+    assert gate(state_dir, *SIZE).code == 0
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "supervisor",
+            "gate",
+            "--wait",
+            "--state-dir",
+            str(state_dir),
+            *SIZE,
+        ],
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+    )
+    os.close(follower)
+    seen = b""
+    deadline = time.monotonic() + 30
+    try:
+        while b"waiting: next start in" not in seen and time.monotonic() < deadline:
+            try:
+                seen += os.read(leader, 4096)
+            except OSError:
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        os.close(leader)
+    text = seen.decode(errors="replace")
+    assert "\rwaiting: next start in" in text
+    assert "gate.refused" in text and '"event"' not in text
+    assert proc.returncode == 75
