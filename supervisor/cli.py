@@ -29,6 +29,7 @@ from supervisor.config import Config
 from supervisor.durations import DurationError, format_duration, parse_duration
 from supervisor.errors import SupervisorError, UsageError
 from supervisor.gate import (
+    Cancelled,
     EndHook,
     GateResult,
     check_identity,
@@ -157,6 +158,8 @@ def gate(
     probe = make_probe_for(cfg)
     end_hook = _docker_end_hook(cfg, agent)
 
+    stop: dict[str, float] = {}  # set by _wait's signal handler
+
     def once() -> GateResult:
         return gate_once(
             cfg,
@@ -167,16 +170,21 @@ def gate(
             operator=op,
             probe=probe,
             end_hook=end_hook,
+            cancelled=lambda: bool(stop.get("stop")),
         )
 
     if wait:
-        result = _wait(once, store, agent, cfg)
+        result = _wait(once, store, agent, cfg, stop)
     else:
         result = once()
     _log_decision(result, op.display)
     publish_metrics(cfg, result, time.time(), cert_seconds_left=cert_left)
     if force and result.recorded:
-        _audit(store, "gate --force", agent, reason, op)
+        # The start is recorded and will happen: an audit failure must not stop it now.
+        try:
+            _audit(store, "gate --force", agent, reason, op)
+        except errors.StateError as exc:
+            get_logger().error("audit.write_failed", agent=agent, why=str(exc))
     if json_out:
         _emit(result.decision.to_json())
     elif not command:
@@ -195,8 +203,10 @@ def _with_metrics(sets: list[str] | None, metrics_file: str | None) -> list[str]
     return [*(sets or []), *([f"metrics_file={metrics_file}"] if metrics_file else [])]
 
 
-def _wait(once: Any, store: StateStore, agent: str, cfg: Config) -> GateResult:
-    waiting = {"sleeping": 0.0}
+def _wait(
+    once: Any, store: StateStore, agent: str, cfg: Config, waiting: dict[str, float]
+) -> GateResult:
+    waiting["sleeping"] = 0.0
     state: dict[str, float] = {}
 
     def handler(signum: int, _frame: Any) -> None:
@@ -229,10 +239,10 @@ def _wait(once: Any, store: StateStore, agent: str, cfg: Config) -> GateResult:
         return wait_until_allowed(
             once, lambda: state_signature(store, agent), sleep=sleep, on_wait=on_wait
         )
-    except _Interrupted as exc:
+    except (_Interrupted, Cancelled) as exc:
         if sys.stderr.isatty():
             sys.stderr.write("\n")
-        get_logger().info("gate.wait_interrupted", agent=agent, signal=str(exc))
+        get_logger().info("gate.wait_interrupted", agent=agent, signal=str(exc) or "signal")
         raise typer.Exit(errors.EXIT_NOT_NOW) from None
     finally:
         for s, h in old.items():
@@ -251,7 +261,7 @@ def _exec(command: list[str], store: StateStore, agent: str) -> NoReturn:
         # for a run that is still going.
         with store.transaction(agent) as tx:
             tx.write(tx.state.record_exit(time.time(), 127), time.time())
-        raise errors.SupervisorError(f"cannot exec {command[0]!r}: {exc.strerror}") from None
+        raise errors.ExecError(f"cannot exec {command[0]!r}: {exc.strerror}") from None
 
 
 @app.command()
@@ -398,11 +408,22 @@ def _operator_action(
         raise
     with store.transaction(agent) as tx:
         now = time.time()  # read under the lock, so actions are recorded in order
+        store.check_audit()  # refuse before changing anything if it cannot be audited
         new = change(tx.state, now, op.display, store)
         tx.write(new, now)
-        store.audit(
-            now, user=op.display, uid=op.uid, command=action, agent=agent, reason=reason, **extra
-        )
+        try:
+            store.audit(
+                now,
+                user=op.display,
+                uid=op.uid,
+                command=action,
+                agent=agent,
+                reason=reason,
+                **extra,
+            )
+        except errors.StateError as exc:
+            # The change is made and durable; say so, and say that the audit line is missing.
+            get_logger().error("audit.write_failed", agent=agent, action=action, why=str(exc))
     get_logger().info(f"operator.{action}", agent=agent, user=op.display, reason=reason, **extra)
     if cfg.metrics_file and cfg.cluster_size is not None:
         publish_metrics(
@@ -414,9 +435,12 @@ def _duration_opt(value: str | None, name: str) -> float | None:
     if value is None:
         return None
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except DurationError as exc:
         raise UsageError(f"{name} {value!r}: {exc}") from None
+    if seconds <= 0:
+        raise UsageError(f"{name} {value!r}: must be longer than zero")
+    return seconds
 
 
 ForOpt = Annotated[
@@ -448,7 +472,8 @@ def override(
     """Let every start through until it expires (default 1h), whatever the backoff says."""
     agent, cfg = check_agent(agent), load(config, state_dir, cluster_size, node_name, sets)
     _check_reason(reason, True)
-    seconds = _duration_opt(for_, "--for") or 3600.0
+    given = _duration_opt(for_, "--for")
+    seconds = 3600.0 if given is None else given
 
     def change(state: Any, now: float, user: str, _store: StateStore) -> Any:
         return state.with_override(OperatorFlag(user, reason, now, now + seconds))

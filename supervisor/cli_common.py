@@ -17,8 +17,10 @@ from supervisor.errors import UsageError
 
 AGENT_NAME: Final = re.compile(r"[a-z0-9._-]+")
 
+# Plain strings, not click Paths: click would check readability itself and answer a root-owned
+# 0700 state directory with a usage error (2) instead of our own one-line refusal.
 ConfigOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--config",
         help="TOML config file [env AGENT_SUPERVISOR_CONFIG; "
@@ -27,7 +29,7 @@ ConfigOpt = Annotated[
     ),
 ]
 StateDirOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--state-dir",
         help="state directory [env AGENT_SUPERVISOR_STATE_DIR; default /var/lib/agent-supervisor]",
@@ -72,8 +74,8 @@ def check_agent(agent: str) -> str:
 
 
 def load(
-    config: Path | None = None,
-    state_dir: Path | None = None,
+    config: str | Path | None = None,
+    state_dir: str | Path | None = None,
     cluster_size: int | None = None,
     node_name: str | None = None,
     sets: list[str] | None = None,

@@ -356,8 +356,6 @@ def load_config(
         where = f"environment {name}"
         values[env_spec.path] = _convert(env_spec, raw, where)
         sources[env_spec.path] = where
-    if state_dir is None and env.get(ENV_STATE_DIR):
-        state_dir = env[ENV_STATE_DIR]
     for key, raw in (overrides or {}).items():
         where = "command line"
         spec = _check_known(key, where)
@@ -392,10 +390,12 @@ def _build(
         min=float(values.get("window.min", w.min)),  # type: ignore[arg-type]
         max=float(values.get("window.max", w.max)),  # type: ignore[arg-type]
     )
+    if window.max <= 0:
+        raise ConfigError(f"{where('window.max')}: window.max = {window.max}s must be positive")
     if window.min > window.max:
+        key = "window.max" if "window.max" in sources else "window.min"
         raise ConfigError(
-            f"{where('window.min')}: window.min = {window.min}s is larger than "
-            f"window.max = {window.max}s"
+            f"{where(key)}: window.min = {window.min}s is larger than window.max = {window.max}s"
         )
     if window.min <= 0:
         raise ConfigError(f"{where('window.min')}: window.min = {window.min}s must be positive")

@@ -23,6 +23,8 @@ EXIT_NOT_NOW: Final = 75
 EXIT_NOT_PERMITTED: Final = 77
 #: EX_CONFIG: bad configuration or a bad identity (certificate).
 EXIT_CONFIG: Final = 78
+#: The shell's "command not found": ``gate -- COMMAND`` could not exec the command.
+EXIT_EXEC: Final = 127
 
 
 class SupervisorError(Exception):
@@ -57,3 +59,9 @@ class NotPermitted(SupervisorError, PermissionError):
     """An operator action (override, hold, release, reset, --force) by someone who may not."""
 
     exit_code = EXIT_NOT_PERMITTED
+
+
+class ExecError(SupervisorError):
+    """``gate -- COMMAND``: the command could not be executed (its run is recorded as 127)."""
+
+    exit_code = EXIT_EXEC

@@ -18,7 +18,7 @@ from supervisor.errors import StateError
 from supervisor.log import get_logger
 from supervisor.operators import Operator
 from supervisor.policy import Decision, Policy, decide, probe_matters
-from supervisor.state import AgentState
+from supervisor.state import AgentState, iso
 from supervisor.store import StateStore
 
 #: How often a waiting gate looks at the state file for an operator's action.
@@ -28,6 +28,10 @@ POLL_SECONDS: Final = 1.0
 EndHook = Callable[[AgentState], AgentState]
 #: Asks the control plane whether it is healthy (True/False); only called when it matters.
 Probe = Callable[[], bool]
+
+
+class Cancelled(Exception):
+    """The caller was asked to stop (SIGTERM) before an allowed start was recorded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,7 @@ def gate_once(
     end_hook: EndHook | None = None,
     probe: Probe | None = None,
     record: bool = True,
+    cancelled: Callable[[], bool] | None = None,
 ) -> GateResult:
     """Decide once; if allowed and ``record``, write the start before returning.
 
@@ -83,11 +88,23 @@ def gate_once(
         state = tx.state
         if end_hook is not None:
             state = end_hook(state)
+        clamped = state.clamp_future(now)
+        if clamped is not state:
+            log.warning(
+                "state.clock_stepped_back",
+                agent=agent,
+                latest_start=iso(max(r.started_at for r in state.runs)),
+                now=iso(now),
+            )
+            state = clamped
         healthy = probe() if probe is not None and probe_matters(policy, state, now) else None
         d = decide(
             policy, state, now, force=force, reason=reason, user=user, control_plane_healthy=healthy
         )
         recorded = False
+        if d.allowed and record and cancelled is not None and cancelled():
+            # SIGTERM arrived while deciding (a probe can take seconds): record nothing.
+            raise Cancelled
         if d.allowed and record:
             new = state.record_start(
                 now,
@@ -220,7 +237,7 @@ def check_identity(cfg: Config, now: float) -> float | None:
         log.warning("identity.warning", problem=warning)
     if not report.ok:
         log.error("gate.identity_refused", problems=list(report.problems))
-        raise IdentityError("bad agent identity: " + identity_message(report))
+        raise IdentityError(identity_message(report))
     return report.seconds_left
 
 

@@ -3,6 +3,11 @@
 Allowed: root; the owner of the state directory (they can rewrite the state file anyway, so
 refusing them would be theatre, and it lets a non-root operator run a local trial); members of
 ``operators_group``. Everyone else gets exit 77 and the attempt is logged.
+
+With ``operators_group`` set, root reached through sudo counts as the sudo user: a broad sudo
+rule for node tooling must not let everyone override the gate. The state directory is root's
+and 0700, so in production group members act through sudo, and this check is what tells them
+apart from other sudoers.
 """
 
 from __future__ import annotations
@@ -41,24 +46,41 @@ def current_operator() -> Operator:
     return Operator(user=name, uid=uid, sudo_user=sudo or None)
 
 
-def _in_group(group: str, user: str) -> bool:
+def _in_group(group: str, user: str, *, this_process: bool) -> bool:
+    """Whether ``user`` is in ``group`` (by the group's members or the user's primary group);
+    with ``this_process``, the process's own supplementary groups count too."""
     try:
         entry = grp.getgrnam(group)
     except KeyError:
         return False
-    return entry.gr_gid in os.getgroups() or os.getegid() == entry.gr_gid or user in entry.gr_mem
+    if user in entry.gr_mem:
+        return True
+    if this_process and (entry.gr_gid in os.getgroups() or os.getegid() == entry.gr_gid):
+        return True
+    try:
+        return pwd.getpwnam(user).pw_gid == entry.gr_gid
+    except KeyError:
+        return False
 
 
 def authorize(op: Operator, action: str, state_dir: Path, operators_group: str | None) -> None:
     """Raise :class:`NotPermitted` unless ``op`` may perform ``action``."""
     if os.geteuid() == 0:
+        sudo = op.sudo_user
+        if operators_group and sudo and sudo != "root" and not _in_group(
+            operators_group, sudo, this_process=False
+        ):
+            raise NotPermitted(
+                f"{action}: not permitted for {sudo} (through sudo); only members of group "
+                f"{operators_group!r} may do this"
+            )
         return
     try:
         if state_dir.stat().st_uid == os.geteuid():
             return
     except OSError:
         pass
-    if operators_group and _in_group(operators_group, op.user):
+    if operators_group and _in_group(operators_group, op.user, this_process=True):
         return
     who = f"user {op.user} (uid {op.uid})"
     group = f"members of group {operators_group!r}" if operators_group else "root"

@@ -149,6 +149,14 @@ def probe_once(
     return tuple(results)
 
 
+def redact(url: str) -> str:
+    """The URL without user:password@ (credentials never go into a log line)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
 def make_probe(cfg: Config) -> Probe | None:
     """The gate's probe for this configuration, or None when no ``probe.urls`` are set.
 
@@ -165,13 +173,15 @@ def make_probe(cfg: Config) -> Probe | None:
         try:
             results = probe_once(urls, timeout, identity)
         except Exception as exc:  # noqa: BLE001 - a probe must never take the gate down
-            get_logger().warning("probe.unhealthy", url=urls[0], why=_describe(exc, timeout))
+            get_logger().warning(
+                "probe.unhealthy", url=redact(urls[0]), why=_describe(exc, timeout)
+            )
             return False
         bad = next((r for r in results if not r.healthy), None)
         if bad is None:
-            get_logger().info("probe.healthy", urls=list(urls))
+            get_logger().info("probe.healthy", urls=[redact(u) for u in urls])
             return True
-        get_logger().warning("probe.unhealthy", url=bad.url, status=bad.status, why=bad.why)
+        get_logger().warning("probe.unhealthy", url=redact(bad.url), status=bad.status, why=bad.why)
         return False
 
     return probe

@@ -16,6 +16,9 @@ SCHEMA_VERSION: Final = 1
 #: Runs kept in the history: far more than the backoff needs (the multiplier saturates after a
 #: few levels), enough for an operator to see a day of a crash loop.
 MAX_RUNS: Final = 50
+#: The range of times a state file may hold: 1970-01-01 to 9000-01-01 (UTC).
+MIN_TIMESTAMP: Final = 0.0
+MAX_TIMESTAMP: Final = 221845392000.0
 
 Via = Literal["gate", "force", "override"]
 EndSource = Literal["record-exit", "docker", "inferred"]
@@ -47,7 +50,12 @@ def parse_iso(text: object, what: str) -> float:
         raise StateFormatError(f"{what} is not a timestamp: {text!r}") from None
     if dt.tzinfo is None:
         raise StateFormatError(f"{what} has no time zone: {text!r}")
-    return dt.timestamp()
+    ts = dt.timestamp()
+    # Outside these bounds a time cannot be written back (datetime covers years 1-9999 only,
+    # before time zones), and no real start lies there: the file is corrupt.
+    if not MIN_TIMESTAMP <= ts <= MAX_TIMESTAMP:
+        raise StateFormatError(f"{what} is out of range: {text!r}")
+    return ts
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +132,25 @@ class AgentState:
             last, ended_at=max(ended_at, last.started_at), exit_code=exit_code, end_source=source
         )
         return replace(self, runs=(*self.runs[:-1], run))
+
+    def clamp_future(self, now: float) -> AgentState:
+        """Times after ``now`` (the clock stepped back) become ``now``; self if there are none.
+
+        Persisted by the gate, so the backoff counts from when the step was first seen: kept
+        only in memory, a start a day ahead would look like "just now" on every call, and the
+        agent would wait out the whole step instead of one backoff.
+        """
+        if not any(r.started_at > now or (r.ended_at or 0.0) > now for r in self.runs):
+            return self
+        runs = tuple(
+            replace(
+                r,
+                started_at=min(r.started_at, now),
+                ended_at=None if r.ended_at is None else min(r.ended_at, now),
+            )
+            for r in self.runs
+        )
+        return replace(self, runs=runs)
 
     def with_hold(self, flag: OperatorFlag | None) -> AgentState:
         """Set or clear the hold."""

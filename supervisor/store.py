@@ -283,6 +283,10 @@ class StateStore:
 
     # --- audit log --------------------------------------------------------------------------
 
+    def check_audit(self) -> None:
+        """StateError if the audit log is anything but our regular file (before a change)."""
+        self._check_entry(self.directory / AUDIT_FILE, "audit log")
+
     def audit(self, now: float, **fields: Any) -> None:
         """Append one operator action to the audit log (JSON lines, fsynced)."""
         path = self.directory / AUDIT_FILE

@@ -38,9 +38,11 @@ class Pair:
 
     @property
     def key_pem(self) -> bytes:
-        return self.key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption())
+        return self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
 
 
 @dataclass(frozen=True)
@@ -63,30 +65,52 @@ def new_key(kind: Literal["ec", "rsa"] = "ec") -> PrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def make_ca(name: str = "test-ca", *, not_before: float, not_after: float,
-            key: PrivateKey | None = None) -> Pair:
+def make_ca(
+    name: str = "test-ca", *, not_before: float, not_after: float, key: PrivateKey | None = None
+) -> Pair:
     """A self-signed CA certificate."""
     key = key or new_key()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     cert = (
         x509.CertificateBuilder()
-        .subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(_utc(not_before)).not_valid_after(_utc(not_after))
+        .not_valid_before(_utc(not_before))
+        .not_valid_after(_utc(not_after))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                     key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .sign(key, hashes.SHA256())
     )
     return Pair(cert, key)
 
 
-def make_cert(ca: Pair, *, cn: str, orgs: tuple[str, ...] = ("cilium-agents",),
-              not_before: float, not_after: float, usage: Usage = "clientAuth",
-              key: PrivateKey | None = None, san_ips: tuple[str, ...] = (),
-              is_ca: bool = False) -> Pair:
+def make_cert(
+    ca: Pair,
+    *,
+    cn: str,
+    orgs: tuple[str, ...] = ("cilium-agents",),
+    not_before: float,
+    not_after: float,
+    usage: Usage = "clientAuth",
+    key: PrivateKey | None = None,
+    san_ips: tuple[str, ...] = (),
+    is_ca: bool = False,
+) -> Pair:
     """A certificate signed by ``ca`` (a client certificate unless told otherwise)."""
     import ipaddress
 
@@ -95,20 +119,26 @@ def make_cert(ca: Pair, *, cn: str, orgs: tuple[str, ...] = ("cilium-agents",),
     attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name(attrs)).issuer_name(ca.cert.subject)
+        .subject_name(x509.Name(attrs))
+        .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(_utc(not_before)).not_valid_after(_utc(not_after))
+        .not_valid_before(_utc(not_before))
+        .not_valid_after(_utc(not_after))
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
     )
     if usage != "none":
-        oid = ExtendedKeyUsageOID.CLIENT_AUTH if usage == "clientAuth" \
+        oid = (
+            ExtendedKeyUsageOID.CLIENT_AUTH
+            if usage == "clientAuth"
             else ExtendedKeyUsageOID.SERVER_AUTH
+        )
         builder = builder.add_extension(x509.ExtendedKeyUsage([oid]), critical=False)
     if san_ips:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(i))
-                                         for i in san_ips]), critical=False)
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(i)) for i in san_ips]),
+            critical=False,
+        )
     return Pair(builder.sign(ca.key, hashes.SHA256()), key)
 
 
@@ -175,8 +205,22 @@ class OpenSSL:
         csr = self.dir / f"{stem}.csr"
         if key is None:
             key = self.dir / f"{stem}.key"
-            _run("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                 "-keyout", str(key), "-out", str(csr), "-subj", subj, cwd=self.dir)
+            _run(
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                str(key),
+                "-out",
+                str(csr),
+                "-subj",
+                subj,
+                cwd=self.dir,
+            )
         else:
             _run("req", "-new", "-key", str(key), "-out", str(csr), "-subj", subj, cwd=self.dir)
         return csr, key
@@ -185,32 +229,87 @@ class OpenSSL:
         """A self-signed CA (``openssl ca -selfsign``, which takes explicit dates)."""
         csr, key = self._csr(f"ca-{name}", f"/CN={name}", None)
         cert = self.dir / f"ca-{name}.pem"
-        _run("ca", "-batch", "-config", "ca.cnf", "-selfsign", "-keyfile", str(key), "-in",
-             str(csr), "-out", str(cert), "-startdate", _stamp(not_before), "-enddate",
-             _stamp(not_after), "-extensions", "v3_ca", "-notext", cwd=self.dir)
+        _run(
+            "ca",
+            "-batch",
+            "-config",
+            "ca.cnf",
+            "-selfsign",
+            "-keyfile",
+            str(key),
+            "-in",
+            str(csr),
+            "-out",
+            str(cert),
+            "-startdate",
+            _stamp(not_before),
+            "-enddate",
+            _stamp(not_after),
+            "-extensions",
+            "v3_ca",
+            "-notext",
+            cwd=self.dir,
+        )
         return cert, key
 
-    def client(self, stem: str, ca: tuple[Path, Path], *, cn: str, orgs: tuple[str, ...],
-               not_before: float, not_after: float, usage: Usage = "clientAuth",
-               key: Path | None = None) -> tuple[Path, Path]:
+    def client(
+        self,
+        stem: str,
+        ca: tuple[Path, Path],
+        *,
+        cn: str,
+        orgs: tuple[str, ...],
+        not_before: float,
+        not_after: float,
+        usage: Usage = "clientAuth",
+        key: Path | None = None,
+    ) -> tuple[Path, Path]:
         """A certificate for ``cn``/``orgs`` signed by ``ca``; returns (cert, key) paths."""
         subj = "".join(f"/O={o}" for o in orgs) + f"/CN={cn}"
         csr, key = self._csr(stem, subj, key)
         cert = self.dir / f"{stem}.pem"
-        _run("ca", "-batch", "-config", "ca.cnf", "-cert", str(ca[0]), "-keyfile", str(ca[1]),
-             "-in", str(csr), "-out", str(cert), "-startdate", _stamp(not_before), "-enddate",
-             _stamp(not_after), "-extensions", f"v3_{usage}", "-notext", "-preserveDN",
-             cwd=self.dir)
+        _run(
+            "ca",
+            "-batch",
+            "-config",
+            "ca.cnf",
+            "-cert",
+            str(ca[0]),
+            "-keyfile",
+            str(ca[1]),
+            "-in",
+            str(csr),
+            "-out",
+            str(cert),
+            "-startdate",
+            _stamp(not_before),
+            "-enddate",
+            _stamp(not_after),
+            "-extensions",
+            f"v3_{usage}",
+            "-notext",
+            "-preserveDN",
+            cwd=self.dir,
+        )
         return cert, key
 
 
 # --- one entry point for both backends -----------------------------------------------------------
 
 
-def issue(backend: Backend, workdir: Path, *, now: float, cn: str,
-          orgs: tuple[str, ...] = ("cilium-agents",), ca_name: str = "test-ca",
-          not_before: float | None = None, not_after: float | None = None,
-          usage: Usage = "clientAuth", key_mode: int = 0o600) -> Issued:
+def issue(
+    backend: Backend,
+    workdir: Path,
+    *,
+    now: float,
+    cn: str,
+    orgs: tuple[str, ...] = ("cilium-agents",),
+    ca_name: str = "test-ca",
+    not_before: float | None = None,
+    not_after: float | None = None,
+    usage: Usage = "clientAuth",
+    key_mode: int = 0o600,
+) -> Issued:
     """A CA and a client certificate from it, as files in ``workdir`` (made by ``backend``).
 
     Defaults: valid from a day ago for 90 days; the key file mode is ``key_mode``.
@@ -228,7 +327,8 @@ def issue(backend: Backend, workdir: Path, *, now: float, cn: str,
         return Issued(cert_path, key_path, ca_path)
     ossl = OpenSSL(workdir / "openssl")
     ca_files = ossl.ca(ca_name, not_before=ca_nb, not_after=ca_na)
-    cert, key = ossl.client("client", ca_files, cn=cn, orgs=orgs, not_before=nb, not_after=na,
-                            usage=usage)
+    cert, key = ossl.client(
+        "client", ca_files, cn=cn, orgs=orgs, not_before=nb, not_after=na, usage=usage
+    )
     key.chmod(key_mode)
     return Issued(cert, key, ca_files[0])

@@ -58,8 +58,9 @@ def read_dir(path: Path) -> dict[str, bytes]:
 
 def siblings(path: Path) -> list[str]:
     """Entries next to ``path`` other than itself and the render lock."""
-    return sorted(p.name for p in path.parent.iterdir()
-                  if p.name not in (path.name, f".{path.name}.lock"))
+    return sorted(
+        p.name for p in path.parent.iterdir() if p.name not in (path.name, f".{path.name}.lock")
+    )
 
 
 def write_config(tmp_path: Path, body: str) -> Config:
@@ -73,7 +74,9 @@ def reference_config(tmp_path: Path, cm: Path) -> Config:
     """The reference options moved into [agent], with some changed, one dropped, some added."""
     kubeconfig = tmp_path / "agent.kubeconfig"
     kubeconfig.write_text("apiVersion: v1\n")
-    return write_config(tmp_path, f"""
+    return write_config(
+        tmp_path,
+        f"""
         agent_config_dir = "{cm}"
         [agent]
         identity-allocation-mode = "kvstore"
@@ -84,7 +87,8 @@ def reference_config(tmp_path: Path, cm: Path) -> Config:
         cluster-id = 7
         labels = ["k8s:io.kubernetes.pod.namespace", "k8s:app"]
         k8s-sync-timeout = "900s"
-    """)
+    """,
+    )
 
 
 # --- render against the reference layout -------------------------------------------------------
@@ -100,9 +104,15 @@ def test_render_over_the_reference_layout(tmp_path: Path) -> None:
     assert result.unchanged == ("identity-allocation-mode", "kvstore-opt")
     assert result.changed == ("k8s-kubeconfig-path", "prometheus-serve-addr")
     assert result.removed == ("sidecar-istio-proxy-image",)
-    assert result.added == ("allocator-list-timeout", "cluster-id", "cluster-name",
-                            "k8s-heartbeat-timeout", "k8s-sync-timeout", "kvstore-lease-ttl",
-                            "labels")
+    assert result.added == (
+        "allocator-list-timeout",
+        "cluster-id",
+        "cluster-name",
+        "k8s-heartbeat-timeout",
+        "k8s-sync-timeout",
+        "kvstore-lease-ttl",
+        "labels",
+    )
     after = read_dir(cm)
     for name in ("identity-allocation-mode", "kvstore-opt"):
         st = (cm / name).stat()
@@ -145,9 +155,12 @@ def test_diff_writes_nothing_and_shows_values(tmp_path: Path) -> None:
     assert {p.name: p.stat().st_mtime_ns for p in cm.iterdir()} == stats
     assert read_dir(cm) == REFERENCE
     changes = {c["option"]: c for c in result.to_json(values=True)["changes"]}
-    assert changes["prometheus-serve-addr"] == {"option": "prometheus-serve-addr",
-                                                "action": "changed", "old": ":9090",
-                                                "new": ":9962"}
+    assert changes["prometheus-serve-addr"] == {
+        "option": "prometheus-serve-addr",
+        "action": "changed",
+        "old": ":9090",
+        "new": ":9962",
+    }
     assert changes["sidecar-istio-proxy-image"]["action"] == "removed"
     assert changes["labels"]["old"] is None
 
@@ -192,19 +205,25 @@ def test_symlinked_output_stays_a_symlink(tmp_path: Path) -> None:
 # --- validation --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("agent", "match"), [
-    ('cluster-id = 256\ncluster-name = "c"', "agent.cluster-id = '256': must be a whole number "
-                                             "0..255"),
-    ('cluster-id = "one"\ncluster-name = "c"', "agent.cluster-id = 'one'"),
-    ("cluster-id = -1\ncluster-name = 'c'", "agent.cluster-id = '-1'"),
-    ("cluster-id = 3", "agent.cluster-id = '3' is set but agent.cluster-name is not"),
-    ("cluster-id = 3\ncluster-name = 'default'", "agent.cluster-name = 'default' cannot"),
-    ("max-connected-clusters = 300", "agent.max-connected-clusters = '300'"),
-    ("k8s-kubeconfig-path = '/nonexistent/kubeconfig'",
-     "agent.k8s-kubeconfig-path = '/nonexistent/kubeconfig': does not exist"),
-])
-def test_invalid_options_name_file_key_and_value(tmp_path: Path, agent: str,
-                                                 match: str) -> None:
+@pytest.mark.parametrize(
+    ("agent", "match"),
+    [
+        (
+            'cluster-id = 256\ncluster-name = "c"',
+            "agent.cluster-id = '256': must be a whole number 0..255",
+        ),
+        ('cluster-id = "one"\ncluster-name = "c"', "agent.cluster-id = 'one'"),
+        ("cluster-id = -1\ncluster-name = 'c'", "agent.cluster-id = '-1'"),
+        ("cluster-id = 3", "agent.cluster-id = '3' is set but agent.cluster-name is not"),
+        ("cluster-id = 3\ncluster-name = 'default'", "agent.cluster-name = 'default' cannot"),
+        ("max-connected-clusters = 300", "agent.max-connected-clusters = '300'"),
+        (
+            "k8s-kubeconfig-path = '/nonexistent/kubeconfig'",
+            "agent.k8s-kubeconfig-path = '/nonexistent/kubeconfig': does not exist",
+        ),
+    ],
+)
+def test_invalid_options_name_file_key_and_value(tmp_path: Path, agent: str, match: str) -> None:
     """Options the agent would refuse raise ConfigError naming the file, key and value."""
     cfg = write_config(tmp_path, f"[agent]\n{agent}\n")
     with pytest.raises(ConfigError) as info:
@@ -217,8 +236,14 @@ def test_invalid_options_name_file_key_and_value(tmp_path: Path, agent: str,
 
 def test_cluster_id_up_to_511_with_max_connected_clusters(tmp_path: Path) -> None:
     """cluster-id may go to 511 when max-connected-clusters is 511."""
-    warnings = validate_options({"cluster-id": "300", "cluster-name": "c",
-                                 "max-connected-clusters": "511", "labels": "k8s:app"})
+    warnings = validate_options(
+        {
+            "cluster-id": "300",
+            "cluster-name": "c",
+            "max-connected-clusters": "511",
+            "labels": "k8s:app",
+        }
+    )
     assert warnings == ()
 
 
@@ -262,7 +287,8 @@ def test_directory_with_foreign_entries_is_not_replaced(tmp_path: Path, intruder
     with pytest.raises(ConfigError, match=f"holds '{intruder}', which is not an agent option"):
         render_options({"a": "1"}, cm)
     assert (cm / intruder).exists() and (cm / "kvstore-opt").read_bytes() == REFERENCE[
-        "kvstore-opt"]
+        "kvstore-opt"
+    ]
 
 
 def test_output_that_is_a_file_is_refused(tmp_path: Path) -> None:
@@ -277,8 +303,9 @@ def test_output_that_is_a_file_is_refused(tmp_path: Path) -> None:
 # --- crashes and failures ------------------------------------------------------------------------
 
 
-def test_failure_while_writing_leaves_the_old_directory(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_while_writing_leaves_the_old_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A write error mid-render (disk full) raises StateError; the old directory is untouched."""
     cm = make_reference(tmp_path)
     inodes = {p.name: p.stat().st_ino for p in cm.iterdir()}
@@ -296,8 +323,9 @@ def test_failure_while_writing_leaves_the_old_directory(tmp_path: Path,
     assert siblings(cm) == []
 
 
-def test_failed_exchange_leaves_the_old_directory(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_exchange_leaves_the_old_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """If the swap itself fails (a mount point: EBUSY) the old directory stays, no temp is left."""
     cm = make_reference(tmp_path)
 
@@ -310,8 +338,9 @@ def test_failed_exchange_leaves_the_old_directory(tmp_path: Path,
     assert read_dir(cm) == REFERENCE and siblings(cm) == []
 
 
-def test_fallback_swap_renders_and_cleans_up(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fallback_swap_renders_and_cleans_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without RENAME_EXCHANGE the rename-aside fallback gives the same result."""
     cm = make_reference(tmp_path)
     monkeypatch.setattr(agentconfig, "_exchange", lambda a, b: False)
@@ -323,7 +352,8 @@ def test_fallback_swap_renders_and_cleans_up(tmp_path: Path,
 
 
 def test_fallback_second_rename_failure_puts_the_old_directory_back(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """If moving the new directory in fails, the old one is renamed back before raising."""
     cm = make_reference(tmp_path)
     monkeypatch.setattr(agentconfig, "_exchange", lambda a, b: False)
@@ -364,8 +394,9 @@ def test_leftover_from_a_crash_after_the_exchange_is_removed(tmp_path: Path) -> 
     assert read_dir(cm) == REFERENCE and siblings(cm) == []
 
 
-def test_concurrent_render_waits_for_the_lock(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrent_render_waits_for_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A render while another holds the lock gives up after the timeout with StateError."""
     out = tmp_path / "cm"
     render_options({"a": "1"}, out)
@@ -411,9 +442,12 @@ def test_kill_9_mid_render_leaves_a_whole_directory(tmp_path: Path, mode: str) -
     out.parent.mkdir()
     rng = random.Random(4)
     for _ in range(12):
-        proc = subprocess.Popen([sys.executable, str(script), str(out), mode],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                env=clean_env())
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(out), mode],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=clean_env(),
+        )
         try:
             assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
             proc.stdout.close()

@@ -125,6 +125,14 @@ BAD_STATES: list[tuple[str, bytes]] = [
         "year 10000",
         json.dumps({**GOOD_STATE, "runs": [{"started_at": "10000-01-01T00:00:00Z"}]}).encode(),
     ),
+    (  # regression: parsed, then crashed every command when written back
+        "year 1 east of UTC",
+        json.dumps({**GOOD_STATE, "runs": [{"started_at": "0001-01-01T00:00:00+14:00"}]}).encode(),
+    ),
+    (
+        "year 9999 west of UTC",
+        json.dumps({**GOOD_STATE, "runs": [{"started_at": "9999-12-31T23:59:59-14:00"}]}).encode(),
+    ),
 ]
 
 

@@ -120,7 +120,7 @@ def test_gate_execs_the_command_in_place(state_dir: Path, tmp_path: Path) -> Non
 def test_exec_of_missing_command_records_the_end(state_dir: Path) -> None:
     """A command that cannot be exec'd is reported in one line and its run is closed."""
     r = run_cli("gate", "--state-dir", str(state_dir), *SIZE, "--", "/nonexistent/agent")
-    assert r.code == 70 and r.stderr_lines == [
+    assert r.code == 127 and r.stderr_lines == [
         "agent-supervisor: error: cannot exec '/nonexistent/agent': No such file or directory"
     ]
     runs = state_doc(state_dir)["runs"]
@@ -351,11 +351,18 @@ def test_unwritable_state_refuses_but_force_allows(small_tmpfs: Path) -> None:
 
 
 def test_non_operator_is_refused_with_77(tmp_path: Path, nobody: int) -> None:
-    """An unprivileged user who does not own the state may not hold, override or force."""
-    sd = tmp_path / "state"
+    """An unprivileged user who does not own the state may not hold, override or force.
+
+    The state directory sits where that user can reach it but not read it, as
+    /var/lib/agent-supervisor does (regression: click's path check answered 2, not 77).
+    """
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="as-77-", dir="/tmp"))
+    base.chmod(0o711)
+    sd = base / "state"
     assert gate(sd, *SIZE).code == 0
     before = (sd / "cilium-agent.json").read_bytes()
-    tmp_path.chmod(0o755)
     for args in (
         ["hold", "--reason", "x"],
         ["override", "--reason", "x"],
@@ -375,6 +382,7 @@ def test_non_operator_is_refused_with_77(tmp_path: Path, nobody: int) -> None:
         assert r.code == 77, (args, r.stderr)
         assert "not permitted for user" in r.stderr_lines[0]
     assert (sd / "cilium-agent.json").read_bytes() == before
+    shutil.rmtree(base)
 
 
 def _wait_for_log(proc: subprocess.Popen[str], event: str) -> None:
@@ -444,3 +452,83 @@ def test_wait_shows_a_countdown_on_a_terminal(state_dir: Path) -> None:
     assert "\rwaiting: next start in" in text
     assert "gate.refused" in text and '"event"' not in text
     assert proc.returncode == 75
+
+
+def test_operators_group_applies_to_sudo_users(state_dir: Path) -> None:
+    """With operators_group set, root through sudo counts as the sudo user: outsiders get 77."""
+    if os.geteuid() != 0:
+        pytest.skip("sudo semantics need root")
+    group = ("--set", "operators_group=nogroup")  # nobody's primary group
+    outsider = run_cli(
+        "hold",
+        "--reason",
+        "x",
+        "--state-dir",
+        str(state_dir),
+        "--set",
+        "operators_group=root",
+        env=clean_env(SUDO_USER="nobody"),
+    )
+    assert outsider.code == 77 and "nobody (through sudo)" in outsider.stderr_lines[0]
+    member = run_cli(
+        "hold",
+        "--reason",
+        "x",
+        "--state-dir",
+        str(state_dir),
+        *group,
+        env=clean_env(SUDO_USER="nobody"),
+    )
+    assert member.code == 0, member.stderr
+    audit = json.loads((state_dir / "audit.jsonl").read_text().splitlines()[-1])
+    assert audit["user"] == "root (sudo by nobody)"
+
+
+def test_forced_start_goes_ahead_when_the_audit_log_is_broken(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    """Regression: an unwritable audit log must not stop a recorded forced start."""
+    state_dir.mkdir(mode=0o700)
+    (state_dir / "audit.jsonl").symlink_to(tmp_path / "elsewhere")
+    r = run_cli(
+        "gate",
+        "--force",
+        "--reason",
+        "x",
+        "--state-dir",
+        str(state_dir),
+        *SIZE,
+        "--",
+        sys.executable,
+        "-c",
+        "print('AGENT-RAN')",
+    )
+    assert r.code == 0 and "AGENT-RAN" in r.stdout and "audit.write_failed" in r.stderr
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_operator_action_with_broken_audit_log_changes_nothing(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    """Regression: a hold that cannot be audited is refused (74) before the state changes."""
+    assert gate(state_dir, *SIZE).code == 0
+    before = (state_dir / "cilium-agent.json").read_bytes()
+    (state_dir / "audit.jsonl").symlink_to(tmp_path / "elsewhere")
+    r = run_cli("hold", "--reason", "x", "--state-dir", str(state_dir))
+    assert r.code == 74 and "audit log" in r.stderr_lines[0]
+    assert (state_dir / "cilium-agent.json").read_bytes() == before
+
+
+def test_override_for_zero_is_refused(state_dir: Path) -> None:
+    """Regression: --for 0s was silently a one-hour override; it is a usage error."""
+    r = run_cli("override", "--for", "0s", "--reason", "x", "--state-dir", str(state_dir))
+    assert r.code == 2 and "must be longer than zero" in r.stderr_lines[0]
+
+
+def test_set_state_dir_beats_the_environment(tmp_path: Path) -> None:
+    """Regression: --set state_dir (command line) wins over AGENT_SUPERVISOR_STATE_DIR."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    r = run_cli(
+        "gate", *SIZE, "--set", f"state_dir={b}", env=clean_env(AGENT_SUPERVISOR_STATE_DIR=str(a))
+    )
+    assert r.code == 0 and (b / "cilium-agent.json").exists() and not a.exists()

@@ -54,7 +54,9 @@ def issued(tmp_path: Path) -> certgen.Issued:
 
 def identity_config(tmp_path: Path, iss: certgen.Issued, extra: str = "") -> Path:
     """A config file with an [identity] table for ``iss``."""
-    return write_config(tmp_path, f"""
+    return write_config(
+        tmp_path,
+        f"""
         cluster_size = 10
         node_name = "{NODE}"
         [identity]
@@ -62,7 +64,8 @@ def identity_config(tmp_path: Path, iss: certgen.Issued, extra: str = "") -> Pat
         key = "{iss.key}"
         ca = "{iss.ca}"
         {extra}
-    """)
+    """,
+    )
 
 
 # --- config render / diff ------------------------------------------------------------------------
@@ -80,14 +83,17 @@ def reference_dir(tmp_path: Path) -> Path:
 
 def agent_config(tmp_path: Path, cm: Path, extra: str = "") -> Path:
     """A config whose [agent] table keeps one option, changes one and drops one."""
-    return write_config(tmp_path, f"""
+    return write_config(
+        tmp_path,
+        f"""
         agent_config_dir = "{cm}"
         [agent]
         identity-allocation-mode = "kvstore"
         prometheus-serve-addr = ":9962"
         labels = "k8s:app"
         {extra}
-    """)
+    """,
+    )
 
 
 def test_config_render_and_diff(tmp_path: Path) -> None:
@@ -133,12 +139,18 @@ def test_config_render_warns_without_labels(tmp_path: Path) -> None:
     assert res.code == 0 and "warning: agent.labels is not set" in res.stdout
 
 
-@pytest.mark.parametrize(("agent", "needle"), [
-    ("cluster-id = 300\ncluster-name = 'c'", "agent.cluster-id = '300': must be a whole number"),
-    ("cluster-id = 3", "agent.cluster-name is not"),
-    ("k8s-kubeconfig-path = '/nonexistent'", "agent.k8s-kubeconfig-path = '/nonexistent'"),
-    ("Bad_Name = 1", "agent.Bad_Name"),
-])
+@pytest.mark.parametrize(
+    ("agent", "needle"),
+    [
+        (
+            "cluster-id = 300\ncluster-name = 'c'",
+            "agent.cluster-id = '300': must be a whole number",
+        ),
+        ("cluster-id = 3", "agent.cluster-name is not"),
+        ("k8s-kubeconfig-path = '/nonexistent'", "agent.k8s-kubeconfig-path = '/nonexistent'"),
+        ("Bad_Name = 1", "agent.Bad_Name"),
+    ],
+)
 def test_config_render_invalid_is_one_line_78(tmp_path: Path, agent: str, needle: str) -> None:
     """Invalid agent options exit 78 with one line naming the file and the key."""
     cfg = write_config(tmp_path, f"[agent]\n{agent}\n")
@@ -163,8 +175,13 @@ def test_config_render_with_set_and_environment(tmp_path: Path) -> None:
     """The config file may come from AGENT_SUPERVISOR_CONFIG and the directory from --set."""
     cfg = write_config(tmp_path, "[agent]\nlabels = 'x'\n")
     out = tmp_path / "from-set"
-    res = cli("config", "render", "--set", f"agent_config_dir={out}",
-              env=clean_env(AGENT_SUPERVISOR_CONFIG=str(cfg)))
+    res = cli(
+        "config",
+        "render",
+        "--set",
+        f"agent_config_dir={out}",
+        env=clean_env(AGENT_SUPERVISOR_CONFIG=str(cfg)),
+    )
     assert res.code == 0, res.stderr
     assert (out / "labels").read_bytes() == b"x"
 
@@ -178,8 +195,9 @@ def test_certs_check_ok(tmp_path: Path, issued: certgen.Issued) -> None:
     assert res.code == 0, res.stderr
     assert f"certificate  {issued.cert}" in res.stdout
     assert "result       ok" in res.stdout and "89d left" in res.stdout
-    doc = json.loads(cli("certs", "check", "--json", "--config",
-                         str(identity_config(tmp_path, issued))).stdout)
+    doc = json.loads(
+        cli("certs", "check", "--json", "--config", str(identity_config(tmp_path, issued))).stdout
+    )
     assert doc["ok"] is True and doc["problems"] == [] and doc["not_after"].endswith("Z")
 
 
@@ -212,16 +230,27 @@ def test_certs_check_without_identity_is_78(tmp_path: Path) -> None:
 
 def test_certs_check_via_set(tmp_path: Path, issued: certgen.Issued) -> None:
     """--set identity.* configures the identity without a config file."""
-    res = cli("certs", "check", "--node-name", NODE, "--set", f"identity.cert={issued.cert}",
-              "--set", f"identity.key={issued.key}", "--set", f"identity.ca={issued.ca}",
-              env=clean_env(AGENT_SUPERVISOR_CONFIG=str(write_config(tmp_path, ""))))
+    res = cli(
+        "certs",
+        "check",
+        "--node-name",
+        NODE,
+        "--set",
+        f"identity.cert={issued.cert}",
+        "--set",
+        f"identity.key={issued.key}",
+        "--set",
+        f"identity.ca={issued.ca}",
+        env=clean_env(AGENT_SUPERVISOR_CONFIG=str(write_config(tmp_path, ""))),
+    )
     assert res.code == 0, res.stderr
 
 
 def test_certs_csr_then_check_after_signing(tmp_path: Path) -> None:
     """certs csr makes a 0600 key and a CSR; a second run without --force exits 2."""
-    cfg = write_config(tmp_path, f'node_name = "{NODE}"\n[identity]\ncert = "c"\nkey = "k"\n'
-                                 'group = "agents"\n')
+    cfg = write_config(
+        tmp_path, f'node_name = "{NODE}"\n[identity]\ncert = "c"\nkey = "k"\ngroup = "agents"\n'
+    )
     out = tmp_path / "new"
     res = cli("certs", "csr", "--out", str(out), "--config", str(cfg), "--json")
     assert res.code == 0, res.stderr
@@ -234,21 +263,36 @@ def test_certs_csr_then_check_after_signing(tmp_path: Path) -> None:
     again = cli("certs", "csr", "--out", str(out), "--config", str(cfg))
     one_error_line(again, 2, "already exists (pass --force")
     assert (out / "cilium-agent.key").read_bytes() == key_before
-    forced = cli("certs", "csr", "--out", str(out), "--config", str(cfg), "--force",
-                 "--key-type", "rsa", "--rsa-bits", "2048", "--expiration", "30d")
+    forced = cli(
+        "certs",
+        "csr",
+        "--out",
+        str(out),
+        "--config",
+        str(cfg),
+        "--force",
+        "--key-type",
+        "rsa",
+        "--rsa-bits",
+        "2048",
+        "--expiration",
+        "30d",
+    )
     assert forced.code == 0, forced.stderr
     assert (out / "cilium-agent.key").read_bytes() != key_before
     assert "key       " in forced.stdout
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (("--key-type", "dsa"), "--key-type 'dsa'"),
-    (("--rsa-bits", "1024", "--key-type", "rsa"), "--rsa-bits 1024"),
-    (("--expiration", "5m"), "at least 10m"),
-    (("--expiration", "soon"), "--expiration"),
-])
-def test_certs_csr_bad_options_exit_2(tmp_path: Path, args: tuple[str, ...],
-                                      needle: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--key-type", "dsa"), "--key-type 'dsa'"),
+        (("--rsa-bits", "1024", "--key-type", "rsa"), "--rsa-bits 1024"),
+        (("--expiration", "5m"), "at least 10m"),
+        (("--expiration", "soon"), "--expiration"),
+    ],
+)
+def test_certs_csr_bad_options_exit_2(tmp_path: Path, args: tuple[str, ...], needle: str) -> None:
     """Bad csr options are usage errors (exit 2) and write nothing."""
     cfg = write_config(tmp_path, "")
     res = cli("certs", "csr", "--out", str(tmp_path / "o"), "--config", str(cfg), *args)
@@ -266,56 +310,95 @@ def test_kubeconfig_render_to_file_and_stdout(tmp_path: Path, issued: certgen.Is
     res = cli("kubeconfig", "render", "--config", str(cfg), "--out", str(out))
     assert res.code == 0, res.stderr
     doc = yaml.safe_load(out.read_text())
-    assert doc["clusters"][0]["cluster"] == {"server": "https://10.0.0.1:6443",
-                                             "certificate-authority": str(issued.ca)}
-    assert doc["users"][0] == {"name": USER, "user": {"client-certificate": str(issued.cert),
-                                                      "client-key": str(issued.key)}}
+    assert doc["clusters"][0]["cluster"] == {
+        "server": "https://10.0.0.1:6443",
+        "certificate-authority": str(issued.ca),
+    }
+    assert doc["users"][0] == {
+        "name": USER,
+        "user": {"client-certificate": str(issued.cert), "client-key": str(issued.key)},
+    }
     printed = cli("kubeconfig", "render", "--config", str(cfg), "--server", "https://lb:443")
     assert printed.code == 0
     assert yaml.safe_load(printed.stdout)["clusters"][0]["cluster"]["server"] == "https://lb:443"
     # The rendered file can then be the agent's k8s-kubeconfig-path.
     agent_cfg = write_config(tmp_path, f"[agent]\nlabels='x'\nk8s-kubeconfig-path = '{out}'\n")
-    assert cli("config", "render", "--config", str(agent_cfg), "--output",
-               str(tmp_path / "cm")).code == 0
+    assert (
+        cli("config", "render", "--config", str(agent_cfg), "--output", str(tmp_path / "cm")).code
+        == 0
+    )
 
 
 def test_kubeconfig_render_errors(tmp_path: Path, issued: certgen.Issued) -> None:
     """No server is 78, an http server is 78, a foreign file is 2; each one line."""
     cfg = identity_config(tmp_path, issued)
-    one_error_line(cli("kubeconfig", "render", "--config", str(cfg)), 78,
-                   "apiserver URL is not set")
-    one_error_line(cli("kubeconfig", "render", "--config", str(cfg), "--server", "http://x"),
-                   78, "--server = 'http://x'")
+    one_error_line(
+        cli("kubeconfig", "render", "--config", str(cfg)), 78, "apiserver URL is not set"
+    )
+    one_error_line(
+        cli("kubeconfig", "render", "--config", str(cfg), "--server", "http://x"),
+        78,
+        "--server = 'http://x'",
+    )
     kubelet = tmp_path / "kubelet.kubeconfig"
     kubelet.write_text("apiVersion: v1\n")
-    one_error_line(cli("kubeconfig", "render", "--config", str(cfg), "--server", "https://x",
-                       "--out", str(kubelet)), 2, "was not written by kubeconfig render")
+    one_error_line(
+        cli(
+            "kubeconfig",
+            "render",
+            "--config",
+            str(cfg),
+            "--server",
+            "https://x",
+            "--out",
+            str(kubelet),
+        ),
+        2,
+        "was not written by kubeconfig render",
+    )
     assert kubelet.read_text() == "apiVersion: v1\n"
 
 
 def test_apf_render(tmp_path: Path, issued: certgen.Issued) -> None:
     """apf render prints both objects for the configured group with the given queueing values."""
     cfg = identity_config(tmp_path, issued, 'group = "net-agents"')
-    res = cli("apf", "render", "--config", str(cfg), "--queues", "64", "--hand-size", "4",
-              "--shares", "30", "--queue-length-limit", "25")
+    res = cli(
+        "apf",
+        "render",
+        "--config",
+        str(cfg),
+        "--queues",
+        "64",
+        "--hand-size",
+        "4",
+        "--shares",
+        "30",
+        "--queue-length-limit",
+        "25",
+    )
     assert res.code == 0, res.stderr
     plc, fs = list(yaml.safe_load_all(res.stdout))
     assert plc["spec"]["limited"]["limitResponse"]["queuing"] == {
-        "queues": 64, "handSize": 4, "queueLengthLimit": 25}
+        "queues": 64,
+        "handSize": 4,
+        "queueLengthLimit": 25,
+    }
     assert plc["spec"]["limited"]["nominalConcurrencyShares"] == 30
     assert fs["spec"]["rules"][0]["subjects"][0]["group"]["name"] == "net-agents"
     out = tmp_path / "apf.yaml"
     assert cli("apf", "render", "--config", str(cfg), "--out", str(out)).code == 0
     assert list(yaml.safe_load_all(out.read_text()))[1]["kind"] == "FlowSchema"
-    one_error_line(cli("apf", "render", "--config", str(cfg), "--queues", "4", "--hand-size",
-                       "8"), 2, "--hand-size 8")
+    one_error_line(
+        cli("apf", "render", "--config", str(cfg), "--queues", "4", "--hand-size", "8"),
+        2,
+        "--hand-size 8",
+    )
 
 
 # --- the gate refuses a bad identity -------------------------------------------------------------
 
 
-def test_gate_refuses_a_bad_identity_unless_forced(tmp_path: Path,
-                                                   issued: certgen.Issued) -> None:
+def test_gate_refuses_a_bad_identity_unless_forced(tmp_path: Path, issued: certgen.Issued) -> None:
     """The gate exits 78 naming the identity problem, records nothing; --force lets it through."""
     issued.key.chmod(0o640)
     cfg = identity_config(tmp_path, issued)
@@ -324,8 +407,9 @@ def test_gate_refuses_a_bad_identity_unless_forced(tmp_path: Path,
     assert res.code == 78, res.stderr
     assert len(res.stderr_lines) == 1 and "Traceback" not in res.stderr
     assert "mode 0640" in res.stderr_lines[0]
-    forced = cli("gate", "--config", str(cfg), "--state-dir", str(state), "--force",
-                 "--reason", "test")
+    forced = cli(
+        "gate", "--config", str(cfg), "--state-dir", str(state), "--force", "--reason", "test"
+    )
     assert forced.code == 0, forced.stderr
     issued.key.chmod(0o600)
     fresh = cli("gate", "--config", str(cfg), "--state-dir", str(tmp_path / "state2"))

@@ -106,6 +106,7 @@ def test_every_key_has_an_environment_variable() -> None:
         ('[window]\nbse = "1m"', "unknown key 'window.bse' (known: window.base"),
         ('[window]\nbase = "10x"', "window.base = '10x'"),
         ('[window]\nmin = "2h"\nmax = "1h"', "window.min"),
+        ('[window]\nmax = "0"', "window.max = 0.0s must be positive"),
         ("slot_index = 3", "slot_index and slot_count go together"),
         ("slot_index = 3\nslot_count = 3", "must be below slot_count"),
         ('node_name = "bad name!"', "node_name = 'bad name!'"),

@@ -50,15 +50,29 @@ def health() -> Iterator[Health]:
 
 def gate(state_dir: Path, url: str) -> tuple[int, dict[str, object]]:
     """One gate decision with a one-second window and the probe on ``url``."""
-    r = run_cli("gate", "--json", "--state-dir", str(state_dir), "--cluster-size", "1",
-                "--set", "window.base=1s", "--set", "window.per_node=0", "--set",
-                "window.min=1s", "--set", f"probe.urls={url}", "--set", "probe.timeout=2s")
+    r = run_cli(
+        "gate",
+        "--json",
+        "--state-dir",
+        str(state_dir),
+        "--cluster-size",
+        "1",
+        "--set",
+        "window.base=1s",
+        "--set",
+        "window.per_node=0",
+        "--set",
+        "window.min=1s",
+        "--set",
+        f"probe.urls={url}",
+        "--set",
+        "probe.timeout=2s",
+    )
     assert r.code in (0, 75), r.stderr
     return r.code, json.loads(r.stdout)
 
 
-def test_failed_run_waits_while_the_control_plane_is_down(state_dir: Path,
-                                                          health: Health) -> None:
+def test_failed_run_waits_while_the_control_plane_is_down(state_dir: Path, health: Health) -> None:
     """After a failed run, an unhealthy probe refuses past the window; a healthy one allows."""
     assert gate(state_dir, health.url)[0] == 0
     assert health.hits == 0  # a first start never probes
@@ -86,13 +100,31 @@ def test_clean_exit_after_a_stable_run_does_not_probe(state_dir: Path, health: H
     """A clean exit after a stable run restarts at once without asking the control plane."""
     assert gate(state_dir, health.url)[0] == 0
     time.sleep(1.1)
-    assert run_cli("record-exit", "--code", "0", "--state-dir", str(state_dir), "--set",
-                   "stable_after=1s").code == 0
+    assert (
+        run_cli(
+            "record-exit", "--code", "0", "--state-dir", str(state_dir), "--set", "stable_after=1s"
+        ).code
+        == 0
+    )
     health.status = 500
-    r = run_cli("gate", "--json", "--state-dir", str(state_dir), "--cluster-size", "1",
-                "--set", "window.base=1s", "--set", "window.per_node=0", "--set",
-                "window.min=1s", "--set", f"probe.urls={health.url}", "--set",
-                "stable_after=1s")
+    r = run_cli(
+        "gate",
+        "--json",
+        "--state-dir",
+        str(state_dir),
+        "--cluster-size",
+        "1",
+        "--set",
+        "window.base=1s",
+        "--set",
+        "window.per_node=0",
+        "--set",
+        "window.min=1s",
+        "--set",
+        f"probe.urls={health.url}",
+        "--set",
+        "stable_after=1s",
+    )
     assert r.code == 0 and health.hits == 0
 
 
@@ -104,3 +136,30 @@ def test_unreachable_probe_counts_as_unhealthy(state_dir: Path) -> None:
     time.sleep(1.1)
     code, d = gate(state_dir, dead)
     assert code == 75 and "control plane unhealthy" in str(d["reason"])
+
+
+def test_credentials_in_probe_urls_never_reach_the_log(state_dir: Path, health: Health) -> None:
+    """A password written into a probe URL is redacted in every log line."""
+    url = health.url.replace("http://", "http://probe:s3cret-pw@")
+    assert gate(state_dir, url)[0] == 0
+    assert run_cli("record-exit", "--code", "1", "--state-dir", str(state_dir)).code == 0
+    time.sleep(1.1)
+    health.status = 500
+    r = run_cli(
+        "gate",
+        "--json",
+        "--state-dir",
+        str(state_dir),
+        "--cluster-size",
+        "1",
+        "--set",
+        "window.base=1s",
+        "--set",
+        "window.per_node=0",
+        "--set",
+        "window.min=1s",
+        "--set",
+        f"probe.urls={url}",
+    )
+    assert r.code == 75 and "probe.unhealthy" in r.stderr
+    assert "s3cret-pw" not in r.stderr and "***@127.0.0.1" in r.stderr

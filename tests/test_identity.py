@@ -58,8 +58,7 @@ NOW = float(int(time.time()))
 
 def ident(issued: certgen.Issued, **kw: object) -> IdentityConfig:
     """The [identity] table for issued files."""
-    return IdentityConfig(cert=str(issued.cert), key=str(issued.key), ca=str(issued.ca),
-                          **kw)  # type: ignore[arg-type]
+    return IdentityConfig(cert=str(issued.cert), key=str(issued.key), ca=str(issued.ca), **kw)  # type: ignore[arg-type]
 
 
 def only_problem(report: CertReport) -> str:
@@ -87,8 +86,9 @@ def test_valid_certificate_passes(tmp_path: Path, backend: Backend) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_expired_certificate_is_a_problem(tmp_path: Path, backend: Backend) -> None:
     """A certificate past notAfter is one problem naming the file and the expiry."""
-    iss = issue(backend, tmp_path, now=NOW, cn=USER, not_before=NOW - 30 * DAY,
-                not_after=NOW - 2 * DAY)
+    iss = issue(
+        backend, tmp_path, now=NOW, cn=USER, not_before=NOW - 30 * DAY, not_after=NOW - 2 * DAY
+    )
     report = check_identity(ident(iss), NODE, NOW)
     problem = only_problem(report)
     assert problem.startswith(f"{iss.cert}: expired at ") and "2d ago" in problem
@@ -98,8 +98,9 @@ def test_expired_certificate_is_a_problem(tmp_path: Path, backend: Backend) -> N
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_not_yet_valid_certificate_is_a_problem(tmp_path: Path, backend: Backend) -> None:
     """A certificate before notBefore is one problem that hints at the clock."""
-    iss = issue(backend, tmp_path, now=NOW, cn=USER, not_before=NOW + 3 * 3600,
-                not_after=NOW + 30 * DAY)
+    iss = issue(
+        backend, tmp_path, now=NOW, cn=USER, not_before=NOW + 3 * 3600, not_after=NOW + 30 * DAY
+    )
     problem = only_problem(check_identity(ident(iss), NODE, NOW))
     assert problem.startswith(f"{iss.cert}: not valid before ") and "clock" in problem
 
@@ -205,8 +206,15 @@ def test_ca_of_another_name_is_a_problem(tmp_path: Path, backend: Backend) -> No
 
 def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
     """Independent problems (CN, O, key mode, expiry) all appear in one report."""
-    iss = issue("cryptography", tmp_path, now=NOW, cn="someone", orgs=("x",),
-                not_after=NOW - DAY, key_mode=0o640)
+    iss = issue(
+        "cryptography",
+        tmp_path,
+        now=NOW,
+        cn="someone",
+        orgs=("x",),
+        not_after=NOW - DAY,
+        key_mode=0o640,
+    )
     report = check_identity(ident(iss), NODE, NOW)
     kinds = ["expired at", "subject CN", "subject O", "mode 0640"]
     assert len(report.problems) == 4
@@ -215,8 +223,9 @@ def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
 
 def test_missing_files_are_problems_not_exceptions(tmp_path: Path) -> None:
     """Missing certificate, key and CA each give a sentence naming the path."""
-    cfg = IdentityConfig(cert=str(tmp_path / "c.pem"), key=str(tmp_path / "k.pem"),
-                         ca=str(tmp_path / "ca.pem"))
+    cfg = IdentityConfig(
+        cert=str(tmp_path / "c.pem"), key=str(tmp_path / "k.pem"), ca=str(tmp_path / "ca.pem")
+    )
     report = check_identity(cfg, NODE, NOW)
     assert report.problems == (
         f"{tmp_path / 'c.pem'}: certificate file not found",
@@ -240,8 +249,9 @@ def test_garbage_files_never_raise(tmp_path: Path, name: str) -> None:
     data = GARBAGE[name]
     for f in ("c.pem", "k.pem", "ca.pem"):
         certgen.write(tmp_path / f, data, 0o600)
-    cfg = IdentityConfig(cert=str(tmp_path / "c.pem"), key=str(tmp_path / "k.pem"),
-                         ca=str(tmp_path / "ca.pem"))
+    cfg = IdentityConfig(
+        cert=str(tmp_path / "c.pem"), key=str(tmp_path / "k.pem"), ca=str(tmp_path / "ca.pem")
+    )
     report = check_identity(cfg, NODE, NOW)
     assert not report.ok and len(report.problems) == 2
     assert all(p.startswith(str(tmp_path)) for p in report.problems)
@@ -253,21 +263,30 @@ def test_garbage_files_never_raise(tmp_path: Path, name: str) -> None:
 def test_arbitrary_bytes_never_raise(cert: bytes, key: bytes, armour: bool) -> None:
     """Any bytes, bare or inside PEM armour, give a report with problems, never an exception."""
     if armour:
-        cert = (b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(cert)
-                + b"-----END CERTIFICATE-----\n")
-        key = (b"-----BEGIN PRIVATE KEY-----\n" + base64.encodebytes(key)
-               + b"-----END PRIVATE KEY-----\n")
+        cert = (
+            b"-----BEGIN CERTIFICATE-----\n"
+            + base64.encodebytes(cert)
+            + b"-----END CERTIFICATE-----\n"
+        )
+        key = (
+            b"-----BEGIN PRIVATE KEY-----\n"
+            + base64.encodebytes(key)
+            + b"-----END PRIVATE KEY-----\n"
+        )
     with tempfile.TemporaryDirectory() as d:
-        paths = [certgen.write(Path(d) / n, data, 0o600)
-                 for n, data in (("c.pem", cert), ("k.pem", key), ("ca.pem", cert))]
+        paths = [
+            certgen.write(Path(d) / n, data, 0o600)
+            for n, data in (("c.pem", cert), ("k.pem", key), ("ca.pem", cert))
+        ]
         cfg = IdentityConfig(cert=str(paths[0]), key=str(paths[1]), ca=str(paths[2]))
         report = check_identity(cfg, NODE, NOW)
     assert not report.ok and report.problems
     assert all("\n" not in p for p in report.problems)
 
 
-def test_unexpected_errors_become_a_problem(tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unexpected_errors_become_a_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Even a bug inside a check yields a report naming the certificate, not a traceback."""
     iss = issue("cryptography", tmp_path, now=NOW, cn=USER)
 
@@ -305,9 +324,13 @@ def test_encrypted_key_is_a_problem(tmp_path: Path) -> None:
     """A passphrase-protected key cannot be used by the agent."""
     iss = issue("cryptography", tmp_path, now=NOW, cn=USER)
     key = serialization.load_pem_private_key(iss.key.read_bytes(), None)
-    iss.key.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"secret")))
+    iss.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
     problem = only_problem(check_identity(ident(iss), NODE, NOW))
     assert problem == f"{iss.key}: the private key is encrypted; the agent needs it unencrypted"
 
@@ -316,7 +339,8 @@ def test_group_writable_key_is_a_problem(tmp_path: Path) -> None:
     """A key others may write (0620) is refused too: they could swap the identity."""
     iss = issue("cryptography", tmp_path, now=NOW, cn=USER, key_mode=0o620)
     assert "mode 0620 lets group or others write" in only_problem(
-        check_identity(ident(iss), NODE, NOW))
+        check_identity(ident(iss), NODE, NOW)
+    )
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
@@ -325,8 +349,10 @@ def test_key_owned_by_another_user_is_a_problem(tmp_path: Path) -> None:
     iss = issue("cryptography", tmp_path, now=NOW, cn=USER)
     os.chown(iss.key, 65534, -1)
     problem = only_problem(check_identity(ident(iss), NODE, NOW))
-    assert problem == (f"{iss.key}: the private key is owned by uid 65534, not by the user "
-                       f"running agent-supervisor (uid {os.geteuid()})")
+    assert problem == (
+        f"{iss.key}: the private key is owned by uid 65534, not by the user "
+        f"running agent-supervisor (uid {os.geteuid()})"
+    )
 
 
 def test_expired_ca_is_a_problem(tmp_path: Path) -> None:
@@ -344,10 +370,16 @@ def test_expired_ca_is_a_problem(tmp_path: Path) -> None:
 def test_intermediate_in_certificate_file_verifies(tmp_path: Path) -> None:
     """Leaf + intermediate in the certificate file chain to the root in the CA file."""
     root = certgen.make_ca("root", not_before=NOW - DAY, not_after=NOW + 900 * DAY)
-    inter_pair = certgen.make_cert(root, cn="intermediate", orgs=(), not_before=NOW - DAY,
-                                   not_after=NOW + 800 * DAY, usage="none", is_ca=True)
-    leaf = certgen.make_cert(inter_pair, cn=USER, not_before=NOW - DAY,
-                             not_after=NOW + 30 * DAY)
+    inter_pair = certgen.make_cert(
+        root,
+        cn="intermediate",
+        orgs=(),
+        not_before=NOW - DAY,
+        not_after=NOW + 800 * DAY,
+        usage="none",
+        is_ca=True,
+    )
+    leaf = certgen.make_cert(inter_pair, cn=USER, not_before=NOW - DAY, not_after=NOW + 30 * DAY)
     key = certgen.write(tmp_path / "k.pem", leaf.key_pem, 0o600)
     ca_path = certgen.write(tmp_path / "ca.pem", root.cert_pem)
     chain = certgen.write(tmp_path / "chain.pem", leaf.cert_pem + inter_pair.cert_pem)
@@ -360,15 +392,21 @@ def test_intermediate_in_certificate_file_verifies(tmp_path: Path) -> None:
 
 def test_leaf_signed_by_a_non_ca_fails_path_validation(tmp_path: Path) -> None:
     """A certificate "issued" by a CA-less certificate in the bundle fails full validation."""
-    fake_ca = certgen.make_cert(certgen.make_ca(not_before=NOW - DAY, not_after=NOW + DAY * 9),
-                                cn="not-a-ca", orgs=(), not_before=NOW - DAY,
-                                not_after=NOW + 90 * DAY, usage="none")
+    fake_ca = certgen.make_cert(
+        certgen.make_ca(not_before=NOW - DAY, not_after=NOW + DAY * 9),
+        cn="not-a-ca",
+        orgs=(),
+        not_before=NOW - DAY,
+        not_after=NOW + 90 * DAY,
+        usage="none",
+    )
     leaf = certgen.make_cert(fake_ca, cn=USER, not_before=NOW - DAY, not_after=NOW + 30 * DAY)
     cert = certgen.write(tmp_path / "c.pem", leaf.cert_pem)
     key = certgen.write(tmp_path / "k.pem", leaf.key_pem, 0o600)
     ca_path = certgen.write(tmp_path / "ca.pem", fake_ca.cert_pem)
-    problem = only_problem(check_identity(IdentityConfig(str(cert), str(key), str(ca_path)),
-                                          NODE, NOW))
+    problem = only_problem(
+        check_identity(IdentityConfig(str(cert), str(key), str(ca_path)), NODE, NOW)
+    )
     assert problem.startswith(f"{cert}: chain does not verify against {ca_path}:")
 
 
@@ -376,8 +414,14 @@ def test_bundle_with_several_cas_and_rsa_key(tmp_path: Path) -> None:
     """An RSA client key and a CA bundle holding other CAs first still verify."""
     ca = certgen.make_ca(not_before=NOW - DAY, not_after=NOW + 900 * DAY)
     other = certgen.make_ca("other", not_before=NOW - DAY, not_after=NOW + 900 * DAY)
-    leaf = certgen.make_cert(ca, cn=USER, orgs=("extra", "cilium-agents"), not_before=NOW - DAY,
-                             not_after=NOW + 30 * DAY, key=certgen.new_key("rsa"))
+    leaf = certgen.make_cert(
+        ca,
+        cn=USER,
+        orgs=("extra", "cilium-agents"),
+        not_before=NOW - DAY,
+        not_after=NOW + 30 * DAY,
+        key=certgen.new_key("rsa"),
+    )
     cert = certgen.write(tmp_path / "c.pem", leaf.cert_pem)
     key = certgen.write(tmp_path / "k.pem", leaf.key_pem, 0o600)
     bundle = certgen.write(tmp_path / "ca.pem", other.cert_pem + ca.cert_pem)
@@ -404,11 +448,19 @@ def test_report_json_shape(tmp_path: Path) -> None:
     """to_json has the documented keys, an ISO 8601 UTC not_after and whole days left."""
     iss = issue("cryptography", tmp_path, now=NOW, cn=USER, not_after=NOW + 10 * DAY + 60)
     doc = check_identity(ident(iss), NODE, NOW).to_json()
-    assert set(doc) == {"ok", "problems", "warnings", "not_after", "seconds_left", "days_left",
-                        "subject"}
+    assert set(doc) == {
+        "ok",
+        "problems",
+        "warnings",
+        "not_after",
+        "seconds_left",
+        "days_left",
+        "subject",
+    }
     assert doc["ok"] is True and doc["problems"] == [] and doc["days_left"] == 10
     assert doc["not_after"].endswith("Z") and doc["seconds_left"] == pytest.approx(
-        10 * DAY + 60, abs=1)
+        10 * DAY + 60, abs=1
+    )
     assert json.loads(json.dumps(doc)) == doc
 
 
@@ -427,11 +479,14 @@ def test_require_identity_raises_one_line(tmp_path: Path) -> None:
 
 def test_importing_stays_light() -> None:
     """Importing identity, agentconfig and cli_node loads neither cryptography nor yaml."""
-    code = ("import sys, supervisor.identity, supervisor.agentconfig, supervisor.cli_node; "
-            "bad = [m for m in ('cryptography', 'yaml') if m in sys.modules]; "
-            "sys.exit(','.join(bad) or None)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=False, timeout=60)
+    code = (
+        "import sys, supervisor.identity, supervisor.agentconfig, supervisor.cli_node; "
+        "bad = [m for m in ('cryptography', 'yaml') if m in sys.modules]; "
+        "sys.exit(','.join(bad) or None)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -440,8 +495,13 @@ def test_importing_stays_light() -> None:
 
 def test_make_csr_writes_private_key_csr_and_manifest(tmp_path: Path) -> None:
     """A new EC key (0600), a CSR with CN=user and O=group, and a Kubernetes CSR manifest."""
-    files = make_csr(tmp_path / "pki", user=USER, group="cilium-agents", node_name="Node_1",
-                     expiration_seconds=86400)
+    files = make_csr(
+        tmp_path / "pki",
+        user=USER,
+        group="cilium-agents",
+        node_name="Node_1",
+        expiration_seconds=86400,
+    )
     st = files.key.stat()
     assert st.st_mode & 0o777 == 0o600 and st.st_uid == os.geteuid()
     key = serialization.load_pem_private_key(files.key.read_bytes(), None)
@@ -449,11 +509,11 @@ def test_make_csr_writes_private_key_csr_and_manifest(tmp_path: Path) -> None:
     csr = x509.load_pem_x509_csr(files.csr.read_bytes())
     assert csr.is_signature_valid
     assert csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == USER
-    assert csr.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == \
-        "cilium-agents"
+    assert csr.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "cilium-agents"
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    assert csr.public_key().public_bytes(serialization.Encoding.DER, spki) == \
-        key.public_key().public_bytes(serialization.Encoding.DER, spki)
+    assert csr.public_key().public_bytes(
+        serialization.Encoding.DER, spki
+    ) == key.public_key().public_bytes(serialization.Encoding.DER, spki)
     manifest = yaml.safe_load(files.manifest.read_text())
     assert manifest["kind"] == "CertificateSigningRequest"
     assert manifest["metadata"]["name"] == "cilium-agent-node-1"
@@ -462,13 +522,15 @@ def test_make_csr_writes_private_key_csr_and_manifest(tmp_path: Path) -> None:
     assert manifest["spec"]["expirationSeconds"] == 86400
     assert base64.b64decode(manifest["spec"]["request"]) == files.csr.read_bytes()
     assert sorted(p.name for p in files.key.parent.iterdir()) == [
-        "cilium-agent.csr", "cilium-agent.csr.yaml", "cilium-agent.key"]
+        "cilium-agent.csr",
+        "cilium-agent.csr.yaml",
+        "cilium-agent.key",
+    ]
 
 
 def test_make_csr_rsa(tmp_path: Path) -> None:
     """--key-type rsa makes an RSA key of the asked size and adds key encipherment."""
-    files = make_csr(tmp_path, user=USER, group="g", node_name=NODE, key_type="rsa",
-                     rsa_bits=2048)
+    files = make_csr(tmp_path, user=USER, group="g", node_name=NODE, key_type="rsa", rsa_bits=2048)
     key = serialization.load_pem_private_key(files.key.read_bytes(), None)
     assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
     assert "key encipherment" in yaml.safe_load(files.manifest.read_text())["spec"]["usages"]
@@ -495,26 +557,56 @@ def test_csr_signed_by_the_ca_passes_the_check(tmp_path: Path, backend: Backend)
         csr = x509.load_pem_x509_csr(files.csr.read_bytes())
         eku = csr.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         # Sign the CSR's own subject, public key and requested usage, as a fleet PKI would.
-        cert = (x509.CertificateBuilder().subject_name(csr.subject)
-                .issuer_name(ca.cert.subject).public_key(csr.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(datetime.fromtimestamp(NOW - DAY, UTC))
-                .not_valid_after(datetime.fromtimestamp(NOW + 30 * DAY, UTC))
-                .add_extension(eku, critical=False)
-                .sign(ca.key, hashes.SHA256()))
-        cert_path = certgen.write(tmp_path / "cert.pem",
-                                  cert.public_bytes(serialization.Encoding.PEM))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(csr.subject)
+            .issuer_name(ca.cert.subject)
+            .public_key(csr.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(datetime.fromtimestamp(NOW - DAY, UTC))
+            .not_valid_after(datetime.fromtimestamp(NOW + 30 * DAY, UTC))
+            .add_extension(eku, critical=False)
+            .sign(ca.key, hashes.SHA256())
+        )
+        cert_path = certgen.write(
+            tmp_path / "cert.pem", cert.public_bytes(serialization.Encoding.PEM)
+        )
         ca_path = certgen.write(tmp_path / "ca.pem", ca.cert_pem)
     else:
         ossl = certgen.OpenSSL(tmp_path / "openssl")
         ca_files = ossl.ca("test-ca", not_before=NOW - DAY, not_after=NOW + 900 * DAY)
-        subprocess.run(["openssl", "req", "-verify", "-noout", "-in", str(files.csr)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["openssl", "req", "-verify", "-noout", "-in", str(files.csr)],
+            check=True,
+            capture_output=True,
+        )
         cert_path = tmp_path / "cert.pem"
-        subprocess.run(["openssl", "ca", "-batch", "-config", "ca.cnf", "-cert",
-                        str(ca_files[0]), "-keyfile", str(ca_files[1]), "-in", str(files.csr),
-                        "-out", str(cert_path), "-days", "30", "-extensions", "v3_clientAuth",
-                        "-notext", "-preserveDN"], cwd=ossl.dir, check=True, capture_output=True)
+        subprocess.run(
+            [
+                "openssl",
+                "ca",
+                "-batch",
+                "-config",
+                "ca.cnf",
+                "-cert",
+                str(ca_files[0]),
+                "-keyfile",
+                str(ca_files[1]),
+                "-in",
+                str(files.csr),
+                "-out",
+                str(cert_path),
+                "-days",
+                "30",
+                "-extensions",
+                "v3_clientAuth",
+                "-notext",
+                "-preserveDN",
+            ],
+            cwd=ossl.dir,
+            check=True,
+            capture_output=True,
+        )
         ca_path = ca_files[0]
     cfg = IdentityConfig(cert=str(cert_path), key=str(files.key), ca=str(ca_path))
     report = check_identity(cfg, NODE, time.time())
@@ -530,18 +622,26 @@ def test_k8s_object_name() -> None:
 # --- kubeconfig and a real mutual-TLS handshake ------------------------------------------------
 
 
-def test_render_kubeconfig_paths_are_absolute(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_render_kubeconfig_paths_are_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The kubeconfig names server, CA, cert and key with absolute paths and the agent's user."""
     monkeypatch.chdir(tmp_path)
     cfg = IdentityConfig(cert="pki/c.pem", key="pki/k.pem", ca="pki/ca.pem")
     doc = yaml.safe_load(render_kubeconfig(cfg, NODE, "https://10.0.0.1:6443"))
     cluster = doc["clusters"][0]["cluster"]
     user = doc["users"][0]
-    assert cluster == {"server": "https://10.0.0.1:6443",
-                       "certificate-authority": str(tmp_path / "pki/ca.pem")}
-    assert user == {"name": USER, "user": {"client-certificate": str(tmp_path / "pki/c.pem"),
-                                           "client-key": str(tmp_path / "pki/k.pem")}}
+    assert cluster == {
+        "server": "https://10.0.0.1:6443",
+        "certificate-authority": str(tmp_path / "pki/ca.pem"),
+    }
+    assert user == {
+        "name": USER,
+        "user": {
+            "client-certificate": str(tmp_path / "pki/c.pem"),
+            "client-key": str(tmp_path / "pki/k.pem"),
+        },
+    }
     assert doc["current-context"] == doc["contexts"][0]["name"]
     no_ca = yaml.safe_load(render_kubeconfig(IdentityConfig("c", "k"), NODE, "https://h"))
     assert "certificate-authority" not in no_ca["clusters"][0]["cluster"]
@@ -612,8 +712,10 @@ def _tls_client(kubeconfig: Path) -> bytes:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(cluster["certificate-authority"])
     ctx.load_cert_chain(user["client-certificate"], user["client-key"])
-    with socket.create_connection((host, int(port)), timeout=10) as sock, \
-            ctx.wrap_socket(sock, server_hostname=host) as tls:
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as sock,
+        ctx.wrap_socket(sock, server_hostname=host) as tls,
+    ):
         return tls.recv(200)
 
 
@@ -621,9 +723,15 @@ def test_mutual_tls_accepts_the_rendered_kubeconfig_and_rejects_a_bad_one(tmp_pa
     """A loopback server requiring client certificates accepts the agent's, refuses a rogue's."""
     now = time.time()
     ca = certgen.make_ca(not_before=now - DAY, not_after=now + 900 * DAY)
-    server = certgen.make_cert(ca, cn="apiserver", orgs=(), not_before=now - DAY,
-                               not_after=now + 30 * DAY, usage="serverAuth",
-                               san_ips=("127.0.0.1",))
+    server = certgen.make_cert(
+        ca,
+        cn="apiserver",
+        orgs=(),
+        not_before=now - DAY,
+        not_after=now + 30 * DAY,
+        usage="serverAuth",
+        san_ips=("127.0.0.1",),
+    )
     pki = tmp_path / "pki"
     pki.mkdir()
     ca_path = certgen.write(pki / "ca.pem", ca.cert_pem)
@@ -632,14 +740,16 @@ def test_mutual_tls_accepts_the_rendered_kubeconfig_and_rejects_a_bad_one(tmp_pa
     good = certgen.make_cert(ca, cn=USER, not_before=now - DAY, not_after=now + 30 * DAY)
     certgen.write(pki / "agent.pem", good.cert_pem)
     certgen.write(pki / "agent.key", good.key_pem, 0o600)
-    identity = IdentityConfig(cert=str(pki / "agent.pem"), key=str(pki / "agent.key"),
-                              ca=str(ca_path))
+    identity = IdentityConfig(
+        cert=str(pki / "agent.pem"), key=str(pki / "agent.key"), ca=str(ca_path)
+    )
     assert check_identity(identity, NODE, now).ok
 
     port, results, thread = _tls_server(ca_path, srv_cert, srv_key)
     kubeconfig = tmp_path / "agent.kubeconfig"
-    write_kubeconfig(kubeconfig, render_kubeconfig(identity, NODE, f"https://127.0.0.1:{port}"),
-                     force=False)
+    write_kubeconfig(
+        kubeconfig, render_kubeconfig(identity, NODE, f"https://127.0.0.1:{port}"), force=False
+    )
     assert _tls_client(kubeconfig) == USER.encode()
     thread.join(10)
     assert results == [f"accepted:{USER}"]
@@ -650,8 +760,9 @@ def test_mutual_tls_accepts_the_rendered_kubeconfig_and_rejects_a_bad_one(tmp_pa
     certgen.write(pki / "agent.key", rogue.key_pem, 0o600)
     assert not check_identity(identity, NODE, now).ok
     port, results, thread = _tls_server(ca_path, srv_cert, srv_key)
-    write_kubeconfig(kubeconfig, render_kubeconfig(identity, NODE, f"https://127.0.0.1:{port}"),
-                     force=False)
+    write_kubeconfig(
+        kubeconfig, render_kubeconfig(identity, NODE, f"https://127.0.0.1:{port}"), force=False
+    )
     with pytest.raises((ssl.SSLError, ConnectionError)):
         if not _tls_client(kubeconfig):
             raise ConnectionResetError("server closed the connection")
@@ -664,16 +775,26 @@ def test_mutual_tls_accepts_the_rendered_kubeconfig_and_rejects_a_bad_one(tmp_pa
 
 def test_apf_render_objects() -> None:
     """The YAML holds a Limited priority level with the queueing values and a ByUser FlowSchema."""
-    text = render_apf(ApfSettings(group="agents", queues=64, hand_size=8, queue_length_limit=20,
-                                  nominal_concurrency_shares=15, matching_precedence=900))
+    text = render_apf(
+        ApfSettings(
+            group="agents",
+            queues=64,
+            hand_size=8,
+            queue_length_limit=20,
+            nominal_concurrency_shares=15,
+            matching_precedence=900,
+        )
+    )
     assert text.startswith("# API Priority and Fairness")
     plc, fs = list(yaml.safe_load_all(text))
     assert plc["apiVersion"] == fs["apiVersion"] == "flowcontrol.apiserver.k8s.io/v1"
     assert plc["kind"] == "PriorityLevelConfiguration" and plc["spec"]["type"] == "Limited"
     limited = plc["spec"]["limited"]
     assert limited["nominalConcurrencyShares"] == 15
-    assert limited["limitResponse"] == {"type": "Queue", "queuing": {
-        "queues": 64, "handSize": 8, "queueLengthLimit": 20}}
+    assert limited["limitResponse"] == {
+        "type": "Queue",
+        "queuing": {"queues": 64, "handSize": 8, "queueLengthLimit": 20},
+    }
     assert fs["kind"] == "FlowSchema"
     spec = fs["spec"]
     assert spec["priorityLevelConfiguration"] == {"name": plc["metadata"]["name"]}
@@ -682,17 +803,21 @@ def test_apf_render_objects() -> None:
     assert spec["rules"][0]["subjects"] == [{"kind": "Group", "group": {"name": "agents"}}]
 
 
-@pytest.mark.parametrize(("settings", "match"), [
-    (ApfSettings(queues=4, hand_size=5), "--hand-size 5: must be 1..queues"),
-    (ApfSettings(queues=512, hand_size=8), "60 bits of entropy"),
-    (ApfSettings(queues=0), "--queues 0"),
-    (ApfSettings(matching_precedence=1), "--matching-precedence 1"),
-    (ApfSettings(queue_length_limit=0), "--queue-length-limit 0"),
-    (ApfSettings(lendable_percent=101), "--lendable-percent 101"),
-    (ApfSettings(name="Bad Name"), "--name 'Bad Name'"),
-])
-def test_apf_values_the_apiserver_would_reject_are_refused(settings: ApfSettings,
-                                                           match: str) -> None:
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        (ApfSettings(queues=4, hand_size=5), "--hand-size 5: must be 1..queues"),
+        (ApfSettings(queues=512, hand_size=8), "60 bits of entropy"),
+        (ApfSettings(queues=0), "--queues 0"),
+        (ApfSettings(matching_precedence=1), "--matching-precedence 1"),
+        (ApfSettings(queue_length_limit=0), "--queue-length-limit 0"),
+        (ApfSettings(lendable_percent=101), "--lendable-percent 101"),
+        (ApfSettings(name="Bad Name"), "--name 'Bad Name'"),
+    ],
+)
+def test_apf_values_the_apiserver_would_reject_are_refused(
+    settings: ApfSettings, match: str
+) -> None:
     """Queueing values outside the apiserver's validation fail here, naming the option."""
     with pytest.raises(UsageError, match=match):
         render_apf(settings)

@@ -208,3 +208,14 @@ def test_document_round_trip_property(runs: list[tuple[float, float, int | None,
     assert len(back.runs) == len(s.runs)
     for a, b in zip(back.runs, s.runs, strict=True):
         assert abs(a.started_at - b.started_at) < 1e-5 and a.exit_code == b.exit_code
+
+
+def test_cancelled_gate_records_nothing(state_dir: Path) -> None:
+    """A gate cancelled (SIGTERM) while deciding raises Cancelled and records no start."""
+    from supervisor.config import load_config
+    from supervisor.gate import Cancelled, gate_once
+
+    cfg = load_config(env={}, overrides={"cluster_size": 10}, state_dir=state_dir)
+    with pytest.raises(Cancelled):
+        gate_once(cfg, StateStore(state_dir), "cilium-agent", T0, cancelled=lambda: True)
+    assert StateStore(state_dir).read("cilium-agent").state.runs == ()

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import REQUIRE_ROOT_TESTS, clean_env, skip_or_fail
 
+from supervisor.policy import multiplier
+
 W = 1200.0  # 1000 nodes with the default window
 SIZE = ("--cluster-size", "1000")
 
@@ -77,9 +79,23 @@ def test_clock_stepped_forward_a_day_allows_once_then_windows_again(state_dir: P
 def test_back_and_forth_never_allows_twice_in_a_window_of_one_clock(
     state_dir: Path, steps: tuple[str, ...]
 ) -> None:
-    """Whatever the steps, no refusal asks for more than two windows of waiting."""
+    """Whatever the steps, no refusal asks for more than the normal backoff of its level."""
     for shift in steps:
         code, d = gate_at(shift, state_dir)
         if code == 75:
             now = ts(d["decided_at"])
-            assert ts(d["next_allowed_at"]) - now < 2 * W + 1
+            level = d["backoff_level"]
+            assert isinstance(level, int) and level <= len(steps)
+            assert ts(d["next_allowed_at"]) - now < W * multiplier(level, 4) + W + 1
+
+
+def test_start_recorded_in_the_future_is_pinned_to_when_it_was_seen(state_dir: Path) -> None:
+    """Regression: a start two days ahead blocks one backoff from when it was first seen,
+    not until the clock catches up (the clamp is written back to the state)."""
+    assert gate_at("+2d", state_dir)[0] == 0
+    code, d = gate_at("+0", state_dir)
+    assert code == 75
+    wait = ts(d["next_allowed_at"]) - ts(d["decided_at"])
+    assert W <= wait < 2 * W
+    code, later = gate_at(f"+{int(wait) + 2}s", state_dir)
+    assert code == 0, later
