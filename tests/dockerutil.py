@@ -380,7 +380,7 @@ def remove_project(client: Any, project: str) -> None:
     import docker.errors
 
     for c in client.containers.list(
-        all=True, filters={"label": f"com.docker.compose.project={project}"}
+        all=True, filters={"label": f"com.docker.compose.project={project}"}, ignore_removed=True
     ):
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             c.remove(force=True)

@@ -105,6 +105,11 @@ class Project:
         )
 
     def service(self, client: Any, service: str) -> Any | None:
+        """The service's container, or None.
+
+        list() inspects each container it found, and compose may remove one in between
+        (regression: a flaky NotFound in CI): ignore_removed skips those.
+        """
         found = client.containers.list(
             all=True,
             filters={
@@ -113,6 +118,7 @@ class Project:
                     f"com.docker.compose.service={service}",
                 ]
             },
+            ignore_removed=True,
         )
         return found[0] if found else None
 
