@@ -72,6 +72,15 @@ def gate_once(
     policy = Policy.from_config(cfg, agent)
     log = get_logger()
     user = operator.display if operator else None
+    # The probe is a network request (up to probe.timeout per URL): ask it before taking the
+    # lock for the decision, so a slow control plane never holds up record-exit or operators.
+    # A quick locked look says whether the answer can matter; the decision re-checks it.
+    healthy: bool | None = None
+    if probe is not None and not force:
+        peek = store.read(agent).state
+        at = clock() if now is None else now
+        if probe_matters(policy, peek.clamp_future(at), at):
+            healthy = probe()
     try:
         tx_cm = store.transaction(agent, now)
         tx = tx_cm.__enter__()
@@ -97,7 +106,8 @@ def gate_once(
                 now=iso(now),
             )
             state = clamped
-        healthy = probe() if probe is not None and probe_matters(policy, state, now) else None
+        if healthy is not None and not probe_matters(policy, state, now):
+            healthy = None  # the state changed meanwhile (an exit, a start): no longer asked
         d = decide(
             policy, state, now, force=force, reason=reason, user=user, control_plane_healthy=healthy
         )

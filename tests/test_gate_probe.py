@@ -19,11 +19,14 @@ class Health:
     def __init__(self) -> None:
         self.status = 200
         self.hits = 0
+        self.delay = 0.0
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 outer.hits += 1
+                if outer.delay:
+                    time.sleep(outer.delay)
                 self.send_response(outer.status)
                 self.end_headers()
                 self.wfile.write(b"ok" if outer.status == 200 else b"etcd down")
@@ -163,3 +166,49 @@ def test_credentials_in_probe_urls_never_reach_the_log(state_dir: Path, health: 
     )
     assert r.code == 75 and "probe.unhealthy" in r.stderr
     assert "s3cret-pw" not in r.stderr and "***@127.0.0.1" in r.stderr
+
+
+def test_a_hanging_probe_does_not_hold_the_lock(state_dir: Path, health: Health) -> None:
+    """While the gate waits on a slow probe, record-exit (ExecStopPost) is not held up."""
+    import subprocess
+    import sys
+
+    from conftest import clean_env
+
+    assert gate(state_dir, health.url)[0] == 0
+    assert run_cli("record-exit", "--code", "1", "--state-dir", str(state_dir)).code == 0
+    time.sleep(1.1)
+    health.status, health.delay = 500, 4.0
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "supervisor",
+            "gate",
+            "--state-dir",
+            str(state_dir),
+            "--cluster-size",
+            "1",
+            "--set",
+            "window.base=1s",
+            "--set",
+            "window.per_node=0",
+            "--set",
+            "window.min=1s",
+            "--set",
+            f"probe.urls={health.url}",
+            "--set",
+            "probe.timeout=4s",
+        ],
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while health.hits == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert health.hits == 1  # the gate is now inside its probe
+    r = run_cli("hold", "--reason", "during a probe", "--state-dir", str(state_dir))
+    still_probing = proc.poll() is None
+    assert r.code == 0 and still_probing  # the operator was not queued behind the probe
+    assert proc.wait(timeout=30) == 75
