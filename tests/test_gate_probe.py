@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import Result, run_cli
 
 
 class Health:
@@ -51,27 +51,38 @@ def health() -> Iterator[Health]:
     h.close()
 
 
-def gate(state_dir: Path, url: str) -> tuple[int, dict[str, object]]:
-    """One gate decision with a one-second window and the probe on ``url``."""
+#: A one-node cluster with a one-second window: the window passes within a test.
+SMALL = [
+    "--cluster-size",
+    "1",
+    "--set",
+    "window.base=1s",
+    "--set",
+    "window.per_node=0",
+    "--set",
+    "window.min=1s",
+]
+
+
+def run_gate(state_dir: Path, url: str, *extra: str) -> Result:
+    """One gate process with a one-second window and the probe on ``url``."""
     r = run_cli(
         "gate",
         "--json",
         "--state-dir",
         str(state_dir),
-        "--cluster-size",
-        "1",
-        "--set",
-        "window.base=1s",
-        "--set",
-        "window.per_node=0",
-        "--set",
-        "window.min=1s",
+        *SMALL,
         "--set",
         f"probe.urls={url}",
-        "--set",
-        "probe.timeout=2s",
+        *extra,
     )
     assert r.code in (0, 75), r.stderr
+    return r
+
+
+def gate(state_dir: Path, url: str) -> tuple[int, dict[str, object]]:
+    """One gate decision, as (exit code, decision JSON)."""
+    r = run_gate(state_dir, url, "--set", "probe.timeout=2s")
     return r.code, json.loads(r.stdout)
 
 
@@ -110,24 +121,7 @@ def test_clean_exit_after_a_stable_run_does_not_probe(state_dir: Path, health: H
         == 0
     )
     health.status = 500
-    r = run_cli(
-        "gate",
-        "--json",
-        "--state-dir",
-        str(state_dir),
-        "--cluster-size",
-        "1",
-        "--set",
-        "window.base=1s",
-        "--set",
-        "window.per_node=0",
-        "--set",
-        "window.min=1s",
-        "--set",
-        f"probe.urls={health.url}",
-        "--set",
-        "stable_after=1s",
-    )
+    r = run_gate(state_dir, health.url, "--set", "stable_after=1s")
     assert r.code == 0 and health.hits == 0
 
 
@@ -148,22 +142,7 @@ def test_credentials_in_probe_urls_never_reach_the_log(state_dir: Path, health: 
     assert run_cli("record-exit", "--code", "1", "--state-dir", str(state_dir)).code == 0
     time.sleep(1.1)
     health.status = 500
-    r = run_cli(
-        "gate",
-        "--json",
-        "--state-dir",
-        str(state_dir),
-        "--cluster-size",
-        "1",
-        "--set",
-        "window.base=1s",
-        "--set",
-        "window.per_node=0",
-        "--set",
-        "window.min=1s",
-        "--set",
-        f"probe.urls={url}",
-    )
+    r = run_gate(state_dir, url)
     assert r.code == 75 and "probe.unhealthy" in r.stderr
     assert "s3cret-pw" not in r.stderr and "***@127.0.0.1" in r.stderr
 
