@@ -44,6 +44,7 @@ from typing import Any, Final, Literal
 
 from supervisor.config import Config
 from supervisor.errors import ConfigError, StateError
+from supervisor.fsutil import fsync_dir
 from supervisor.log import get_logger
 
 #: Stability options and the values large production fleets settled on; ``[agent]`` overrides.
@@ -336,7 +337,7 @@ def render_options(
         try:
             _populate(tmp, target, options, set(result.unchanged))
             os.chmod(tmp, old_mode)
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             old = _swap_in(tmp, target)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -350,7 +351,7 @@ def render_options(
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         try:
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as exc:
             raise StateError(
                 f"{target}: rendered, but the rename may not survive a power "
@@ -478,16 +479,8 @@ def _recover_locked(target: Path) -> str | None:
     for stale in olds + temps:
         shutil.rmtree(stale, ignore_errors=True)
     if restored is not None or olds or temps:
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     return restored
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -23,16 +22,18 @@ from supervisor.cli_common import (
     SetOpt,
     StateDirOpt,
     check_agent,
+    duration_option,
+    emit_json,
     load,
 )
 from supervisor.config import Config
-from supervisor.durations import DurationError, format_duration, parse_duration
-from supervisor.errors import SupervisorError, UsageError
+from supervisor.durations import format_duration
+from supervisor.errors import SupervisorError, UsageError, one_line
 from supervisor.gate import (
     Cancelled,
-    EndHook,
     GateResult,
     check_identity,
+    docker_end_hook_for,
     gate_once,
     make_probe_for,
     publish_metrics,
@@ -56,11 +57,6 @@ app = typer.Typer(
 )
 
 
-def _emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
-    sys.stdout.flush()
-
-
 def _log_decision(result: GateResult, user: str | None) -> None:
     d = result.decision
     log = get_logger()
@@ -81,15 +77,6 @@ def _log_decision(result: GateResult, user: str | None) -> None:
         log.warning(d.event, **fields)
     else:
         log.info(d.event, **fields)
-
-
-def _docker_end_hook(cfg: Config, agent: str) -> EndHook | None:
-    """Docker's record of the last run, when ``docker.container`` is set (lazy import)."""
-    if not cfg.docker_container:
-        return None
-    from supervisor.docker_watch import docker_end_hook
-
-    return docker_end_hook(cfg, agent)
 
 
 class _Interrupted(Exception):
@@ -156,7 +143,7 @@ def gate(
     cert_left = None if force else check_identity(cfg, time.time())
 
     probe = make_probe_for(cfg)
-    end_hook = _docker_end_hook(cfg, agent)
+    end_hook = docker_end_hook_for(cfg, agent)
 
     stop: dict[str, float] = {}  # set by _wait's signal handler
 
@@ -186,7 +173,7 @@ def gate(
         except errors.StateError as exc:
             get_logger().error("audit.write_failed", agent=agent, why=str(exc))
     if json_out:
-        _emit(result.decision.to_json())
+        emit_json(result.decision.to_json())
     elif not command:
         sys.stdout.write(
             ("allowed: " if result.decision.allowed else "not now: ")
@@ -287,7 +274,7 @@ def status(
         now,
         record=False,
         probe=make_probe_for(cfg),
-        end_hook=_docker_end_hook(cfg, agent),
+        end_hook=docker_end_hook_for(cfg, agent),
     )
     d = result.decision
     state = result.state
@@ -313,12 +300,14 @@ def status(
     doc["override"] = _flag_json(state.override, now)
     doc["quarantined"] = list(result.quarantined)
     doc["audit"] = store.audit_tail(5)
+    cert = None
     if cfg.identity is not None:
         from supervisor.identity import check_identity
 
-        doc["identity"] = check_identity(cfg.identity, cfg.node_name, now).to_json()
+        cert = check_identity(cfg.identity, cfg.node_name, now)
+        doc["identity"] = cert.to_json()
     if json_out:
-        _emit(doc)
+        emit_json(doc)
         return
     out = [
         f"agent        {agent} on {d.node}",
@@ -338,13 +327,8 @@ def status(
         if flag is not None and flag.active(now):
             until = iso_seconds(flag.until) if flag.until is not None else "released"
             out.append(f"{name:<12} by {flag.user} until {until}: {flag.reason}")
-    if "identity" in doc:
-        ident = doc["identity"]
-        out.append(
-            f"certificate  {'ok' if ident['ok'] else 'BAD'}"
-            + (f", expires {ident['not_after']}" if ident.get("not_after") else "")
-            + "".join(f"; {p}" for p in ident["problems"] + ident["warnings"])
-        )
+    if cert is not None:
+        out.append(f"certificate  {cert.summary()}")
     out.append("last runs:" if state.runs else "last runs:   none")
     for r in state.runs[-5:]:
         end = (
@@ -434,10 +418,7 @@ def _operator_action(
 def _duration_opt(value: str | None, name: str) -> float | None:
     if value is None:
         return None
-    try:
-        seconds = parse_duration(value)
-    except DurationError as exc:
-        raise UsageError(f"{name} {value!r}: {exc}") from None
+    seconds = duration_option(value, name)
     if seconds <= 0:
         raise UsageError(f"{name} {value!r}: must be longer than zero")
     return seconds
@@ -630,7 +611,7 @@ def window(
     w = window_seconds(cfg.window, size)
     rate = size / w * 60
     if json_out:
-        _emit(
+        emit_json(
             {
                 "cluster_size": size,
                 "window_seconds": w,
@@ -693,7 +674,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _app_for(args)(args=args, prog_name="agent-supervisor")
     except SupervisorError as exc:
-        msg = " ".join(str(exc).split()) or type(exc).__name__
+        msg = one_line(exc)
         get_logger().debug("cli.error", error=msg, exit_code=exc.exit_code)
         _fail(msg, exc.exit_code)
     except KeyboardInterrupt:

@@ -6,13 +6,16 @@ and ``--set KEY=VALUE`` options, so an operator never has to remember which comm
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 import typer
 
 from supervisor.config import Config, load_config, parse_assignment
+from supervisor.durations import DurationError, parse_duration
 from supervisor.errors import UsageError
 
 AGENT_NAME: Final = re.compile(r"[a-z0-9._-]+")
@@ -64,6 +67,20 @@ MetricsOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+def emit_json(obj: dict[str, Any]) -> None:
+    """Print one JSON object on stdout (the command's answer; logs go to stderr)."""
+    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def duration_option(value: str, option: str) -> float:
+    """Parse a duration given on the command line; a usage error (2) names the option."""
+    try:
+        return parse_duration(value)
+    except DurationError as exc:
+        raise UsageError(f"{option} {value!r}: {exc}") from None
 
 
 def check_agent(agent: str) -> str:

@@ -7,7 +7,6 @@ other command's.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +23,7 @@ from supervisor.cli_common import (
     SetOpt,
     StateDirOpt,
     check_agent,
+    emit_json,
     load,
 )
 from supervisor.errors import UsageError
@@ -140,7 +140,7 @@ def doctor_command(
             "ok": not problems,
             "problems": [p.to_json() for p in problems],
         }
-        sys.stdout.write(json.dumps(doc, sort_keys=True) + "\n")
+        emit_json(doc)
     else:
         sys.stdout.write(doctor.render(compose, name, mode, problems))
     sys.stdout.flush()

@@ -7,15 +7,13 @@ Parse, call, print: the work is in :mod:`supervisor.simulate` and :mod:`supervis
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import typer
 
-from supervisor.cli_common import ConfigOpt, JsonOpt, SetOpt, load
-from supervisor.durations import DurationError, parse_duration
+from supervisor.cli_common import ConfigOpt, JsonOpt, SetOpt, duration_option, emit_json, load
 from supervisor.errors import UsageError
 from supervisor.log import get_logger
 from supervisor.policy import window_seconds
@@ -42,18 +40,6 @@ SlotsOpt = Annotated[
         help="slot offsets: hash (default), index (exact ordinals), address (IPv4 block)",
     ),
 ]
-
-
-def _duration(value: str, option: str) -> float:
-    try:
-        return parse_duration(value)
-    except DurationError as exc:
-        raise UsageError(f"{option} {value!r}: {exc}") from None
-
-
-def _emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
-    sys.stdout.flush()
 
 
 def simulate_command(
@@ -136,10 +122,10 @@ def simulate_command(
         sc = Scenario(
             kind=kind,
             nodes=nodes,
-            outage=_duration(outage_text, "--outage"),
-            fail_after=_duration(fail_after, "--fail-after"),
-            boot_spread=_duration(boot_spread, "--boot-spread"),
-            rolling_interval=_duration(interval, "--interval"),
+            outage=duration_option(outage_text, "--outage"),
+            fail_after=duration_option(fail_after, "--fail-after"),
+            boot_spread=duration_option(boot_spread, "--boot-spread"),
+            rolling_interval=duration_option(interval, "--interval"),
         )
         fleet = Fleet(
             window=window_seconds(cfg.window, nodes),
@@ -162,7 +148,7 @@ def simulate_command(
             raise UsageError(f"--plot {str(plot)!r}: {exc.strerror or exc}") from None
         get_logger().info("simulate.plot_written", path=str(plot))
     if json_out:
-        _emit(result.to_json())
+        emit_json(result.to_json())
         return
     table = render_table(result)
     if plot is not None:
@@ -203,12 +189,12 @@ def plan_command(
             max_start_rate,
             slots=slots,
             current=cfg.window,
-            outage=_duration(outage, "--outage"),
+            outage=duration_option(outage, "--outage"),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if json_out:
-        _emit(p.to_json())
+        emit_json(p.to_json())
     else:
         sys.stdout.write(render_plan(p))
 

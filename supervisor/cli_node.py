@@ -10,11 +10,10 @@ commands: ``cli`` imports this module on every gate call, which must not pay for
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -25,6 +24,7 @@ from supervisor.cli_common import (
     NodeNameOpt,
     SetOpt,
     StateDirOpt,
+    emit_json,
     load,
 )
 from supervisor.config import Config, IdentityConfig
@@ -71,11 +71,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(certs_app, name="certs")
     app.add_typer(kubeconfig_app, name="kubeconfig")
     app.add_typer(apf_app, name="apf")
-
-
-def _emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
-    sys.stdout.flush()
 
 
 def _say(lines: list[str]) -> None:
@@ -146,7 +141,7 @@ def config_render(
     cfg = load(config, state_dir, cluster_size, node_name, sets)
     result = render(cfg, output)
     if json_out:
-        _emit(result.to_json(values=True))
+        emit_json(result.to_json(values=True))
     else:
         _say(_render_lines(result, "render"))
 
@@ -170,7 +165,7 @@ def config_diff(
     cfg = load(config, state_dir, cluster_size, node_name, sets)
     result = plan(cfg, output)
     if json_out:
-        _emit(result.to_json(values=True))
+        emit_json(result.to_json(values=True))
     else:
         _say(_render_lines(result, "diff"))
     if exit_code and result.any_change:
@@ -197,7 +192,7 @@ def certs_check(
     ident = _identity(cfg, "certs check")
     report = check_identity(ident, cfg.node_name, time.time())
     if json_out:
-        _emit(report.to_json())
+        emit_json(report.to_json())
     else:
         lines = [
             f"certificate  {ident.cert}",
@@ -282,7 +277,7 @@ def certs_csr(
         "certs.csr_written", key=str(files.key), csr=str(files.csr), subject=files.subject
     )
     if json_out:
-        _emit(files.to_json())
+        emit_json(files.to_json())
     else:
         _say(
             [

@@ -28,7 +28,6 @@ DEFAULT_CONFIG_PATH: Final = Path("/etc/agent-supervisor/config.toml")
 DEFAULT_STATE_DIR: Final = Path("/var/lib/agent-supervisor")
 ENV_PREFIX: Final = "AGENT_SUPERVISOR_"
 ENV_CONFIG: Final = "AGENT_SUPERVISOR_CONFIG"
-ENV_STATE_DIR: Final = "AGENT_SUPERVISOR_STATE_DIR"
 #: A config file larger than this is not a config file (a log pointed at by mistake).
 MAX_CONFIG_BYTES: Final = 1024 * 1024
 #: Largest cluster we accept: well beyond any real fleet, small enough to keep arithmetic sane.

@@ -42,7 +42,7 @@ from types import FrameType
 from typing import Any, Final, Literal
 
 from supervisor.config import Config
-from supervisor.errors import ConfigError, IdentityError, StateError, UsageError
+from supervisor.errors import ConfigError, IdentityError, StateError, UsageError, one_line
 from supervisor.gate import (
     EndHook,
     GateResult,
@@ -346,7 +346,7 @@ def _unix_socket(docker_host: str | None) -> str | None:
     return None
 
 
-def _connect_from_env(timeout: float) -> Any:
+def connect_from_env(timeout: float) -> Any:
     """A client for DOCKER_HOST, or DockerException when nothing answers there.
 
     A unix socket is tried first with a socket of our own, closed whatever happens: the SDK
@@ -381,7 +381,7 @@ class Daemon:
         agent: str,
         target: Target,
         *,
-        connect: Callable[[float], Any] = _connect_from_env,
+        connect: Callable[[float], Any] = connect_from_env,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         receive: Callable[[float | None], _Msg | None] | None = None,
@@ -505,12 +505,12 @@ class Daemon:
         try:
             client = self._connect_fn(self.api_timeout)
         except errors as exc:
-            raise _Disconnected(_one_line(exc)) from None
+            raise _Disconnected(one_line(exc, 500)) from None
         try:
             try:
                 stream = client.events(decode=True, filters=self.target.event_filters())
             except errors as exc:
-                raise _Disconnected(_one_line(exc)) from None
+                raise _Disconnected(one_line(exc, 500)) from None
             reader = threading.Thread(
                 target=self._read_events, args=(stream, sid), name="docker-events", daemon=True
             )
@@ -546,7 +546,7 @@ class Daemon:
                 if isinstance(event, dict):
                     self.inbox.put(_Msg(session, "event", event))
         except caught as exc:
-            why = _one_line(exc)
+            why = one_line(exc, 500)
         finally:
             self.inbox.put(_Msg(session, "closed", why))
 
@@ -559,7 +559,7 @@ class Daemon:
         except docker.errors.APIError:
             raise
         except _docker_errors() as exc:
-            raise _Disconnected(_one_line(exc)) from None
+            raise _Disconnected(one_line(exc, 500)) from None
 
     # --- reacting to the container ----------------------------------------------------------
 
@@ -595,7 +595,9 @@ class Daemon:
             except docker.errors.APIError as exc:
                 # Docker answered, but not with the container: treat it like a lost
                 # connection (log, wait, look again) rather than stop supervising.
-                raise _Disconnected(f"Docker answered with an error: {_one_line(exc)}") from None
+                raise _Disconnected(
+                    f"Docker answered with an error: {one_line(exc, 500)}"
+                ) from None
             if container is None:
                 if not self._missing_logged:
                     self.log.warning(
@@ -722,7 +724,10 @@ class Daemon:
             # The start is recorded and did not happen: the next look records it as a run
             # that ended where it began, and the next start waits for the gate like any other.
             self.log.error(
-                "daemon.start_failed", agent=self.agent, container=info.name, error=_one_line(exc)
+                "daemon.start_failed",
+                agent=self.agent,
+                container=info.name,
+                error=one_line(exc, 500),
             )
             return True
         self.log.info(
@@ -735,11 +740,6 @@ class Daemon:
             recorded=result.recorded,
         )
         return False
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:500]
 
 
 def run(cfg: Config, agent: str, target: Target) -> int:
@@ -764,7 +764,7 @@ def inspect_container(name: str, timeout: float = HOOK_TIMEOUT) -> ContainerInfo
     """``docker inspect NAME`` as a :class:`ContainerInfo`; None when there is no such one."""
     import docker.errors
 
-    client = _connect_from_env(timeout)
+    client = connect_from_env(timeout)
     try:
         return ContainerInfo.from_attrs(client.containers.get(name).attrs)
     except docker.errors.NotFound:
@@ -797,7 +797,7 @@ def docker_end_hook(
         try:
             info = inspect(name)
         except Exception as exc:  # noqa: BLE001 - whatever Docker does, the gate must answer
-            log.warning("docker.unavailable", agent=agent, container=name, error=_one_line(exc))
+            log.warning("docker.unavailable", agent=agent, container=name, error=one_line(exc, 500))
             return state
         if info is None:
             log.info("docker.container_missing", agent=agent, container=name)

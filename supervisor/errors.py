@@ -27,6 +27,12 @@ EXIT_CONFIG: Final = 78
 EXIT_EXEC: Final = 127
 
 
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """An exception as one line of text (whitespace folded), for error lines and log fields."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if limit is None else text[:limit]
+
+
 class SupervisorError(Exception):
     """Base of every error agent-supervisor reports to a user as one line."""
 

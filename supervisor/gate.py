@@ -251,6 +251,18 @@ def check_identity(cfg: Config, now: float) -> float | None:
     return report.seconds_left
 
 
+def docker_end_hook_for(cfg: Config, agent: str) -> EndHook | None:
+    """Docker's record of the last run when ``docker.container`` is set, else None.
+
+    docker_watch (and the docker SDK behind it) is imported only then: not on the plain gate.
+    """
+    if not cfg.docker_container:
+        return None
+    from supervisor.docker_watch import docker_end_hook
+
+    return docker_end_hook(cfg, agent)
+
+
 def make_probe_for(cfg: Config) -> Probe | None:
     """The control-plane probe, or None; http.client and ssl are imported only when needed."""
     if not cfg.probe.urls:

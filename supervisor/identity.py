@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from supervisor.config import IdentityConfig
 from supervisor.durations import format_duration
-from supervisor.errors import ConfigError, IdentityError, StateError, UsageError
+from supervisor.errors import ConfigError, IdentityError, StateError, UsageError, one_line
+from supervisor.fsutil import fsync_dir
 from supervisor.state import iso_seconds
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ def check_identity(identity: IdentityConfig, node_name: str, now: float) -> Cert
     try:
         _run_checks(identity, node_name, now, problems, warnings, facts)
     except Exception as exc:  # noqa: BLE001 - the gate must get a report, never a traceback
-        problems.append(f"{identity.cert}: cannot be checked: {_one_line(exc)}")
+        problems.append(f"{identity.cert}: cannot be checked: {one_line(exc)}")
     return CertReport(
         ok=not problems,
         problems=tuple(problems),
@@ -223,7 +224,7 @@ def _load_certs(path: str, what: str, problems: list[str]) -> list[x509.Certific
     try:
         return list(x509.load_pem_x509_certificates(data))
     except Exception as exc:  # noqa: BLE001 - any parser error is a broken file, never a crash
-        problems.append(f"{path}: broken PEM {what}: {_one_line(exc)}")
+        problems.append(f"{path}: broken PEM {what}: {one_line(exc)}")
         return []
 
 
@@ -243,7 +244,7 @@ def _load_key(path: str, problems: list[str]) -> PrivateKeyTypes | None:
     except TypeError:
         problems.append(f"{path}: the private key is encrypted; the agent needs it unencrypted")
     except Exception as exc:  # noqa: BLE001 - any parser error is a broken file, never a crash
-        problems.append(f"{path}: broken PEM private key: {_one_line(exc)}")
+        problems.append(f"{path}: broken PEM private key: {one_line(exc)}")
     return None
 
 
@@ -346,7 +347,7 @@ def _check_usage(
         )
         return
     except Exception as exc:  # noqa: BLE001 - a malformed extension is a problem, not a crash
-        problems.append(f"{path}: unreadable extensions: {_one_line(exc)}")
+        problems.append(f"{path}: unreadable extensions: {one_line(exc)}")
         return
     usages = list(eku)
     if (
@@ -470,14 +471,10 @@ def _verify_path(
         )
         verifier.verify(leaf, list(extra))
     except VerificationError as exc:
-        return _PROCESSING.sub("", _one_line(exc)).removeprefix("validation failed: ")
+        return _PROCESSING.sub("", one_line(exc)).removeprefix("validation failed: ")
     except Exception as exc:  # noqa: BLE001 - an unusable CA bundle is a problem, not a crash
-        return _one_line(exc)
+        return one_line(exc)
     return None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # --- writing: CSR, kubeconfig, APF -------------------------------------------------------------
@@ -515,11 +512,7 @@ def write_file(path: Path, data: bytes, *, mode: int, overwrite: bool) -> None:
                     raise UsageError(
                         f"{path} already exists (pass --force to replace it)"
                     ) from None
-            dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsync_dir(parent)
         except OSError as exc:
             raise StateError(f"{path}: cannot write: {exc.strerror or exc}") from None
     finally:

@@ -67,8 +67,11 @@ def authorize(op: Operator, action: str, state_dir: Path, operators_group: str |
     """Raise :class:`NotPermitted` unless ``op`` may perform ``action``."""
     if os.geteuid() == 0:
         sudo = op.sudo_user
-        if operators_group and sudo and sudo != "root" and not _in_group(
-            operators_group, sudo, this_process=False
+        if (
+            operators_group
+            and sudo
+            and sudo != "root"
+            and not _in_group(operators_group, sudo, this_process=False)
         ):
             raise NotPermitted(
                 f"{action}: not permitted for {sudo} (through sudo); only members of group "

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from supervisor.errors import StateError
+from supervisor.fsutil import fsync_dir
 from supervisor.log import get_logger
 from supervisor.state import AgentState, StateFormatError, from_document, iso, to_document
 
@@ -213,7 +214,7 @@ class StateStore:
             n += 1
         try:
             os.rename(path, target)
-            self._fsync_dir()
+            fsync_dir(self.directory)
         except OSError as exc:
             raise StateError(
                 f"state file {path} is corrupt ({why}) and cannot be moved aside: {exc.strerror}"
@@ -256,7 +257,7 @@ class StateStore:
             finally:
                 os.close(fd)
             os.replace(tmp, path)
-            self._fsync_dir()
+            fsync_dir(self.directory)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -264,13 +265,6 @@ class StateStore:
             if exc.errno == errno.ENOSPC:
                 why = "no space left on device"
             raise StateError(f"cannot write state file {path}: {why}") from None
-
-    def _fsync_dir(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def _remove_stale_temps(self, agent: str) -> None:
         """Temp files of writers killed mid-write; we hold the lock, so none is in use."""

@@ -261,24 +261,7 @@ def test_window_command_prints_window_and_rate() -> None:
 def test_wait_wakes_on_override(state_dir: Path) -> None:
     """A waiting gate notices an override within about a second and starts."""
     assert gate(state_dir, *SIZE).code == 0
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "supervisor",
-            "gate",
-            "--wait",
-            "--json",
-            "--state-dir",
-            str(state_dir),
-            *SIZE,
-        ],
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _wait_for_log(proc, "gate.refused")
+    proc = _waiting_gate(state_dir, "--json")
     assert run_cli("override", "--reason", "go", "--state-dir", str(state_dir)).code == 0
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0 and json.loads(out)["allowed"] is True
@@ -289,23 +272,7 @@ def test_wait_ends_on_signal_without_recording(state_dir: Path, sig: signal.Sign
     """SIGTERM/SIGINT end a wait at once with exit 75, and no start is recorded."""
     assert gate(state_dir, *SIZE).code == 0
     before = (state_dir / "cilium-agent.json").read_bytes()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "supervisor",
-            "gate",
-            "--wait",
-            "--state-dir",
-            str(state_dir),
-            *SIZE,
-        ],
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _wait_for_log(proc, "gate.refused")
+    proc = _waiting_gate(state_dir)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 75
@@ -383,6 +350,29 @@ def test_non_operator_is_refused_with_77(tmp_path: Path, nobody: int) -> None:
         assert "not permitted for user" in r.stderr_lines[0]
     assert (sd / "cilium-agent.json").read_bytes() == before
     shutil.rmtree(base)
+
+
+def _waiting_gate(state_dir: Path, *extra: str) -> subprocess.Popen[str]:
+    """A ``gate --wait`` process that has been refused and is now waiting."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "supervisor",
+            "gate",
+            "--wait",
+            *extra,
+            "--state-dir",
+            str(state_dir),
+            *SIZE,
+        ],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_log(proc, "gate.refused")
+    return proc
 
 
 def _wait_for_log(proc: subprocess.Popen[str], event: str) -> None:

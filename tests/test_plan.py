@@ -103,8 +103,15 @@ def test_simulated_fleet_stays_under_the_planned_rate(slots: str) -> None:
     st.sampled_from(["index", "address", "hash"]),
 )
 def test_planned_window_keeps_mean_and_peak_under_r(nodes: int, rate: float, slots: str) -> None:
-    """For any fleet and budget, the planned W keeps both the mean and the peak under R."""
-    w = needed_window(nodes, rate, slots)  # type: ignore[arg-type]
+    """For any fleet and budget, the planned W keeps both the mean and the peak under R, or
+    the budget is refused because no window up to ten years meets it."""
+    try:
+        w = needed_window(nodes, rate, slots)  # type: ignore[arg-type]
+    except ValueError as exc:
+        # Regression (found by hypothesis in CI): 82,126 nodes at 1/min with hash slots. A
+        # busiest minute of hashed starts holds two starts long before the mean gets that low.
+        assert "no window up to ten years" in str(exc) and slots == "hash"
+        return
     assert nodes * 60 / w <= rate + 1e-9 or w == 60.0
     assert expected_peak(nodes, w, slots) <= max(rate, nodes * 60 / w)  # type: ignore[arg-type]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -210,15 +211,22 @@ events = st.lists(
     min_size=1,
     max_size=60,
 )
-
-
-@settings(max_examples=300, deadline=None)
-@given(
+#: A call sequence, a window, a slot offset and a multiplier cap: the invariants' inputs.
+_given_cases = given(
     events,
     st.floats(min_value=60, max_value=3600),
     st.floats(min_value=0, max_value=0.999),
     st.integers(min_value=1, max_value=16),
 )
+
+
+def invariant_cases(test: Callable[..., None]) -> Callable[..., None]:
+    """Run ``test`` as a hypothesis property over call sequences and policies."""
+    wrapped: Callable[..., None] = settings(max_examples=300, deadline=None)(_given_cases(test))
+    return wrapped
+
+
+@invariant_cases
 def test_at_most_one_gated_start_per_window(
     evs: list[tuple[float, str]], window: float, offset: float, max_mult: int
 ) -> None:
@@ -240,13 +248,7 @@ def test_at_most_one_gated_start_per_window(
     assert all(b - a >= window for a, b in itertools.pairwise(gated))
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    events,
-    st.floats(min_value=60, max_value=3600),
-    st.floats(min_value=0, max_value=0.999),
-    st.integers(min_value=1, max_value=16),
-)
+@invariant_cases
 def test_refusals_are_deterministic_and_in_their_window(
     evs: list[tuple[float, str]], window: float, offset: float, max_mult: int
 ) -> None:
