@@ -9,15 +9,26 @@
 #    $DOCKER_CI_LOG, started in the background; waits (bounded) until `docker info` answers.
 #
 # Use it either way:
-#   source .ci/docker.sh; docker_ci_start     # prints dockerd's PID
+#   source .ci/docker.sh; docker_ci_start     # prints the PID of the dockerd it started
 #   source .ci/docker.sh; docker_ci_stop
 #   bash .ci/docker.sh start|stop|install
 #
-# An engine that already answers is left alone (its PID is printed). Nothing here is fatal to
-# the shell that sources it: the functions return non-zero instead of exiting.
+# Only what it started is stopped: docker_ci_start writes the PID of the dockerd it starts to
+# $DOCKER_CI_PIDFILE, and docker_ci_stop stops that process (if it is still that dockerd) and
+# nothing else. An engine that already answers (at $DOCKER_HOST, else the default socket) is
+# used as it is, nothing is printed, no PID is recorded, and it keeps running: it may be the
+# machine's, or someone else's. Nothing here is fatal to the shell that sources it: the
+# functions return non-zero instead of exiting.
+#
+# Also from the environment: DOCKER_CI_DOCKERD_ARGS, dockerd's arguments (a test gives its
+# own -H, --pidfile, --data-root and --exec-root to start an engine of its own), and
+# DOCKER_CI_INSTALL=0 to skip the installation.
 
 DOCKER_CI_LOG="${DOCKER_CI_LOG:-/tmp/dockerd.log}"
 DOCKER_CI_WAIT="${DOCKER_CI_WAIT:-60}"
+DOCKER_CI_PIDFILE="${DOCKER_CI_PIDFILE:-/tmp/docker-ci-dockerd.pid}"
+DOCKER_CI_DOCKERD_ARGS="${DOCKER_CI_DOCKERD_ARGS:---bridge=none --iptables=false}"
+DOCKER_CI_INSTALL="${DOCKER_CI_INSTALL:-1}"
 DOCKER_CI_COMPOSE_V2="${DOCKER_CI_COMPOSE_V2:-2.40.3}"
 DOCKER_CI_PLUGIN_DIR="${DOCKER_CI_PLUGIN_DIR:-/usr/local/lib/docker/cli-plugins}"
 
@@ -79,25 +90,28 @@ _docker_ci_answers() {
   timeout 10 docker info >/dev/null 2>&1
 }
 
-_docker_ci_pid() {
-  local pid
-  pid="$(cat /var/run/docker.pid 2>/dev/null)"
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    echo "$pid"
-  else
-    pidof dockerd | awk '{print $1}'
-  fi
+# Whether PID $1 is a dockerd that has not ended: not a zombie, not a number reused since.
+_docker_ci_running() {
+  local state
+  [[ "$1" =~ ^[0-9]+$ ]] || return 1
+  [ "$(cat "/proc/$1/comm" 2>/dev/null)" = dockerd ] || return 1
+  state="$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null)"
+  [ -n "$state" ] && [ "${state:0:1}" != Z ] && [ "${state:0:1}" != X ]
 }
 
 docker_ci_start() {
   local pid i
-  docker_ci_install || return $?
+  if [ "$DOCKER_CI_INSTALL" = 1 ]; then
+    docker_ci_install || return $?
+  fi
   if _docker_ci_answers; then
-    _docker_ci_pid
+    echo "docker.sh: a Docker engine already answers; using it and leaving it running" >&2
     return 0
   fi
-  nohup dockerd --bridge=none --iptables=false >>"$DOCKER_CI_LOG" 2>&1 </dev/null &
+  # shellcheck disable=SC2086 # DOCKER_CI_DOCKERD_ARGS is a list of words
+  nohup dockerd $DOCKER_CI_DOCKERD_ARGS >>"$DOCKER_CI_LOG" 2>&1 </dev/null &
   pid=$!
+  echo "$pid" >"$DOCKER_CI_PIDFILE"
   for ((i = 0; i < DOCKER_CI_WAIT * 2; i++)); do
     if _docker_ci_answers; then
       echo "$pid"
@@ -110,22 +124,29 @@ docker_ci_start() {
   done
   echo "docker.sh: dockerd did not answer within ${DOCKER_CI_WAIT}s; end of $DOCKER_CI_LOG:" >&2
   tail -n 30 "$DOCKER_CI_LOG" >&2
+  docker_ci_stop
   return 1
 }
 
+# Stop the dockerd that docker_ci_start started (the PID in $DOCKER_CI_PIDFILE), and no other.
 docker_ci_stop() {
   local pid i
-  pid="$(_docker_ci_pid)"
-  if [ -z "$pid" ]; then
+  pid="$(cat "$DOCKER_CI_PIDFILE" 2>/dev/null || true)"
+  if ! _docker_ci_running "$pid"; then
+    rm -f "$DOCKER_CI_PIDFILE"
     return 0
   fi
-  kill -TERM "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null
   for ((i = 0; i < 60; i++)); do
-    kill -0 "$pid" 2>/dev/null || return 0
+    if ! _docker_ci_running "$pid"; then
+      rm -f "$DOCKER_CI_PIDFILE"
+      return 0
+    fi
     sleep 0.5
   done
   echo "docker.sh: dockerd ($pid) did not stop within 30s; killing it" >&2
   kill -KILL "$pid" 2>/dev/null
+  rm -f "$DOCKER_CI_PIDFILE"
   return 0
 }
 
