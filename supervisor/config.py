@@ -7,10 +7,17 @@ environment variable or the command line), the key and the value, and exits 78.
 Why a schema table rather than ad-hoc ``dict.get`` calls: the same table drives the file parser,
 the environment mapping (``window.per_node`` <-> ``AGENT_SUPERVISOR_WINDOW_PER_NODE``), the
 ``--set`` flag and the unknown-key check, so a key cannot be accepted in one place and not another.
+
+Unknown ``AGENT_SUPERVISOR_*`` environment variables are errors too, as unknown keys in the file
+are: a misspelled variable that is silently ignored leaves a node running with a setting its
+operator believes is changed. The few such names that are legitimately not keys are listed in
+:data:`ENV_NOT_KEYS`. The check looks at names only: an unknown variable is an error whatever
+its value, empty included (a misspelled name is as much a typo with an empty value as with any).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import socket
@@ -32,6 +39,33 @@ ENV_CONFIG: Final = "AGENT_SUPERVISOR_CONFIG"
 MAX_CONFIG_BYTES: Final = 1024 * 1024
 #: Largest cluster we accept: well beyond any real fleet, small enough to keep arithmetic sane.
 MAX_CLUSTER_SIZE: Final = 10_000_000
+#: ``docker.grace``: how long an approved start may wait for Docker to start the container.
+DEFAULT_DOCKER_GRACE: Final = 120.0
+
+#: ``AGENT_SUPERVISOR_*`` names that are not configuration keys but legitimately appear in the
+#: environment of agent-supervisor; every other unknown one exits 78. Each is set, exported or
+#: read by something in this repository, and can reach us because an operator exports the
+#: compose settings in the shell that also runs ``agent-supervisor``, or because the test suite
+#: runs the CLI in-process and in child processes with the CI's environment. (The state
+#: directory's ``AGENT_SUPERVISOR_STATE_DIR`` is not here: it is the ``state_dir`` key's.)
+ENV_NOT_KEYS: Final[tuple[str, ...]] = (
+    # The config file itself (--config): read by load_config before there are keys.
+    ENV_CONFIG,
+    # compose/.env: the supervisor's image (docker-compose.yml interpolates it).
+    "AGENT_SUPERVISOR_IMAGE",
+    # compose/.env: the base image compose/Dockerfile builds from.
+    "AGENT_SUPERVISOR_BASE_IMAGE",
+    # compose/.env: the host directory mounted as /etc/agent-supervisor.
+    "AGENT_SUPERVISOR_CONFIG_DIR",
+    # Test-suite switches: .ci/run exports them so that skips become failures; the in-process
+    # CLI tests (typer's CliRunner) and every child process inherit them.
+    "AGENT_SUPERVISOR_REQUIRE_DOCKER",
+    "AGENT_SUPERVISOR_REQUIRE_ROOT_TESTS",
+    # tests/dockerutil.py: the Debian mirror for the test image build.
+    "AGENT_SUPERVISOR_DEBIAN_MIRROR",
+    # tests/faults/test_faults_load.py: how long the load test runs.
+    "AGENT_SUPERVISOR_LOAD_SECONDS",
+)
 
 _NODE_NAME: Final = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
 _OPTION_NAME: Final = re.compile(r"[a-z0-9][a-z0-9-]*")
@@ -69,6 +103,13 @@ def _duration(value: object) -> float:
         return parse_duration(value)
     except DurationError as exc:
         raise _Invalid(str(exc)) from None
+
+
+def _positive_duration(value: object) -> float:
+    seconds = _duration(value)
+    if seconds <= 0:
+        raise _Invalid("must be longer than 0s")
+    return seconds
 
 
 def _text(value: object) -> str:
@@ -161,9 +202,17 @@ KEYS: Final[tuple[_Key, ...]] = (
     _Key("identity.renew_before", _duration, "warn when the certificate expires within (7d)"),
     _Key("identity.server", _text, "kube-apiserver URL for `kubeconfig render`"),
     _Key("docker.container", _text, "container whose State tells the end of the last run"),
+    _Key(
+        "docker.grace",
+        _positive_duration,
+        "how long an approved start may wait for Docker to start the container before the "
+        "approval is withdrawn (default 2m)",
+    ),
 )
 _BY_PATH: Final = {k.path: k for k in KEYS}
 _BY_ENV: Final = {k.env: k for k in KEYS}
+#: Every ``AGENT_SUPERVISOR_*`` name we accept: the keys' and the few that are not keys.
+_KNOWN_ENV: Final = frozenset(_BY_ENV) | frozenset(ENV_NOT_KEYS)
 #: Tables whose content is free-form: the agent's own options.
 _FREE_TABLES: Final = ("agent",)
 
@@ -219,6 +268,7 @@ class Config:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     identity: IdentityConfig | None = None
     docker_container: str | None = None
+    docker_grace: float = DEFAULT_DOCKER_GRACE
     agent: Mapping[str, str] = field(default_factory=dict)
     config_file: Path | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -288,6 +338,24 @@ def _check_known(key: str, source: str) -> _Key:
     return spec
 
 
+def _check_environment(env: Mapping[str, str]) -> None:
+    """Refuse an ``AGENT_SUPERVISOR_*`` variable that is neither a key's nor in ENV_NOT_KEYS.
+
+    The first unknown name in sorted order is reported, so the answer does not depend on the
+    order of the environment. The suggestion compares the names without the common prefix,
+    which would otherwise make every name look close to every other.
+    """
+    unknown = sorted(n for n in env if n.startswith(ENV_PREFIX) and n not in _KNOWN_ENV)
+    if not unknown:
+        return
+    name = unknown[0]
+    shown = name if name.isprintable() and " " not in name else repr(name)
+    suffixes = sorted(k.removeprefix(ENV_PREFIX) for k in _KNOWN_ENV)
+    near = difflib.get_close_matches(name.removeprefix(ENV_PREFIX).upper(), suffixes, n=1)
+    hint = f" (did you mean {ENV_PREFIX}{near[0]}?)" if near else ""
+    raise ConfigError(f"environment {shown}: unknown setting{hint}")
+
+
 def _read_file(path: Path, *, named: bool) -> dict[str, Any]:
     try:
         st = path.stat()
@@ -348,10 +416,11 @@ def load_config(
         spec = _check_known(key, source)
         values[key] = _convert(spec, raw, source)
         sources[key] = source
+    _check_environment(env)
     for name, raw in env.items():
         env_spec = _BY_ENV.get(name)
         if env_spec is None:
-            continue
+            continue  # not ours, or one of ENV_NOT_KEYS
         where = f"environment {name}"
         values[env_spec.path] = _convert(env_spec, raw, where)
         sources[env_spec.path] = where
@@ -461,6 +530,7 @@ def _build(
         probe=probe,
         identity=identity,
         docker_container=_opt_str(values.get("docker.container")),
+        docker_grace=float(values.get("docker.grace", DEFAULT_DOCKER_GRACE)),  # type: ignore[arg-type]
         agent=dict(agent),
         config_file=config_file,
         sources=dict(sources),

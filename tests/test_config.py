@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from conftest import clean_env, run_cli
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervisor.config import KEYS, load_config
+from supervisor.cli_common import load
+from supervisor.config import DEFAULT_DOCKER_GRACE, KEYS, load_config
 from supervisor.durations import DurationError, format_duration, parse_duration
 from supervisor.errors import ConfigError
 
@@ -155,3 +158,55 @@ def test_binary_and_huge_files_are_refused(tmp_path: Path) -> None:
         load_config(p, env={})
     with pytest.raises(ConfigError, match="not a regular file"):
         load_config(tmp_path, env={})
+
+
+def test_docker_grace_defaults_to_two_minutes() -> None:
+    """Without docker.grace an approved start may wait 2 minutes for Docker to start it."""
+    cfg = load_config(env={})
+    assert cfg.docker_grace == DEFAULT_DOCKER_GRACE == 120.0
+    assert cfg.source_of("docker.grace") == "default"
+
+
+def test_docker_grace_from_file_environment_and_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docker.grace is read from [docker] in the file, the environment and --set, in that order."""
+    p = write(tmp_path, '[docker]\ncontainer = "cilium-agent"\ngrace = "90s"\n')
+    from_file = load_config(p, env={})
+    assert from_file.docker_grace == 90.0 and from_file.source_of("docker.grace") == str(p)
+    env = {"AGENT_SUPERVISOR_DOCKER_GRACE": "3m"}
+    from_env = load_config(p, env=env)
+    assert from_env.docker_grace == 180.0
+    assert from_env.source_of("docker.grace") == "environment AGENT_SUPERVISOR_DOCKER_GRACE"
+    for name in [k for k in os.environ if k.startswith("AGENT_SUPERVISOR_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AGENT_SUPERVISOR_DOCKER_GRACE", "3m")
+    from_set = load(config=p, sets=["docker.grace=45s"])  # what the CLI does with --set
+    assert from_set.docker_grace == 45.0 and from_set.source_of("docker.grace") == "command line"
+    assert from_set.docker_container == "cilium-agent"
+
+
+@pytest.mark.parametrize("where", ["file", "environment", "--set"])
+@pytest.mark.parametrize(("value", "needle"), [("0", "must be longer than 0s"), ("soon", "")])
+def test_bad_docker_grace_exits_78_in_one_line(
+    tmp_path: Path, where: str, value: str, needle: str
+) -> None:
+    """docker.grace of 0 or garbage, from any source, exits 78 with one line naming it."""
+    cfg = write(tmp_path, f"cluster_size = 5\n[docker]\ngrace = {value!r}\n")
+    args = ["gate", "--state-dir", str(tmp_path / "state")]
+    env = clean_env()
+    if where == "file":
+        args += ["--config", str(cfg)]
+    elif where == "environment":
+        env["AGENT_SUPERVISOR_DOCKER_GRACE"] = value
+        args += ["--cluster-size", "5"]
+    else:
+        args += ["--cluster-size", "5", "--set", f"docker.grace={value}"]
+    r = run_cli(*args, env=env)
+    assert r.code == 78, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr_lines) == 1, r.stderr
+    line = r.stderr_lines[0]
+    assert f"docker.grace = {value!r}: {needle}" in line
+    source = {"file": str(cfg), "environment": "AGENT_SUPERVISOR_DOCKER_GRACE"}
+    assert source.get(where, "command line") in line
+    assert not (tmp_path / "state").exists()
