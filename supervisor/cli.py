@@ -29,21 +29,11 @@ from supervisor.cli_common import (
 from supervisor.config import Config
 from supervisor.durations import format_duration
 from supervisor.errors import SupervisorError, UsageError, one_line
-from supervisor.gate import (
-    Cancelled,
-    GateResult,
-    check_identity,
-    docker_end_hook_for,
-    gate_once,
-    make_probe_for,
-    publish_metrics,
-    state_signature,
-    wait_until_allowed,
-)
+from supervisor.gate import Cancelled, Gate, GateResult, check_identity
 from supervisor.log import configure, get_logger
 from supervisor.operators import authorize, current_operator
 from supervisor.policy import Decision, Policy, next_grid_slot, window_seconds
-from supervisor.state import OperatorFlag, iso, iso_seconds
+from supervisor.state import AgentState, OperatorFlag, flag_document, iso, iso_seconds
 from supervisor.store import StateStore
 
 app = typer.Typer(
@@ -57,46 +47,18 @@ app = typer.Typer(
 )
 
 
-def _log_decision(result: GateResult, user: str | None) -> None:
-    d = result.decision
-    log = get_logger()
-    fields: dict[str, Any] = {
-        "agent": d.agent,
-        "node": d.node,
-        "reason": d.reason,
-        "window_seconds": d.window_seconds,
-        "backoff_level": d.backoff_level,
-        "next_allowed_at": None if d.next_allowed_at is None else iso(d.next_allowed_at),
-        "recorded": result.recorded,
-    }
-    if d.forced:
-        fields["user"] = user
-    if d.allowed and d.event != "gate.forced":
-        log.info(d.event, **fields)
-    elif d.allowed:
-        log.warning(d.event, **fields)
-    else:
-        log.info(d.event, **fields)
-
-
 class _Interrupted(Exception):
     """SIGTERM or SIGINT arrived while the gate was waiting."""
 
 
-def _countdown(d: Decision, now: float, state: dict[str, float]) -> None:
+def _countdown(d: Decision, now: float) -> None:
+    """A one-line countdown on a terminal; logs carry the announcements (``gate.waiting``)."""
+    if not sys.stderr.isatty():
+        return
     target = d.next_allowed_at
     left = "until released" if target is None else f"in {format_duration(max(0, target - now))}"
-    if sys.stderr.isatty():
-        sys.stderr.write(f"\rwaiting: next start {left} ({d.reason})\x1b[K")
-        sys.stderr.flush()
-    elif now - state.get("last", -1e18) >= 60:
-        state["last"] = now
-        get_logger().info(
-            "gate.waiting",
-            agent=d.agent,
-            reason=d.reason,
-            next_allowed_at=None if target is None else iso(target),
-        )
+    sys.stderr.write(f"\rwaiting: next start {left} ({d.reason})\x1b[K")
+    sys.stderr.flush()
 
 
 @app.command()
@@ -129,112 +91,89 @@ def gate(
     """
     agent = check_agent(agent)
     cfg = load(config, state_dir, cluster_size, node_name, _with_metrics(sets, metrics_file))
-    Policy.from_config(cfg, agent)  # cluster_size missing -> 78 before anything else
-    store = StateStore(cfg.state_dir)
-    op = current_operator()
     if reason is not None and not force:
         raise UsageError("--reason goes with --force (operator actions have their own commands)")
+    op = current_operator()
+    service = Gate(cfg, agent, operator=op)  # cluster_size missing -> 78 before anything else
     if force:
         try:
-            authorize(op, "gate --force", cfg.state_dir, cfg.operators_group)
+            authorize(
+                op,
+                "gate --force",
+                cfg.state_dir,
+                cfg.operators_group,
+                source=cfg.source_of("operators_group"),
+            )
         except errors.NotPermitted:
             get_logger().warning("operator.refused", action="gate --force", user=op.display)
             raise
-    cert_left = None if force else check_identity(cfg, time.time())
-
-    probe = make_probe_for(cfg)
-    end_hook = docker_end_hook_for(cfg, agent)
-
-    stop: dict[str, float] = {}  # set by _wait's signal handler
-
-    def once() -> GateResult:
-        return gate_once(
-            cfg,
-            store,
-            agent,
-            force=force,
-            reason=reason,
-            operator=op,
-            probe=probe,
-            end_hook=end_hook,
-            cancelled=lambda: bool(stop.get("stop")),
-        )
-
+    service.cert_seconds_left = None if force else check_identity(cfg, time.time())
     if wait:
-        result = _wait(once, store, agent, cfg, stop)
+        result = _wait(service, force, reason)
     else:
-        result = once()
-    _log_decision(result, op.display)
-    publish_metrics(cfg, result, time.time(), cert_seconds_left=cert_left)
-    if force and result.recorded:
-        # The start is recorded and will happen: an audit failure must not stop it now.
-        try:
-            _audit(store, "gate --force", agent, reason, op)
-        except errors.StateError as exc:
-            get_logger().error("audit.write_failed", agent=agent, why=str(exc))
+        result = service.decide(force=force, reason=reason)
+    d = result.decision
     if json_out:
-        emit_json(result.decision.to_json())
+        emit_json(d.to_json())
     elif not command:
-        sys.stdout.write(
-            ("allowed: " if result.decision.allowed else "not now: ")
-            + result.decision.reason
-            + "\n"
-        )
-    if not result.decision.allowed:
+        sys.stdout.write(("allowed: " if d.allowed else "not now: ") + d.reason + "\n")
+    if not d.allowed:
         raise typer.Exit(errors.EXIT_NOT_NOW)
+    if command and not d.start:
+        sys.stderr.write(f"agent-supervisor: {d.reason}: not running {command[0]!r}\n")
+        return
     if command:
-        _exec(command, store, agent)
+        _exec(command, service.store, agent)
 
 
 def _with_metrics(sets: list[str] | None, metrics_file: str | None) -> list[str]:
     return [*(sets or []), *([f"metrics_file={metrics_file}"] if metrics_file else [])]
 
 
-def _wait(
-    once: Any, store: StateStore, agent: str, cfg: Config, waiting: dict[str, float]
-) -> GateResult:
-    waiting["sleeping"] = 0.0
-    state: dict[str, float] = {}
+def _wait(service: Gate, force: bool, reason: str | None) -> GateResult:
+    """``gate --wait``: SIGTERM/SIGINT end the wait at once and record nothing (exit 75).
+
+    A signal that arrives while sleeping interrupts the sleep; one that arrives while deciding
+    is noted, and the decision records nothing (:class:`Cancelled`).
+    """
+    flags = {"sleeping": False, "stop": False}
 
     def handler(signum: int, _frame: Any) -> None:
-        if waiting["sleeping"]:
+        if flags["sleeping"]:
             raise _Interrupted(signal.Signals(signum).name)
-        waiting["stop"] = 1.0
+        flags["stop"] = True
 
     def sleep(seconds: float) -> None:
-        if waiting.get("stop"):
+        if flags["stop"]:
             raise _Interrupted("signal")
-        waiting["sleeping"] = 1.0
+        flags["sleeping"] = True
         try:
             time.sleep(seconds)
         finally:
-            waiting["sleeping"] = 0.0
+            flags["sleeping"] = False
+
+    waited = {"shown": False}
 
     def on_wait(d: Decision, now: float) -> None:
-        if not state:
-            publish_metrics(cfg, GateResult(d), now)
-            get_logger().info(
-                d.event,
-                agent=d.agent,
-                reason=d.reason,
-                next_allowed_at=None if d.next_allowed_at is None else iso(d.next_allowed_at),
-            )
-        _countdown(d, now, state)
+        waited["shown"] = True
+        _countdown(d, now)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return wait_until_allowed(
-            once, lambda: state_signature(store, agent), sleep=sleep, on_wait=on_wait
+        return service.wait(
+            sleep=sleep,
+            on_wait=on_wait,
+            force=force,
+            reason=reason,
+            cancelled=lambda: flags["stop"],
         )
     except (_Interrupted, Cancelled) as exc:
-        if sys.stderr.isatty():
-            sys.stderr.write("\n")
-        get_logger().info("gate.wait_interrupted", agent=agent, signal=str(exc) or "signal")
+        get_logger().info("gate.wait_interrupted", agent=service.agent, signal=str(exc) or "signal")
         raise typer.Exit(errors.EXIT_NOT_NOW) from None
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        if state and sys.stderr.isatty():
+        if waited["shown"] and sys.stderr.isatty():
             sys.stderr.write("\n")
 
 
@@ -264,21 +203,14 @@ def status(
     """What the gate would say now, and why: window, slot, level, runs, hold, override."""
     agent = check_agent(agent)
     cfg = load(config, state_dir, cluster_size, node_name, sets)
-    policy = Policy.from_config(cfg, agent)
-    store = StateStore(cfg.state_dir)
+    service = Gate(cfg, agent)
+    policy, store = service.policy, service.store
     now = time.time()
-    result = gate_once(
-        cfg,
-        store,
-        agent,
-        now,
-        record=False,
-        probe=make_probe_for(cfg),
-        end_hook=docker_end_hook_for(cfg, agent),
-    )
+    result = service.decide(record=False, now=now)
     d = result.decision
     state = result.state
     assert state is not None
+    held = state.hold is not None and state.hold.active(now)
     doc: dict[str, Any] = d.to_json()
     doc["slot"] = {
         "mode": policy.slot_mode,
@@ -291,26 +223,41 @@ def status(
             "via": r.via,
             "ended_at": None if r.ended_at is None else iso(r.ended_at),
             "exit_code": r.exit_code,
-            "seconds": round(r.duration(now), 3),
+            "seconds": None if r.ended_at is None else round(r.duration(now), 3),
             "end_source": r.end_source,
         }
         for r in state.runs[-10:]
     ]
-    doc["hold"] = _flag_json(state.hold, now)
-    doc["override"] = _flag_json(state.override, now)
-    doc["quarantined"] = list(result.quarantined)
+    doc["hold"] = flag_document(state.hold) if held else None
+    doc["override"] = (
+        flag_document(state.override)
+        if state.override is not None and state.override.active(now)
+        else None
+    )
+    if doc["override"] is not None:
+        doc["override"]["in_effect"] = not held
+    quarantined = store.quarantined_files(agent)
+    doc["quarantined"] = quarantined
+    doc["history_lost"] = state.last_run is not None and state.last_run.via == "unknown"
     doc["audit"] = store.audit_tail(5)
     cert = None
     if cfg.identity is not None:
-        from supervisor.identity import check_identity
+        from supervisor.identity import check_identity as check_certificate
 
-        cert = check_identity(cfg.identity, cfg.node_name, now)
+        cert = check_certificate(cfg.identity, cfg.node_name, now)
         doc["identity"] = cert.to_json()
     if json_out:
         emit_json(doc)
         return
+    sys.stdout.write("\n".join(_status_lines(d, state, policy, now, doc, cert)) + "\n")
+
+
+def _status_lines(
+    d: Decision, state: AgentState, policy: Policy, now: float, doc: dict[str, Any], cert: Any
+) -> list[str]:
+    """The human form of ``status``."""
     out = [
-        f"agent        {agent} on {d.node}",
+        f"agent        {d.agent} on {d.node}",
         f"gate         {'ALLOWED' if d.allowed else 'NOT NOW'}: {d.reason}",
         f"window       {format_duration(d.window_seconds)} for {d.cluster_size} nodes "
         f"({d.cluster_size / d.window_seconds * 60:.1f} starts/min fleet-wide)",
@@ -323,42 +270,36 @@ def status(
             f"next start   {iso_seconds(d.next_allowed_at)} "
             f"(in {format_duration(d.next_allowed_at - now)})"
         )
+    held = state.hold is not None and state.hold.active(now)
     for name, flag in (("hold", state.hold), ("override", state.override)):
         if flag is not None and flag.active(now):
             until = iso_seconds(flag.until) if flag.until is not None else "released"
-            out.append(f"{name:<12} by {flag.user} until {until}: {flag.reason}")
+            note = " (no effect while the hold is in force)" if name == "override" and held else ""
+            out.append(f"{name:<12} by {flag.user} until {until}: {flag.reason}{note}")
     if cert is not None:
         out.append(f"certificate  {cert.summary()}")
     out.append("last runs:" if state.runs else "last runs:   none")
     for r in state.runs[-5:]:
-        end = (
-            "running?"
-            if r.ended_at is None
-            else f"exit {r.exit_code if r.exit_code is not None else '?'}"
-        )
-        out.append(
-            f"  {iso_seconds(r.started_at)}  {format_duration(r.duration(now)):>8}  "
-            f"{end:<10} via {r.via}"
-        )
+        if r.ended_at is None:
+            end, took = "end ?", "?"
+        else:
+            code = r.exit_code if r.exit_code is not None else "?"
+            end, took = f"exit {code}", format_duration(r.duration(now))
+        out.append(f"  {iso_seconds(r.started_at)}  {took:>8}  {end:<10} via {r.via}")
     for entry in doc["audit"]:
+        why = entry.get("reason")
         out.append(
-            f"audit: {entry.get('time')} {entry.get('user')} {entry.get('command')}: "
-            f"{entry.get('reason')}"
+            f"audit: {entry.get('time')} {entry.get('user')} {entry.get('command')}"
+            + (f": {why}" if why else "")
         )
-    for q in result.quarantined:
-        out.append(f"WARNING: a corrupt state file was moved aside to {q}")
-    sys.stdout.write("\n".join(out) + "\n")
-
-
-def _flag_json(flag: OperatorFlag | None, now: float) -> dict[str, Any] | None:
-    if flag is None or not flag.active(now):
-        return None
-    return {
-        "user": flag.user,
-        "reason": flag.reason,
-        "set_at": iso(flag.set_at),
-        "until": None if flag.until is None else iso(flag.until),
-    }
+    for q in doc["quarantined"]:
+        out.append(f"WARNING: a bad state file was moved aside to {q}")
+    if doc["history_lost"]:
+        out.append(
+            "WARNING: history unknown since the state file was moved aside: the next start "
+            "waits for this node's slot (gate --force or reset to skip)"
+        )
+    return out
 
 
 def _audit(
@@ -386,7 +327,9 @@ def _operator_action(
     store = StateStore(cfg.state_dir)
     op = current_operator()
     try:
-        authorize(op, action, cfg.state_dir, cfg.operators_group)
+        authorize(
+            op, action, cfg.state_dir, cfg.operators_group, source=cfg.source_of("operators_group")
+        )
     except errors.NotPermitted:
         get_logger().warning("operator.refused", action=action, agent=agent, user=op.display)
         raise
@@ -410,9 +353,9 @@ def _operator_action(
             get_logger().error("audit.write_failed", agent=agent, action=action, why=str(exc))
     get_logger().info(f"operator.{action}", agent=agent, user=op.display, reason=reason, **extra)
     if cfg.metrics_file and cfg.cluster_size is not None:
-        publish_metrics(
-            cfg, gate_once(cfg, store, agent, time.time(), record=False), time.time(), count=False
-        )
+        # Refresh the gauges (hold_active, next start); no probe, no Docker: an operator's
+        # command must not wait on either.
+        Gate(cfg, agent, store=store, probe=None, inspect=None).decide(record=False)
 
 
 def _duration_opt(value: str | None, name: str) -> float | None:
@@ -555,8 +498,10 @@ def parse_exit_status(text: str) -> int | None:
         if name not in _SIGNALS:
             raise UsageError(f"--code {text!r}: expected an exit status or a signal name") from None
         return 128 + _SIGNALS[name]
-    if not -(2**31) <= code < 2**31:
-        raise UsageError(f"--code {text!r}: out of range")
+    if not 0 <= code <= 255:
+        raise UsageError(
+            f"--code {text!r}: an exit status is 0 to 255 (or a signal name such as TERM)"
+        )
     return code
 
 

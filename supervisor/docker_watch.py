@@ -3,9 +3,9 @@
 ``agent-supervisor run --container NAME`` (or ``--compose-file F --service S``) watches the
 agent's container through the Docker SDK. On every exit it records how the run ended (exit code,
 StartedAt and FinishedAt from the container's State), waits for the gate (the very
-:func:`~supervisor.gate.gate_once` and :func:`~supervisor.gate.wait_until_allowed` of
-``gate --wait``, so the start is recorded before the container is started), then starts the
-container again. At launch it starts a container that is not running, through the same gate.
+:class:`~supervisor.gate.Gate` of ``gate --wait``, with the same events, metrics and answers,
+so the start is recorded before the container is started), then starts the container again.
+At launch it starts a container that is not running, through the same gate.
 
 Why the agent's restart policy must be "no": Docker's ``restart: always`` restarts the container
 inside the engine, where no hook runs; in a control-plane outage every node would restart its
@@ -36,27 +36,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final, Literal
 
 from supervisor.config import Config
+from supervisor.container import ContainerInfo, check_supervisable, connect_from_env
 from supervisor.errors import ConfigError, IdentityError, StateError, UsageError, one_line
-from supervisor.gate import (
-    EndHook,
-    GateResult,
-    check_identity,
-    gate_once,
-    make_probe_for,
-    publish_metrics,
-    state_signature,
-    wait_until_allowed,
-)
+from supervisor.gate import Gate, check_identity
 from supervisor.log import get_logger
-from supervisor.policy import Decision, Policy
-from supervisor.state import AgentState, iso
-from supervisor.store import StateStore
 
 #: How often a daemon refused by a bad identity looks at the certificate again.
 IDENTITY_RECHECK_SECONDS: Final = 60.0
@@ -70,8 +58,6 @@ NUMBER_LABEL: Final = "com.docker.compose.container-number"
 WATCHED_EVENTS: Final = ("create", "start", "kill", "die", "destroy")
 #: Seconds one Docker API call may take (the event stream itself has no timeout).
 API_TIMEOUT: Final = 10.0
-#: Seconds the gate's end hook gives Docker before it decides without it.
-HOOK_TIMEOUT: Final = 3.0
 #: Reconnect backoff: first wait, and the cap (doubling in between).
 RECONNECT_FIRST: Final = 0.5
 RECONNECT_MAX: Final = 30.0
@@ -79,122 +65,10 @@ RECONNECT_MAX: Final = 30.0
 HEALTHY_AFTER: Final = 30.0
 #: Look at the container this often even without events (belt and braces).
 RESYNC_SECONDS: Final = 60.0
-#: Tolerance between the start the gate recorded and Docker's StartedAt of the same run
-#: (clock granularity; Docker's stamp comes a little after the record).
-SAME_RUN_SLACK: Final = 1.0
 #: A ``die`` this soon after a ``kill`` was the kill's doing.
 KILL_WINDOW: Final = 300.0
 
 _CONTAINER_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
-_DOCKER_TIME: Final = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)")
-
-
-# --- pure parts: the container's State, and reconciling the state file with it -------------------
-
-
-def parse_docker_time(text: object) -> float | None:
-    """Docker's RFC 3339 time with nanoseconds -> seconds since the epoch; None for "never".
-
-    Docker writes ``0001-01-01T00:00:00Z`` for a time that has not happened (a container that
-    never started); Python's ``fromisoformat`` takes at most microseconds, hence the trimming.
-    """
-    if not isinstance(text, str) or not text or text.startswith("0001-01-01"):
-        return None
-    m = _DOCKER_TIME.fullmatch(text.strip())
-    if m is None:
-        return None
-    frac = (m.group(2) or "")[:6].ljust(6, "0")
-    tz = "+00:00" if m.group(3) == "Z" else m.group(3)
-    try:
-        return datetime.fromisoformat(f"{m.group(1)}.{frac}{tz}").timestamp()
-    except ValueError:
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class ContainerInfo:
-    """What the daemon needs from ``docker inspect``."""
-
-    id: str
-    name: str
-    running: bool
-    status: str
-    exit_code: int | None
-    started_at: float | None
-    finished_at: float | None
-    restart_policy: str
-    auto_remove: bool
-
-    @classmethod
-    def from_attrs(cls, attrs: Mapping[str, Any]) -> ContainerInfo:
-        """Parse the inspect document (``container.attrs``)."""
-        st = attrs.get("State") or {}
-        host = attrs.get("HostConfig") or {}
-        policy = (host.get("RestartPolicy") or {}).get("Name") or "no"
-        code = st.get("ExitCode")
-        return cls(
-            id=str(attrs.get("Id", "")),
-            name=str(attrs.get("Name", "")).lstrip("/"),
-            running=bool(st.get("Running")),
-            status=str(st.get("Status", "")),
-            exit_code=code if isinstance(code, int) and not isinstance(code, bool) else None,
-            started_at=parse_docker_time(st.get("StartedAt")),
-            finished_at=parse_docker_time(st.get("FinishedAt")),
-            restart_policy=str(policy),
-            auto_remove=bool(host.get("AutoRemove")),
-        )
-
-
-def check_supervisable(info: ContainerInfo) -> None:
-    """Refuse (ConfigError, exit 78) a container the daemon cannot gate."""
-    if info.restart_policy not in ("", "no"):
-        raise ConfigError(
-            f'container {info.name}: restart policy is {info.restart_policy!r}, not "no": '
-            "Docker would restart it inside the engine, behind the gate's back; "
-            f"run 'docker update --restart=no {info.name}' (compose: restart: \"no\")"
-        )
-    if info.auto_remove:
-        raise ConfigError(
-            f"container {info.name} is removed when it exits (--rm), so it could not be "
-            "started again; create it without --rm"
-        )
-
-
-Outcome = Literal["running", "outside", "exited", "unstarted", "unchanged"]
-
-
-def reconcile(
-    state: AgentState, info: ContainerInfo, *, learn_unstarted: bool = True
-) -> tuple[AgentState, Outcome]:
-    """Bring the state file in line with the container's State (pure).
-
-    - running, and the last run is open: the same run ("running");
-    - running, but no open run: someone started it outside the gate (``docker start``); it is
-      recorded as an operator's start at Docker's StartedAt ("outside"), so the backoff and the
-      window see it;
-    - not running, and the last run is open: the run ended; when the container ran since the
-      recorded start, with Docker's FinishedAt and ExitCode ("exited"); when it did not (the
-      start failed), as a run that ended where it began ("unstarted"; only if
-      ``learn_unstarted``: the gate's hook may run before compose has started it).
-    """
-    last = state.last_run
-    if info.running:
-        if last is not None and last.ended_at is None:
-            return state, "running"
-        started = info.started_at
-        if started is None or (last is not None and started < (last.ended_at or 0.0) - 1e-6):
-            return state, "unchanged"
-        new = state.record_start(started, via="force", reason="started outside the gate")
-        return new, "outside"
-    if last is None or last.ended_at is not None:
-        return state, "unchanged"
-    ran = info.started_at is not None and info.started_at >= last.started_at - SAME_RUN_SLACK
-    if ran:
-        ended = info.finished_at if info.finished_at is not None else last.started_at
-        return state.record_exit(ended, info.exit_code, source="docker"), "exited"
-    if not learn_unstarted:
-        return state, "unchanged"
-    return state.record_exit(last.started_at, info.exit_code, source="docker"), "unstarted"
 
 
 # --- what to watch -------------------------------------------------------------------------------
@@ -337,41 +211,6 @@ def _docker_errors() -> tuple[type[BaseException], ...]:
     return (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 
 
-def _unix_socket(docker_host: str | None) -> str | None:
-    """The socket path of a unix DOCKER_HOST (the default one when unset), else None."""
-    if not docker_host:
-        return "/var/run/docker.sock"
-    if docker_host.startswith("unix://"):
-        return docker_host.removeprefix("unix://") or None
-    return None
-
-
-def connect_from_env(timeout: float) -> Any:
-    """A client for DOCKER_HOST, or DockerException when nothing answers there.
-
-    A unix socket is tried first with a socket of our own, closed whatever happens: the SDK
-    leaks the socket of a failed connect, one per reconnect attempt while Docker is down.
-    """
-    import socket
-
-    import docker
-    import docker.errors
-
-    path = _unix_socket(os.environ.get("DOCKER_HOST"))
-    if path is not None:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.settimeout(timeout)
-            probe.connect(path)
-        except OSError as exc:
-            raise docker.errors.DockerException(
-                f"cannot connect to Docker at unix://{path}: {exc.strerror or exc}"
-            ) from None
-        finally:
-            probe.close()
-    return docker.from_env(timeout=timeout)
-
-
 class Daemon:
     """One supervised container. :meth:`run` returns 0 when asked to stop."""
 
@@ -392,9 +231,12 @@ class Daemon:
         self.cfg = cfg
         self.agent = agent
         self.target = target
-        self.policy = Policy.from_config(cfg, agent)
-        self.store = StateStore(cfg.state_dir)
-        self._probe = make_probe_for(cfg)
+        # The same gate service as `gate --wait`; it asks Docker through this daemon's own
+        # connection, so "already running" and reconcile see what the daemon sees.
+        self.gate = Gate(cfg, agent, clock=clock, inspect=self._inspect)
+        self.policy = self.gate.policy
+        self.store = self.gate.store
+        self._client: Any = None
         self.inbox: queue.SimpleQueue[_Msg] = queue.SimpleQueue()
         self._connect_fn = connect
         self.clock = clock
@@ -408,7 +250,6 @@ class Daemon:
         self._kills: dict[str, float] = {}
         self._stopped_by_operator: set[str] = set()
         self._missing_logged = False
-        self._announced: tuple[float | None, str] | None = None
 
     # --- messages ---------------------------------------------------------------------------
 
@@ -506,6 +347,7 @@ class Daemon:
             client = self._connect_fn(self.api_timeout)
         except errors as exc:
             raise _Disconnected(one_line(exc, 500)) from None
+        self._client = client
         try:
             try:
                 stream = client.events(decode=True, filters=self.target.event_filters())
@@ -535,6 +377,7 @@ class Daemon:
                     stream.close()
                 reader.join(timeout=5)
         finally:
+            self._client = None
             with contextlib.suppress(Exception):
                 client.close()
 
@@ -627,29 +470,16 @@ class Daemon:
                 return
 
     def _record(self, info: ContainerInfo) -> None:
-        now = self.clock()
-        with self.store.transaction(self.agent, now) as tx:
-            new, outcome = reconcile(tx.state, info)
-            if new is not tx.state:
-                tx.write(new, now)
-        last = new.last_run
-        if outcome in ("exited", "unstarted") and last is not None:
-            self.log.info(
-                "daemon.run_ended",
-                agent=self.agent,
-                container=info.name,
-                exit_code=last.exit_code,
-                seconds=round(last.duration(now), 3),
-                ran=outcome == "exited",
-                source="docker",
-            )
-        elif outcome == "outside" and last is not None:
-            self.log.warning(
-                "daemon.started_outside_gate",
-                agent=self.agent,
-                container=info.name,
-                started_at=iso(last.started_at),
-            )
+        """Reconcile the state with what the container says (the gate's own reconcile)."""
+        self.gate.observe(info)
+
+    def _inspect(self) -> ContainerInfo | None:
+        """The gate's view of the container, through this session's connection."""
+        if self._client is None:
+            return None
+        client = self._client
+        container = self._call(lambda: self.target.find(client))
+        return None if container is None else ContainerInfo.from_attrs(container.attrs)
 
     def _sleep(self, seconds: float) -> None:
         """The gate wait's sleep: wakes for a stop, a lost connection, or a container change."""
@@ -661,32 +491,9 @@ class Daemon:
             if self._note(msg.payload) in ("start", "die", "create", "destroy"):
                 raise _Resync
 
-    def _on_wait(self, d: Decision, _now: float) -> None:
-        key = (d.next_allowed_at, d.reason)
-        if key != self._announced:
-            self._announced = key
-            self.log.info(
-                "daemon.waiting",
-                agent=self.agent,
-                reason=d.reason,
-                backoff_level=d.backoff_level,
-                next_allowed_at=None if d.next_allowed_at is None else iso(d.next_allowed_at),
-            )
-
     def _gated_start(self, client: Any, info: ContainerInfo) -> bool:
         """Wait for the gate (which records the start), then start. True: look again."""
 
-        def decide_now() -> GateResult:
-            return gate_once(
-                self.cfg,
-                self.store,
-                self.agent,
-                clock=self.clock,
-                record=True,
-                probe=self._probe,
-            )
-
-        self._announced = None
         try:
             check_identity(self.cfg, self.clock())
         except IdentityError as exc:
@@ -697,19 +504,14 @@ class Daemon:
                 self._sleep(IDENTITY_RECHECK_SECONDS)
             return True
         try:
-            result = wait_until_allowed(
-                decide_now,
-                lambda: state_signature(self.store, self.agent),
-                clock=self.clock,
-                sleep=self._sleep,
-                on_wait=self._on_wait,
-            )
+            result = self.gate.wait(sleep=self._sleep)
         except _Resync:
             return True
         import docker.errors
 
         d = result.decision
-        publish_metrics(self.cfg, result, self.clock())
+        if not d.start:
+            return True  # started meanwhile (outside the gate): look again, nothing to do
         try:
             self._call(lambda: client.api.start(info.id))
         except docker.errors.NotFound:
@@ -721,8 +523,9 @@ class Daemon:
             )
             return True
         except docker.errors.APIError as exc:
-            # The start is recorded and did not happen: the next look records it as a run
-            # that ended where it began, and the next start waits for the gate like any other.
+            # The start is recorded and did not happen: the approval stands for docker.grace
+            # (the window holds meanwhile) and is then withdrawn by reconcile, like any
+            # approval that no real start followed.
             self.log.error(
                 "daemon.start_failed",
                 agent=self.agent,
@@ -757,75 +560,11 @@ def run(cfg: Config, agent: str, target: Target) -> int:
             signal.signal(s, handler)
 
 
-# --- the gate's end hook -------------------------------------------------------------------------
-
-
-def inspect_container(name: str, timeout: float = HOOK_TIMEOUT) -> ContainerInfo | None:
-    """``docker inspect NAME`` as a :class:`ContainerInfo`; None when there is no such one."""
-    import docker.errors
-
-    client = connect_from_env(timeout)
-    try:
-        return ContainerInfo.from_attrs(client.containers.get(name).attrs)
-    except docker.errors.NotFound:
-        return None
-    finally:
-        client.close()
-
-
-def docker_end_hook(
-    cfg: Config,
-    agent: str,
-    inspect: Callable[[str], ContainerInfo | None] = inspect_container,
-) -> EndHook | None:
-    """When ``docker.container`` is set: learn the end of the latest run from Docker.
-
-    Where no ``record-exit`` came (compose mode without the daemon), the gate asks Docker how
-    the open run ended, so a run that lasted ``stable_after`` resets the backoff. Docker is only
-    asked when a run is open, and a Docker that does not answer changes nothing: the hook logs
-    and returns the state as it was, and the gate decides as it would without it.
-    """
-    name = cfg.docker_container
-    if not name:
-        return None
-
-    def hook(state: AgentState) -> AgentState:
-        last = state.last_run
-        if last is None or last.ended_at is not None:
-            return state
-        log = get_logger()
-        try:
-            info = inspect(name)
-        except Exception as exc:  # noqa: BLE001 - whatever Docker does, the gate must answer
-            log.warning("docker.unavailable", agent=agent, container=name, error=one_line(exc, 500))
-            return state
-        if info is None:
-            log.info("docker.container_missing", agent=agent, container=name)
-            return state
-        new, outcome = reconcile(state, info, learn_unstarted=False)
-        if outcome == "exited" and new.last_run is not None:
-            run_ = new.last_run
-            log.info(
-                "docker.run_ended",
-                agent=agent,
-                container=name,
-                exit_code=run_.exit_code,
-                seconds=round(run_.duration(run_.ended_at or 0.0), 3),
-            )
-            return new
-        return state
-
-    return hook
-
-
 __all__ = [
     "ContainerInfo",
     "Daemon",
     "Target",
     "check_supervisable",
     "compose_target",
-    "docker_end_hook",
-    "parse_docker_time",
-    "reconcile",
     "run",
 ]

@@ -1,8 +1,13 @@
-"""Running the gate: load state under the lock, decide, durably record an allowed start.
+"""The gate service: one place where every mode asks whether the agent may start.
 
-:func:`gate_once` is one decision; :func:`wait_until_allowed` is the ``--wait`` loop. Both take
-the clock and sleep as parameters (tenacity's lesson), so tests drive them with fake time and
-the daemon reuses them unchanged.
+:class:`Gate` is built once per agent from the configuration; the CLI ``gate`` (with and
+without ``--wait``), ``status``, the operator commands and the daemon all ask it, so every
+mode reads the same state, reconciles it with Docker the same way, makes the same decision
+(:func:`~supervisor.policy.decide`, a pure function of the state and the clock) and emits the
+same ``gate.*`` events, metrics and audit records. A change to gate behaviour is made here once.
+
+Clock and sleep are parameters (tenacity's lesson): tests drive :meth:`Gate.wait` with a fake
+clock and assert the exact sleeps.
 """
 
 from __future__ import annotations
@@ -11,10 +16,11 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from supervisor.config import Config
-from supervisor.errors import StateError
+from supervisor.container import ContainerInfo, reconcile
+from supervisor.errors import StateError, one_line
 from supervisor.log import get_logger
 from supervisor.operators import Operator
 from supervisor.policy import Decision, Policy, decide, probe_matters
@@ -24,10 +30,11 @@ from supervisor.store import StateStore
 #: How often a waiting gate looks at the state file for an operator's action.
 POLL_SECONDS: Final = 1.0
 
-#: Learns how the last run ended from outside (Docker) when no record-exit came.
-EndHook = Callable[[AgentState], AgentState]
 #: Asks the control plane whether it is healthy (True/False); only called when it matters.
 Probe = Callable[[], bool]
+#: Inspects the agent's container: its State, or None when there is no such container.
+#: Raises whatever Docker raises when it cannot answer.
+Inspect = Callable[[], ContainerInfo | None]
 
 
 class Cancelled(Exception):
@@ -45,101 +52,299 @@ class GateResult:
     probe_healthy: bool | None = None
 
 
-def gate_once(
-    cfg: Config,
-    store: StateStore,
-    agent: str,
-    now: float | None = None,
-    *,
-    clock: Callable[[], float] = time.time,
-    force: bool = False,
-    reason: str | None = None,
-    operator: Operator | None = None,
-    end_hook: EndHook | None = None,
-    probe: Probe | None = None,
-    record: bool = True,
-    cancelled: Callable[[], bool] | None = None,
-) -> GateResult:
-    """Decide once; if allowed and ``record``, write the start before returning.
+class _Default:
+    """Marker: build the probe or the Docker inspector from the configuration."""
 
-    A start that cannot be recorded is not allowed (StateError, exit 74), except a forced one,
-    which goes ahead loudly: the operator asked for it and a full disk must not keep the
-    network down.
 
-    ``now`` None (the normal case) reads ``clock`` after the lock is taken: a time read before
-    waiting for the lock would be stale by the wait, and starts would be recorded out of order.
-    """
-    policy = Policy.from_config(cfg, agent)
-    log = get_logger()
-    user = operator.display if operator else None
-    # The probe is a network request (up to probe.timeout per URL): ask it before taking the
-    # lock for the decision, so a slow control plane never holds up record-exit or operators.
-    # A quick locked look says whether the answer can matter; the decision re-checks it.
-    healthy: bool | None = None
-    if probe is not None and not force:
-        peek = store.read(agent).state
-        at = clock() if now is None else now
-        if probe_matters(policy, peek.clamp_future(at), at):
-            healthy = probe()
-    try:
-        tx_cm = store.transaction(agent, now)
-        tx = tx_cm.__enter__()
-    except StateError:
-        if not force:
-            raise
-        log.error("gate.forced_unrecorded", agent=agent, why="state unavailable")
-        at = clock() if now is None else now
-        d = decide(policy, AgentState(agent), at, force=True, reason=reason, user=user)
-        return GateResult(d)
-    try:
-        if now is None:
-            now = clock()
-        state = tx.state
-        if end_hook is not None:
-            state = end_hook(state)
+DEFAULT: Final = _Default()
+
+
+class Gate:
+    """One agent's gate on this node. Cheap to build; holds no lock between calls."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        agent: str,
+        *,
+        store: StateStore | None = None,
+        clock: Callable[[], float] = time.time,
+        probe: Probe | _Default | None = DEFAULT,
+        inspect: Inspect | _Default | None = DEFAULT,
+        operator: Operator | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.agent = agent
+        self.policy = Policy.from_config(cfg, agent)  # cluster_size missing -> 78 first
+        self.store = store if store is not None else StateStore(cfg.state_dir)
+        self.clock = clock
+        self.probe: Probe | None = make_probe_for(cfg) if isinstance(probe, _Default) else probe
+        self.inspect: Inspect | None = (
+            docker_inspector_for(cfg) if isinstance(inspect, _Default) else inspect
+        )
+        self.operator = operator
+        #: Seconds the agent's certificate has left, for the metrics (set by the caller).
+        self.cert_seconds_left: float | None = None
+        self.log = get_logger()
+
+    # --- one decision -----------------------------------------------------------------------
+
+    def decide(
+        self,
+        *,
+        force: bool = False,
+        reason: str | None = None,
+        record: bool = True,
+        cancelled: Callable[[], bool] | None = None,
+        now: float | None = None,
+    ) -> GateResult:
+        """Decide once and say so: log the ``gate.*`` event, update the metrics.
+
+        With ``record`` (the gate) an allowed start is durably recorded before this returns,
+        and a forced one is audited. Without it (``status``, operator commands) nothing is
+        recorded, no event is logged and the metrics' counters are left alone.
+        """
+        result = self._decide(
+            force=force, reason=reason, record=record, cancelled=cancelled, now=now
+        )
+        if record:
+            self._announce(result, reason)
+        else:
+            publish_metrics(
+                self.cfg, result, result.decision.decided_at or self.clock(), count=False
+            )
+        return result
+
+    def _decide(
+        self,
+        *,
+        force: bool = False,
+        reason: str | None = None,
+        record: bool = True,
+        cancelled: Callable[[], bool] | None = None,
+        now: float | None = None,
+    ) -> GateResult:
+        """Load the state under the lock, reconcile it with Docker, decide, record.
+
+        A start that cannot be recorded is not allowed (StateError, exit 74), except a forced
+        one, which goes ahead loudly: the operator asked for it and a full disk must not keep
+        the network down.
+
+        ``now`` None (the normal case) reads the clock after the lock is taken: a time read
+        before waiting for the lock would be stale by the wait, and starts would be recorded
+        out of order. The probe and Docker are asked before the lock is taken (each can take
+        seconds), so a slow control plane or Docker never holds up record-exit or operators.
+        """
+        user = self.operator.display if self.operator else None
+        info = self._inspect()
+        healthy = None if force else self._probe_if_it_matters(info, now)
+        try:
+            tx_cm = self.store.transaction(self.agent, now)
+            tx = tx_cm.__enter__()
+        except StateError:
+            if not force:
+                raise
+            self.log.error("gate.forced_unrecorded", agent=self.agent, why="state unavailable")
+            at = self.clock() if now is None else now
+            d = decide(
+                self.policy, AgentState(self.agent), at, force=True, reason=reason, user=user
+            )
+            return GateResult(d)
+        try:
+            if now is None:
+                now = self.clock()
+            state = self._observed(tx.state, info, now)
+            if healthy is not None and not probe_matters(self.policy, state, now):
+                healthy = None  # the state changed meanwhile (an exit, a start): no longer asked
+            d = decide(
+                self.policy,
+                state,
+                now,
+                force=force,
+                reason=reason,
+                user=user,
+                control_plane_healthy=healthy,
+                running=info is not None and info.running,
+            )
+            recorded = False
+            if d.start and record and cancelled is not None and cancelled():
+                # SIGTERM arrived while deciding (a probe can take seconds): record nothing.
+                raise Cancelled
+            if d.start and record:
+                new = state.record_start(
+                    now, via=d.via, user=user, reason=reason if d.forced else None
+                )
+                try:
+                    tx.write(new, now)
+                    recorded = True
+                    state = new
+                except StateError as exc:
+                    if not d.forced:
+                        raise
+                    self.log.error("gate.forced_unrecorded", agent=self.agent, why=str(exc))
+            elif state is not tx.state:
+                # What Docker or the clock told us is kept, but a failure to write it must not
+                # turn a refusal into an I/O error.
+                try:
+                    tx.write(state, now)
+                except StateError as exc:
+                    self.log.warning("state.write_failed", agent=self.agent, why=str(exc))
+            return GateResult(d, tuple(tx.quarantined), recorded, state, healthy)
+        finally:
+            tx_cm.__exit__(None, None, None)
+
+    def _probe_if_it_matters(self, info: ContainerInfo | None, now: float | None) -> bool | None:
+        """Ask the control plane only when its answer can change the decision.
+
+        A quick locked look at the state says whether it can; the decision checks it again.
+        """
+        if self.probe is None or (info is not None and info.running):
+            return None
+        at = self.clock() if now is None else now
+        peek = self.store.read(self.agent, now).state
+        if info is not None:
+            peek = reconcile(peek, info, at, self.cfg.docker_grace)[0]
+        return self.probe() if probe_matters(self.policy, peek.clamp_future(at), at) else None
+
+    def _inspect(self) -> ContainerInfo | None:
+        """The container's State; None when not configured, missing, or Docker is away."""
+        if self.inspect is None:
+            return None
+        try:
+            info = self.inspect()
+        except Exception as exc:  # noqa: BLE001 - whatever Docker does, the gate must answer
+            self.log.warning("docker.unavailable", agent=self.agent, error=one_line(exc, 500))
+            return None
+        if info is None:
+            self.log.info("docker.container_missing", agent=self.agent)
+        return info
+
+    def _observed(self, state: AgentState, info: ContainerInfo | None, now: float) -> AgentState:
+        """The state with Docker's facts and a clock step applied (logged, not yet written)."""
+        if info is not None:
+            state = self._reconciled(state, info, now)
         clamped = state.clamp_future(now)
         if clamped is not state:
-            log.warning(
-                "state.clock_stepped_back",
-                agent=agent,
-                latest_start=iso(max(r.started_at for r in state.runs)),
-                now=iso(now),
+            self.log.warning("state.clock_stepped_back", agent=self.agent, now=iso(now))
+        return clamped
+
+    def _reconciled(self, state: AgentState, info: ContainerInfo, now: float) -> AgentState:
+        new, outcome = reconcile(state, info, now, self.cfg.docker_grace)
+        last = new.last_run
+        fields: dict[str, Any] = {"agent": self.agent, "container": info.name}
+        if outcome == "exited" and last is not None:
+            self.log.info(
+                "docker.run_ended",
+                **fields,
+                exit_code=last.exit_code,
+                seconds=round(last.duration(now), 3),
             )
-            state = clamped
-        if healthy is not None and not probe_matters(policy, state, now):
-            healthy = None  # the state changed meanwhile (an exit, a start): no longer asked
-        d = decide(
-            policy, state, now, force=force, reason=reason, user=user, control_plane_healthy=healthy
-        )
-        recorded = False
-        if d.allowed and record and cancelled is not None and cancelled():
-            # SIGTERM arrived while deciding (a probe can take seconds): record nothing.
-            raise Cancelled
-        if d.allowed and record:
-            new = state.record_start(
-                now,
-                via=d.via,
-                user=user,
-                reason=reason if d.forced else None,
+        elif outcome == "outside" and last is not None:
+            self.log.warning(
+                "docker.started_outside_gate", **fields, started_at=iso(last.started_at)
             )
-            try:
+        elif outcome == "withdrawn":
+            withdrawn = state.runs[len(new.runs)] if len(state.runs) > len(new.runs) else None
+            self.log.warning(
+                "docker.approval_withdrawn",
+                **fields,
+                approved_at=None if withdrawn is None else iso(withdrawn.started_at),
+                why=f"no start followed within {self.cfg.docker_grace:g}s",
+            )
+        return new
+
+    def observe(self, info: ContainerInfo) -> AgentState:
+        """Reconcile the state file with the container's State now (the daemon, on events)."""
+        with self.store.transaction(self.agent) as tx:
+            now = self.clock()
+            new = self._observed(tx.state, info, now)
+            if new is not tx.state:
                 tx.write(new, now)
-                recorded = True
-                state = new
-            except StateError as exc:
-                if not d.forced:
-                    raise
-                log.error("gate.forced_unrecorded", agent=agent, why=str(exc))
-        elif state is not tx.state:
-            # Docker told us how the last run ended: keep it, but a failure to write it must
-            # not turn a refusal into an I/O error.
+            return new
+
+    # --- waiting ----------------------------------------------------------------------------
+
+    def wait(
+        self,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        on_wait: Callable[[Decision, float], None] | None = None,
+        force: bool = False,
+        reason: str | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        poll: float = POLL_SECONDS,
+    ) -> GateResult:
+        """Re-decide until allowed: at the announced time, or as soon as the state file changes.
+
+        Between decisions only the state file's signature is polled (once per ``poll``), so an
+        operator's override or release is seen within about a second; the re-decision is the
+        same pure decision every caller gets, so a release wakes a waiting gate only into what
+        the state allows. A probe is made once per decision, never in a loop. Each new answer
+        (another time, level or reason) is announced once, with its own event id
+        (``gate.refused``, ``gate.held``) and ``waiting: true``.
+        """
+        announced: tuple[str, float | None, int] | None = None
+        while True:
+            result = self._decide(force=force, reason=reason, cancelled=cancelled)
+            d = result.decision
+            if d.allowed:
+                self._announce(result, reason)
+                return result
+            key = (d.event, d.next_allowed_at, d.backoff_level)
+            if key != announced:
+                announced = key
+                self._announce(result, reason, waiting=True)
+            seen = state_signature(self.store, self.agent)
+            target = d.next_allowed_at
+            while True:
+                now = self.clock()
+                if target is not None and now >= target:
+                    break
+                if on_wait is not None:
+                    on_wait(d, now)
+                sleep(max(poll if target is None else min(poll, target - now), 0.0))
+                if state_signature(self.store, self.agent) != seen:
+                    break
+
+    # --- saying so --------------------------------------------------------------------------
+
+    def _announce(self, result: GateResult, reason: str | None, *, waiting: bool = False) -> None:
+        """The decision's event, its metrics, and the audit line of a recorded forced start."""
+        d = result.decision
+        fields: dict[str, Any] = {
+            "agent": d.agent,
+            "node": d.node,
+            "reason": d.reason,
+            "window_seconds": d.window_seconds,
+            "backoff_level": d.backoff_level,
+            "next_allowed_at": None if d.next_allowed_at is None else iso(d.next_allowed_at),
+            "recorded": result.recorded,
+        }
+        if waiting:
+            fields["waiting"] = True
+        if d.forced:
+            self.log.warning(
+                d.event, user=self.operator.display if self.operator else None, **fields
+            )
+        else:
+            self.log.info(d.event, **fields)
+        publish_metrics(
+            self.cfg, result, d.decided_at or self.clock(), cert_seconds_left=self.cert_seconds_left
+        )
+        if d.forced and result.recorded:
+            # The start is recorded and will happen: an audit failure must not stop it now.
+            op = self.operator
             try:
-                tx.write(state, now)
+                self.store.audit(
+                    d.decided_at or self.clock(),
+                    user=op.display if op else None,
+                    uid=op.uid if op else None,
+                    command="gate --force",
+                    agent=self.agent,
+                    reason=reason,
+                )
             except StateError as exc:
-                log.warning("state.write_failed", agent=agent, why=str(exc))
-        return GateResult(d, tuple(tx.quarantined), recorded, state, healthy)
-    finally:
-        tx_cm.__exit__(None, None, None)
+                self.log.error("audit.write_failed", agent=self.agent, why=str(exc))
 
 
 def state_signature(store: StateStore, agent: str) -> tuple[int, int, int] | None:
@@ -149,39 +354,6 @@ def state_signature(store: StateStore, agent: str) -> tuple[int, int, int] | Non
     except OSError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def wait_until_allowed(
-    decide_now: Callable[[], GateResult],
-    signature: Callable[[], object],
-    *,
-    clock: Callable[[], float] = time.time,
-    sleep: Callable[[float], None] = time.sleep,
-    on_wait: Callable[[Decision, float], None] | None = None,
-    poll: float = POLL_SECONDS,
-) -> GateResult:
-    """Re-decide until allowed: at the announced time, or as soon as the state file changes.
-
-    Between decisions only the state file's signature is polled (once per ``poll``), so an
-    operator's override or release is seen within about a second, and a control-plane probe
-    is made once per decision, never in a loop.
-    """
-    while True:
-        result = decide_now()
-        if result.decision.allowed:
-            return result
-        seen = signature()
-        target = result.decision.next_allowed_at
-        while True:
-            now = clock()
-            if target is not None and now >= target:
-                break
-            if on_wait is not None:
-                on_wait(result.decision, now)
-            remaining = poll if target is None else min(poll, target - now)
-            sleep(max(remaining, 0.0))
-            if signature() != seen:
-                break
 
 
 def publish_metrics(
@@ -212,6 +384,9 @@ def publish_metrics(
     if state is not None:
         gauges["hold_active"] = float(state.hold is not None and state.hold.active(now))
         gauges["override_active"] = float(state.override is not None and state.override.active(now))
+        gauges["history_lost"] = float(
+            state.last_run is not None and state.last_run.via == "unknown"
+        )
         ended = [r for r in state.runs if r.exit_code is not None]
         if ended:
             gauges["last_exit_code"] = float(ended[-1].exit_code or 0)
@@ -219,15 +394,20 @@ def publish_metrics(
         gauges["probe_healthy"] = float(result.probe_healthy)
     if cert_seconds_left is not None:
         gauges["certificate_expiry_seconds"] = cert_seconds_left
-    outcome: str = (
-        "forced"
-        if d.forced
-        else d.via
-        if d.via == "override"
-        else ("allowed" if d.allowed else "refused")
-    )
-    counters = {("starts", outcome): 1.0} if count else {}
+    counters: dict[tuple[str, str], float] = {}
+    if count:
+        counters[("starts", _outcome(d))] = 1.0
     update_metrics(cfg.metrics_file, cfg.state_dir, Snapshot(d.agent, gauges, counters))
+
+
+def _outcome(d: Decision) -> str:
+    if d.forced:
+        return "forced"
+    if d.via == "override":
+        return "override"
+    if d.allowed and not d.start:
+        return "running"
+    return "allowed" if d.allowed else "refused"
 
 
 def check_identity(cfg: Config, now: float) -> float | None:
@@ -251,16 +431,18 @@ def check_identity(cfg: Config, now: float) -> float | None:
     return report.seconds_left
 
 
-def docker_end_hook_for(cfg: Config, agent: str) -> EndHook | None:
-    """Docker's record of the last run when ``docker.container`` is set, else None.
-
-    docker_watch (and the docker SDK behind it) is imported only then: not on the plain gate.
-    """
-    if not cfg.docker_container:
+def docker_inspector_for(cfg: Config) -> Inspect | None:
+    """Inspect ``docker.container`` when it is set, else None (the SDK is imported on use)."""
+    name = cfg.docker_container
+    if not name:
         return None
-    from supervisor.docker_watch import docker_end_hook
 
-    return docker_end_hook(cfg, agent)
+    def inspect() -> ContainerInfo | None:
+        from supervisor.container import inspect_container
+
+        return inspect_container(name)
+
+    return inspect
 
 
 def make_probe_for(cfg: Config) -> Probe | None:

@@ -26,7 +26,10 @@ PREFIX: Final = "agent_supervisor_"
 
 #: name -> (type, help). Gauges are replaced per agent on each update; counters accumulate.
 FAMILIES: Final[dict[str, tuple[str, str]]] = {
-    "starts": ("counter", "Gate decisions by agent and outcome (allowed/refused/forced/override)."),
+    "starts": (
+        "counter",
+        "Gate decisions by agent and outcome (allowed/refused/forced/override/running).",
+    ),
     "backoff_level": ("gauge", "Consecutive runs that did not become stable."),
     "next_allowed_timestamp_seconds": ("gauge", "When the next start is allowed (0: now)."),
     "window_seconds": ("gauge", "The jitter window W for this cluster size."),
@@ -36,6 +39,10 @@ FAMILIES: Final[dict[str, tuple[str, str]]] = {
     "last_exit_code": ("gauge", "Exit code of the agent's last finished run."),
     "probe_healthy": ("gauge", "1 if the last control-plane probe said healthy, 0 if not."),
     "last_decision_timestamp_seconds": ("gauge", "When the gate last decided."),
+    "history_lost": (
+        "gauge",
+        "1 while the agent's history is unknown (a bad state file was moved aside).",
+    ),
 }
 
 

@@ -44,17 +44,39 @@ def multiplier(level: int, max_multiplier: int) -> int:
     return min(1 << (level - 1), max_multiplier)
 
 
-def backoff_level(state: AgentState, now: float, stable_after: float) -> int:
-    """k: the number of consecutive most recent runs that did not become stable.
+def backoff_level(state: AgentState, stable_after: float) -> int:
+    """k: the number of consecutive most recent runs that failed (invariant 1).
 
-    A run is stable when it lasted at least ``stable_after``; a run whose end is unknown is
-    measured up to ``now`` (the first gate call after a start learns its end, invariant 5).
+    Newest first, each run is one of:
+
+    - neutral, skipped: superseded by a start an operator let through (``--force``, override),
+      or superseded by a start seen in Docker that no gate approved while its own end is
+      unknown (whoever started the container outside the gate also ended this run); or
+      stopped on purpose (exit 0, SIGTERM, SIGINT) before ``stable_after``;
+    - failed, counted: its end was never reported (no record-exit, no Docker State), or it
+      ended on its own (non-zero exit, another signal) before ``stable_after``;
+    - stable, which ends the count: it lasted ``stable_after``.
+
+    An end nobody reported is not a duration: taking the next start as the end would make
+    every run of a crash loop with no exit reports look as long as its wait, hence stable.
     """
     level = 0
-    for run in reversed(state.runs):
-        if run.duration(now) >= stable_after:
+    runs = state.runs
+    for i in range(len(runs) - 1, -1, -1):
+        run = runs[i]
+        after = runs[i + 1] if i + 1 < len(runs) else None
+        superseded = after is not None and (
+            after.operator or (after.via == "docker" and run.ended_at is None)
+        )
+        if superseded:
+            continue
+        if run.ended_at is None:
+            level += 1
+            continue
+        if run.ended_at - run.started_at >= stable_after:
             break
-        level += 1
+        if not run.stopped_on_purpose:
+            level += 1
     return level
 
 
@@ -131,6 +153,9 @@ class Decision:
     via: Via = "gate"
     event: str = "gate.allowed"
     decided_at: float | None = None
+    #: Allowed and a start is to be made (and recorded): False when refused, and when the
+    #: agent is already running (nothing to start, nothing to record).
+    start: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The decision JSON of the contract."""
@@ -157,15 +182,16 @@ def decide(
     reason: str | None = None,
     user: str | None = None,
     control_plane_healthy: bool | None = None,
+    running: bool = False,
 ) -> Decision:
-    """Decide whether the agent may start at ``now``.
+    """Decide whether the agent may start at ``now``: one answer whoever asks (invariant 0).
 
-    Order: an operator's ``--force`` wins; then a hold refuses; then an override allows; then
-    the window: no start in the last W allows at once (invariant 1), unless a probe says the
-    control plane is down after a failed run; otherwise the start waits for the node's slot
-    in window ``last + W*m`` (invariant 3). ``control_plane_healthy`` is None when no probe ran.
+    The answer depends on nothing but the arguments. Order: an agent that is ``running``
+    already (Docker says so) needs no start; an operator's ``--force`` wins; then a hold
+    refuses; then an override allows; then the window and the backoff (invariants 2 and 3).
+    ``control_plane_healthy`` is None when no probe ran (see :func:`probe_matters`).
     """
-    level = backoff_level(state, now, policy.stable_after)
+    level = backoff_level(state, policy.stable_after)
 
     def make(
         allowed: bool,
@@ -174,6 +200,7 @@ def decide(
         event: str,
         via: Via = "gate",
         forced: bool = False,
+        start: bool = True,
     ) -> Decision:
         return Decision(
             allowed=allowed,
@@ -188,8 +215,11 @@ def decide(
             via=via,
             event=event,
             decided_at=now,
+            start=allowed and start,
         )
 
+    if running:
+        return make(True, "already running", None, "gate.already_running", start=False)
     if force:
         who = f" by {user}" if user else ""
         return make(
@@ -233,52 +263,84 @@ class _Normal:
 def _window_decision(
     policy: Policy, state: AgentState, now: float, level: int, healthy: bool | None
 ) -> _Normal:
+    """Invariants 2 and 3: the window at level 0, the slot of window ``last + W*m`` above it."""
     w = policy.window
-    last = state.last_run
-    # A start recorded in the future means the clock stepped back: count it as now, so a clock
-    # step can never block an agent for longer than a normal backoff.
     last_start = latest_start(state, now)
-    if last_start is None or now - last_start >= w:
-        if last is not None and healthy is False and run_failed(last, now, policy.stable_after):
-            nxt = next_grid_slot(now, w, policy.offset)
-            if nxt <= now:
-                # Asked exactly at this node's slot (a waiting gate wakes there): the slot is
-                # this very refusal, so the next one is a window on. A refusal must name a
-                # later time, or a virtual clock (simulate) would re-ask forever.
-                nxt += w
+    if last_start is None:
+        return _Normal(True, "first start", None, "gate.allowed")
+    lost = _lost_history(state)
+    if level == 0:
+        if now - last_start < w:
+            nxt = next_grid_slot(last_start + w, w, policy.offset)
             return _Normal(
                 False,
-                "control plane unhealthy after a failed run: waiting for this node's slot "
-                f"in {format_duration(nxt - now)}",
+                f"started {format_duration(now - last_start)} ago, within the "
+                f"{format_duration(w)} window: next slot in {format_duration(nxt - now)}",
                 nxt,
                 "gate.refused",
             )
-        why = "no start in the last window" if last is not None else "first start"
-        return _Normal(True, why, None, "gate.allowed")
-    m = multiplier(level, policy.max_multiplier)
-    nxt = next_grid_slot(last_start + w * m, w, policy.offset)
-    ago = format_duration(now - last_start)
-    return _Normal(
-        False,
-        f"started {ago} ago, within the {format_duration(w)} window; backoff level {level} "
-        f"(x{m}): next slot in {format_duration(nxt - now)}",
-        nxt,
-        "gate.refused",
-    )
+        why = "no start in the last window"
+    else:
+        m = multiplier(level, policy.max_multiplier)
+        slot = next_grid_slot(last_start + w * m, w, policy.offset)
+        if now < slot:
+            head = (
+                f"history unknown ({lost})"
+                if lost
+                else f"{level} failed run{'s' if level > 1 else ''} in a row"
+            )
+            return _Normal(
+                False,
+                f"{head}: backoff level {level} (x{m}), last start "
+                f"{format_duration(now - last_start)} ago: next slot in "
+                f"{format_duration(slot - now)}",
+                slot,
+                "gate.refused",
+            )
+        why = f"backoff level {level} (x{m}): this node's slot has come"
+    if healthy is False and probe_applies(state, level, policy.stable_after):
+        nxt = next_grid_slot(now, w, policy.offset)
+        if nxt <= now:
+            # Asked exactly at this node's slot (a waiting gate wakes there): the slot is
+            # this very refusal, so the next one is a window on. A refusal must name a
+            # later time, or a virtual clock (simulate) would re-ask forever.
+            nxt += w
+        return _Normal(
+            False,
+            "control plane unhealthy after a failed run: waiting for this node's slot "
+            f"in {format_duration(nxt - now)}",
+            nxt,
+            "gate.refused",
+        )
+    return _Normal(True, why, None, "gate.allowed")
 
 
-def run_failed(run: Run, now: float, stable_after: float) -> bool:
+def _lost_history(state: AgentState) -> str | None:
+    """The reason of the placeholder run, when the history was lost and nothing ran since."""
+    last = state.last_run
+    if last is not None and last.via == "unknown":
+        return last.reason or "the state file was unreadable"
+    return None
+
+
+def run_failed(run: Run, stable_after: float) -> bool:
     """Whether a run counts as failed for the control-plane probe.
 
-    Failed: it exited non-zero, or it did not last ``stable_after``, or its end was never
-    reported (no record-exit, no Docker State): that is a node crash or a power loss, exactly
-    when the control plane may be down too, and one probe request is cheap.
+    Failed: it exited non-zero, or its end was never reported (no record-exit, no Docker
+    State: a node crash or a power loss, exactly when the control plane may be down too, and
+    one probe request is cheap), or it ended before ``stable_after`` other than on purpose.
     """
-    if run.exit_code is not None and run.exit_code != 0:
-        return True
     if run.ended_at is None:
         return True
-    return run.duration(now) < stable_after
+    if run.exit_code is not None and run.exit_code != 0:
+        return True
+    return run.ended_at - run.started_at < stable_after and not run.stopped_on_purpose
+
+
+def probe_applies(state: AgentState, level: int, stable_after: float) -> bool:
+    """Whether a probe that says "unhealthy" refuses: in a crash loop, or after a failed run."""
+    last = state.last_run
+    return last is not None and (level >= 1 or run_failed(last, stable_after))
 
 
 def latest_start(state: AgentState, now: float) -> float | None:
@@ -293,9 +355,14 @@ def latest_start(state: AgentState, now: float) -> float | None:
 
 
 def probe_matters(policy: Policy, state: AgentState, now: float) -> bool:
-    """Whether a probe's answer could change the decision: a failed run, the window passed."""
-    last = state.last_run
-    start = latest_start(state, now)
-    if last is None or start is None or not policy.probe_configured:
+    """Whether a probe's answer could change the decision: only when it would otherwise allow.
+
+    The same test the decision makes, without the probe: nothing to ask when no probe is
+    configured, when the window or the slot has not come, or when no run failed.
+    """
+    if not policy.probe_configured:
         return False
-    return now - start >= policy.window and run_failed(last, now, policy.stable_after)
+    level = backoff_level(state, policy.stable_after)
+    if not probe_applies(state, level, policy.stable_after):
+        return False
+    return _window_decision(policy, state, now, level, None).allowed

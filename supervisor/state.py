@@ -12,7 +12,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
-SCHEMA_VERSION: Final = 1
+#: Version 2: a run's end is a fact or unknown, never inferred from the next start; runs may be
+#: starts seen in Docker (``via: docker``) or the placeholder for a lost history (``unknown``).
+#: Version 1 files are read (an inferred end becomes unknown) and written back as version 2.
+SCHEMA_VERSION: Final = 2
+_READABLE_SCHEMAS: Final = (1, 2)
 #: Runs kept in the history: far more than the backoff needs (the multiplier saturates after a
 #: few levels), enough for an operator to see a day of a crash loop.
 MAX_RUNS: Final = 50
@@ -20,10 +24,21 @@ MAX_RUNS: Final = 50
 MIN_TIMESTAMP: Final = 0.0
 MAX_TIMESTAMP: Final = 221845392000.0
 
-Via = Literal["gate", "force", "override"]
-EndSource = Literal["record-exit", "docker", "inferred"]
-_VIAS: Final = ("gate", "force", "override")
-_END_SOURCES: Final = ("record-exit", "docker", "inferred")
+#: Who let a run start: the gate; an operator (``force``, ``override``); nobody we asked
+#: (``docker``: a real start seen in the container's State, e.g. ``docker start`` or a container
+#: recreated by compose); or ``unknown``: the placeholder put in when the history was lost (a
+#: corrupt state file), so that unknown history is never taken for a clean one (invariant 9).
+Via = Literal["gate", "force", "override", "docker", "unknown"]
+#: Who reported the end of a run. There is no inferred end: an end nobody reported is unknown.
+EndSource = Literal["record-exit", "docker"]
+_VIAS: Final = ("gate", "force", "override", "docker", "unknown")
+_END_SOURCES: Final = ("record-exit", "docker")
+#: Operator-let-through starts: they neither count against the window (invariant 4) nor make
+#: the run they supersede a failure (invariant 1).
+OPERATOR_VIAS: Final = ("force", "override")
+#: Exit codes of a run stopped on purpose: 0, and SIGINT/SIGTERM as a shell reports them
+#: (128 + 2, 128 + 15): ``systemctl stop|restart``, ``docker stop``, Ctrl-C.
+STOPPED_ON_PURPOSE: Final = (0, 130, 143)
 
 
 class StateFormatError(ValueError):
@@ -71,14 +86,19 @@ class Run:
     reason: str | None = None
 
     def duration(self, now: float) -> float:
-        """How long the run lasted, or has lasted so far if its end is unknown."""
+        """How long the run lasted, or has lasted so far if its end is unknown (for display)."""
         end = self.ended_at if self.ended_at is not None else now
         return max(0.0, end - self.started_at)
 
     @property
     def operator(self) -> bool:
         """True when an operator let this start through (``--force`` or an override)."""
-        return self.via != "gate"
+        return self.via in OPERATOR_VIAS
+
+    @property
+    def stopped_on_purpose(self) -> bool:
+        """The run's reported end was a deliberate stop (exit 0, SIGTERM, SIGINT)."""
+        return self.ended_at is not None and self.exit_code in STOPPED_ON_PURPOSE
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,14 +132,28 @@ class AgentState:
     def record_start(
         self, now: float, *, via: Via = "gate", user: str | None = None, reason: str | None = None
     ) -> AgentState:
-        """A new run begins at ``now``; an earlier run whose end is unknown ended at ``now``."""
-        runs = list(self.runs)
-        if runs and runs[-1].ended_at is None:
-            runs[-1] = replace(
-                runs[-1], ended_at=max(now, runs[-1].started_at), end_source="inferred"
-            )
-        runs.append(Run(started_at=now, via=via, user=user, reason=reason))
-        return replace(self, runs=tuple(runs[-MAX_RUNS:]))
+        """A new run begins at ``now``.
+
+        An earlier run whose end nobody reported keeps an unknown end: taking the next start as
+        its end would make every run of a crash loop look as long as its wait, hence stable.
+        """
+        runs = (*self.runs, Run(started_at=now, via=via, user=user, reason=reason))
+        return replace(self, runs=runs[-MAX_RUNS:])
+
+    def without_last_run(self) -> AgentState:
+        """The latest run withdrawn: an approval that no real start followed (invariant 7)."""
+        return replace(self, runs=self.runs[:-1])
+
+    @classmethod
+    def history_lost(cls, agent: str, now: float, why: str) -> AgentState:
+        """The state after the history was lost: one run started ``now``, its end unknown.
+
+        Unknown history is not a clean history (invariant 9): the agent is treated as at
+        backoff level 1 from the moment the problem was found, so the next start waits for the
+        node's slot instead of joining a fleet-wide wave (a downgrade across the fleet would
+        otherwise quarantine every node's file and let every agent start at once).
+        """
+        return cls(agent=agent, runs=(Run(started_at=now, via="unknown", reason=why),))
 
     def record_exit(
         self, ended_at: float, exit_code: int | None, *, source: EndSource = "record-exit"
@@ -134,13 +168,18 @@ class AgentState:
         return replace(self, runs=(*self.runs[:-1], run))
 
     def clamp_future(self, now: float) -> AgentState:
-        """Times after ``now`` (the clock stepped back) become ``now``; self if there are none.
+        """Pin what a clock step back left in the future to ``now``; self if nothing is.
 
-        Persisted by the gate, so the backoff counts from when the step was first seen: kept
-        only in memory, a start a day ahead would look like "just now" on every call, and the
-        agent would wait out the whole step instead of one backoff.
+        Runs: times after ``now`` become ``now``. Hold and override: one set in the future is
+        moved to ``now`` with the duration the operator gave, so its expiry is at most that
+        duration away (invariant 8): a step back of a day must not keep a one-hour override
+        for 25 hours. Persisted by the gate, so everything counts from when the step was first
+        seen: kept only in memory, a start a day ahead would look like "just now" on every
+        call, and the agent would wait out the whole step instead of one backoff.
         """
-        if not any(r.started_at > now or (r.ended_at or 0.0) > now for r in self.runs):
+        runs_ahead = any(r.started_at > now or (r.ended_at or 0.0) > now for r in self.runs)
+        hold, override = _pin_flag(self.hold, now), _pin_flag(self.override, now)
+        if not runs_ahead and hold is self.hold and override is self.override:
             return self
         runs = tuple(
             replace(
@@ -150,7 +189,7 @@ class AgentState:
             )
             for r in self.runs
         )
-        return replace(self, runs=runs)
+        return replace(self, runs=runs, hold=hold, override=override)
 
     def with_hold(self, flag: OperatorFlag | None) -> AgentState:
         """Set or clear the hold."""
@@ -161,6 +200,14 @@ class AgentState:
         return replace(self, override=flag)
 
 
+def _pin_flag(flag: OperatorFlag | None, now: float) -> OperatorFlag | None:
+    """A flag set after ``now`` (the clock stepped back) moved to ``now``, keeping its length."""
+    if flag is None or flag.set_at <= now:
+        return flag
+    until = None if flag.until is None else now + max(0.0, flag.until - flag.set_at)
+    return replace(flag, set_at=now, until=until)
+
+
 # --- serialization ------------------------------------------------------------------------
 
 
@@ -168,7 +215,8 @@ def _opt_ts(ts: float | None) -> str | None:
     return None if ts is None else iso(ts)
 
 
-def _flag_doc(flag: OperatorFlag | None) -> dict[str, Any] | None:
+def flag_document(flag: OperatorFlag | None) -> dict[str, Any] | None:
+    """A hold or an override as the state file (and ``status --json``) writes it."""
     if flag is None:
         return None
     return {
@@ -185,8 +233,8 @@ def to_document(state: AgentState, now: float) -> dict[str, Any]:
         "schema": SCHEMA_VERSION,
         "agent": state.agent,
         "updated_at": iso(now),
-        "hold": _flag_doc(state.hold),
-        "override": _flag_doc(state.override),
+        "hold": flag_document(state.hold),
+        "override": flag_document(state.override),
         "runs": [
             {
                 "started_at": iso(r.started_at),
@@ -230,14 +278,18 @@ def _flag(value: object, what: str) -> OperatorFlag | None:
     )
 
 
-def _run(value: object, i: int) -> Run:
+def _run(value: object, i: int, schema: int) -> Run:
     what = f"runs[{i}]"
     if not isinstance(value, dict):
         raise StateFormatError(f"{what} is not an object")
     via = value.get("via", "gate")
-    if via not in _VIAS:
+    if via not in (_VIAS if schema >= 2 else ("gate", "force", "override")):
         raise StateFormatError(f"{what}.via is {via!r}")
     source = value.get("end_source")
+    ended = value.get("ended_at")
+    if source == "inferred" and schema == 1:
+        # Version 1 took the next start as the end of a run nobody reported: not a fact.
+        source, ended = None, None
     if source is not None and source not in _END_SOURCES:
         raise StateFormatError(f"{what}.end_source is {source!r}")
     code = value.get("exit_code")
@@ -245,7 +297,6 @@ def _run(value: object, i: int) -> Run:
         isinstance(code, bool) or not isinstance(code, int) or not -(2**31) <= code < 2**31
     ):
         raise StateFormatError(f"{what}.exit_code is {code!r}")
-    ended = value.get("ended_at")
     return Run(
         started_at=parse_iso(_field(value, "started_at", what), f"{what}.started_at"),
         via=via,
@@ -262,14 +313,17 @@ def from_document(doc: object, agent: str) -> AgentState:
     if not isinstance(doc, dict):
         raise StateFormatError("the state is not a JSON object")
     schema = doc.get("schema")
-    if schema != SCHEMA_VERSION:
-        raise StateFormatError(f"schema version is {schema!r}, this version reads {SCHEMA_VERSION}")
+    if type(schema) is not int or schema not in _READABLE_SCHEMAS:
+        raise StateFormatError(
+            f"schema version is {schema!r}, this version reads "
+            f"{', '.join(map(str, _READABLE_SCHEMAS))}"
+        )
     if doc.get("agent") != agent:
         raise StateFormatError(f"the state is for agent {doc.get('agent')!r}, not {agent!r}")
     runs = doc.get("runs", [])
     if not isinstance(runs, list):
         raise StateFormatError("runs is not a list")
-    parsed = tuple(_run(r, i) for i, r in enumerate(runs[-MAX_RUNS:]))
+    parsed = tuple(_run(r, i, schema) for i, r in enumerate(runs[-MAX_RUNS:]))
     for r in parsed:
         if not all(math.isfinite(t) for t in (r.started_at, r.ended_at or 0.0)):
             raise StateFormatError("a run has a time that is not finite")

@@ -10,7 +10,9 @@ Hostile or broken inputs are refused rather than followed: a state file or lock 
 symlink (a write would go through it to wherever it points), a FIFO (an open would block
 forever), a file owned by another user, or a directory writable by group or others (anyone in
 the group could swap the file under us). A state file that does not parse is moved aside with
-a timestamp, never deleted, and the gate decides as if there were no history.
+a timestamp, never deleted, never overwritten, and replaced by the state of a lost history
+(:meth:`AgentState.history_lost`): unknown history is not a clean history, so the next start
+waits for the node's slot (invariant 9).
 """
 
 from __future__ import annotations
@@ -180,9 +182,9 @@ class StateStore:
         if st is None:
             return AgentState(agent=agent), []
         if st.st_size > MAX_STATE_BYTES:
-            return AgentState(agent=agent), [
-                self._quarantine(path, now, f"{st.st_size} bytes, larger than {MAX_STATE_BYTES}")
-            ]
+            return self._lost(
+                agent, path, now, f"{st.st_size} bytes, larger than {MAX_STATE_BYTES}"
+            )
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             try:
@@ -203,24 +205,59 @@ class StateStore:
             OverflowError,
         ) as exc:
             why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            return AgentState(agent=agent), [self._quarantine(path, now, why)]
+            return self._lost(agent, path, now, why)
+
+    def _lost(self, agent: str, path: Path, now: float, why: str) -> tuple[AgentState, list[str]]:
+        """Move the bad file aside and write the state of a lost history in its place.
+
+        Written at once, under the lock: every later caller must see "history lost at T", not
+        a missing file (a first start). If it cannot be written the bad file is put back, so
+        nothing is lost and the next caller finds the same problem (StateError, exit 74).
+        """
+        moved = self._quarantine(path, now, why)
+        state = AgentState.history_lost(agent, now, f"state file moved aside to {moved}: {why}")
+        try:
+            self.write_state(state, now)
+        except StateError:
+            with contextlib.suppress(OSError):
+                os.rename(moved, path)
+                fsync_dir(self.directory)
+            raise
+        return state, [moved]
 
     def _quarantine(self, path: Path, now: float, why: str) -> str:
         """Move a bad state file aside (never delete it) and say where it went."""
         target = path.with_name(f"{path.name}.corrupt-{_stamp(now)}")
         n = 1
-        while target.exists():
+        while os.path.lexists(target):
             target = path.with_name(f"{path.name}.corrupt-{_stamp(now)}.{n}")
             n += 1
         try:
+            # Under the agent's lock, and the name was checked free just above: the rename
+            # cannot replace an earlier quarantined file.
             os.rename(path, target)
             fsync_dir(self.directory)
         except OSError as exc:
             raise StateError(
                 f"state file {path} is corrupt ({why}) and cannot be moved aside: {exc.strerror}"
             ) from None
-        self.log.warning("state.quarantined", path=str(path), moved_to=str(target), why=why)
+        self.log.error(
+            "state.quarantined",
+            path=str(path),
+            moved_to=str(target),
+            why=why,
+            effect="history unknown: the next start waits for this node's slot",
+        )
         return str(target)
+
+    def quarantined_files(self, agent: str) -> list[str]:
+        """The agent's state files moved aside so far (oldest first), for ``status``."""
+        prefix = f"{agent}.json.corrupt-"
+        try:
+            names = sorted(e.name for e in os.scandir(self.directory) if e.name.startswith(prefix))
+        except OSError:
+            return []
+        return [str(self.directory / n) for n in names]
 
     # --- writing ----------------------------------------------------------------------------
 

@@ -9,8 +9,9 @@ content, so a rerun of the suite builds nothing:
 - the supervisor's own image, built with ``compose/Dockerfile`` from a local base image: a
   minimal Debian made with ``debootstrap`` (python3 and python3-venv) and ``docker import``.
 
-Also here: bounded waiting, reading ``docker events`` back from the engine, and restarting the
-very dockerd that is running (same argv, same log file, same environment).
+Also here: bounded waiting, reading ``docker events`` back from the engine, and Docker engines
+of a test's own (:class:`PrivateDockerd`) for the tests that stop or restart an engine: those
+never touch an engine they did not start, the machine's included.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -358,7 +360,7 @@ def _remove_older(client: Any, repository: str, keep: str, age: float = 3600.0) 
 
 
 def _parse_created(text: str) -> float | None:
-    from supervisor.docker_watch import parse_docker_time
+    from supervisor.container import parse_docker_time
 
     return parse_docker_time(text)
 
@@ -465,41 +467,10 @@ def process(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
         proc.wait(timeout=30)
 
 
-# --- dockerd itself ------------------------------------------------------------------------------
+# --- Docker engines of a test's own --------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Dockerd:
-    """How the running dockerd was started, read from /proc so it can be started again."""
-
-    pid: int
-    argv: tuple[str, ...]
-    env: dict[str, str]
-    cwd: str
-    log: str
-
-
-def running_dockerd() -> Dockerd:
-    """The dockerd serving this machine's socket."""
-    pids = subprocess.run(["pidof", "dockerd"], capture_output=True, text=True, check=False)
-    if not pids.stdout.split():
-        raise AssertionError("no dockerd process is running")
-    pid = int(pids.stdout.split()[0])
-    proc = Path(f"/proc/{pid}")
-    argv = tuple(a.decode() for a in (proc / "cmdline").read_bytes().split(b"\0") if a)
-    env = dict(
-        kv.decode().split("=", 1)
-        for kv in (proc / "environ").read_bytes().split(b"\0")
-        if b"=" in kv
-    )
-    log = os.readlink(proc / "fd" / "1")
-    if not log.startswith("/") or log.startswith("/dev/"):
-        log = "/tmp/dockerd.log"
-    log = log.removesuffix(" (deleted)")
-    return Dockerd(pid, argv, env, os.readlink(proc / "cwd"), log)
-
-
-def _docker_answers(sock_path: str = "/var/run/docker.sock") -> bool:
+def _docker_answers(sock_path: str) -> bool:
     """GET /_ping on the engine's socket, with a socket of our own that is always closed
     (the SDK leaks one per failed connect, which pytest turns into an error)."""
     import socket
@@ -519,37 +490,165 @@ def _docker_answers(sock_path: str = "/var/run/docker.sock") -> bool:
         s.close()
 
 
-def start_dockerd(d: Dockerd, timeout: float = 60) -> int:
-    """Start dockerd as ``d`` describes, detached from the tests (``setsid --fork``: it is
-    nobody's child here and outlives the test run); wait until it answers."""
-    with open(d.log, "ab") as out:
-        subprocess.run(
-            ["setsid", "--fork", *d.argv],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=d.env,
-            cwd=d.cwd,
-            check=True,
+def process_running(pid: int) -> bool:
+    """Whether ``pid`` names a process that has not ended (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+class PrivateDockerd:
+    """A Docker engine of the test's own, for tests that stop, restart or kill an engine.
+
+    Everything it has is its own, under :attr:`root`: socket, pid file, data root, exec root
+    (dockerd starts its own containerd there, with its own sockets and state), ``daemon.json``
+    and trust key (else dockerd reads /etc/docker's), log. No bridge and no iptables rules:
+    host networking or none only, and nothing of the machine's network is touched. It is
+    stopped by the pid of the process started here, never looked up by name: another dockerd
+    on the machine (the shared engine, someone else's test run) is none of its business.
+
+    It starts empty: build or load the images a test needs into it (:meth:`client`).
+    """
+
+    def __init__(self, name: str = "engine") -> None:
+        # Under /tmp, not pytest's tmp_path: a unix socket's path has at most 107 bytes, and
+        # containerd's sockets sit three levels below the exec root.
+        self.name = name
+        self.root = Path(tempfile.mkdtemp(prefix=f"as-dockerd-{name}-", dir="/tmp"))
+        self.sock = self.root / f"{name}.sock"
+        self.pidfile = self.root / "dockerd.pid"
+        self.data_root = self.root / "data"
+        self.exec_root = self.root / "exec"
+        self.log = self.root / "dockerd.log"
+        self.config = self.root / "daemon.json"
+        # deprecated-key-path has no command-line flag in 20.10; without it dockerd uses (and
+        # would create) /etc/docker/key.json.
+        self.config.write_text(
+            json.dumps({"deprecated-key-path": str(self.root / "key.json")}) + "\n"
         )
-    wait_for(_docker_answers, timeout, "dockerd to answer again", interval=0.3)
-    return running_dockerd().pid
+        self._proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def host(self) -> str:
+        """The DOCKER_HOST of this engine."""
+        return f"unix://{self.sock}"
 
-def stop_dockerd(d: Dockerd, timeout: float = 60) -> None:
-    """SIGTERM dockerd (it stops its containers) and wait for it to exit."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(d.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while Path(f"/proc/{d.pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if Path(f"/proc/{d.pid}").exists():
+    @property
+    def argv(self) -> list[str]:
+        """How this engine is started (and started again)."""
+        return [
+            "dockerd",
+            "--config-file", str(self.config),
+            "-H", self.host,
+            "--pidfile", str(self.pidfile),
+            "--data-root", str(self.data_root),
+            "--exec-root", str(self.exec_root),
+            "--bridge=none",
+            "--iptables=false",
+        ]  # fmt: skip
+
+    @property
+    def pid(self) -> int:
+        """The pid of the running dockerd started here."""
+        if self._proc is None:
+            raise AssertionError(f"dockerd {self.name} was not started")
+        return self._proc.pid
+
+    def alive(self) -> bool:
+        """Whether the dockerd started here is still running."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def answers(self) -> bool:
+        """Whether the engine answers on its socket."""
+        return _docker_answers(str(self.sock))
+
+    def client(self, timeout: float = 30) -> Any:
+        """A Docker SDK client for this engine (close it)."""
+        import docker
+
+        return docker.DockerClient(base_url=self.host, timeout=timeout)
+
+    def start(self, timeout: float = 60) -> float:
+        """Start dockerd and wait until it answers; return how long that took (seconds)."""
+        if self.alive():
+            raise AssertionError(f"dockerd {self.name} is already running ({self.pid})")
+        began = time.monotonic()
+        with open(self.log, "ab") as out:
+            # A session of its own: a Ctrl-C on the terminal reaches pytest, whose finalizer
+            # stops the engine in order, not dockerd in the middle of a test.
+            self._proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        def up() -> bool:
+            if self._proc is not None and self._proc.poll() is not None:
+                tail = self.log.read_text(errors="replace")[-3000:]
+                raise AssertionError(
+                    f"dockerd {self.name} exited ({self._proc.returncode}) while starting:\n{tail}"
+                )
+            return self.answers()
+
+        wait_for(up, timeout, f"dockerd {self.name} to answer on {self.sock}", interval=0.05)
+        return time.monotonic() - began
+
+    def stop(self, timeout: float = 60) -> float:
+        """SIGTERM the dockerd started here (it stops its containers and its containerd) and
+        wait for it; SIGKILL after ``timeout``. Return how long that took (seconds)."""
+        began = time.monotonic()
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+        self._stop_containerd()
+        return time.monotonic() - began
+
+    def restart(self, timeout: float = 60) -> float:
+        """Stop and start this engine as before; return how long it was away (seconds)."""
+        return self.stop(timeout) + self.start(timeout)
+
+    def _stop_containerd(self) -> None:
+        """The containerd this dockerd started, if it outlived dockerd (a SIGKILL): known by
+        its pid file in our exec root and its config path, never by its name."""
+        pidfile = self.exec_root / "containerd" / "containerd.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if str(self.exec_root).encode() + b"/" not in cmdline or not process_running(pid):
+            return
         with contextlib.suppress(ProcessLookupError):
-            os.kill(d.pid, signal.SIGKILL)
-        time.sleep(1)
+            os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: not process_running(pid), 30, "containerd to stop")
+        if process_running(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
+    def _mounts(self) -> list[str]:
+        """Mount points under :attr:`root` (deepest first)."""
+        out = []
+        prefix = str(self.root) + "/"
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4])
+            if point.startswith(prefix):
+                out.append(point)
+        return sorted(out, key=len, reverse=True)
 
-def ensure_dockerd(d: Dockerd) -> None:
-    """Leave a dockerd running whatever happened: start one if nothing answers."""
-    if not _docker_answers():
-        start_dockerd(d)
+    def close(self) -> None:
+        """Stop the engine and remove its directory (unmounting what it may have left)."""
+        self.stop()
+        for point in self._mounts():
+            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)

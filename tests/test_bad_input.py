@@ -91,7 +91,7 @@ BAD_STATES: list[tuple[str, bytes]] = [
     ("garbage", b"\x00garbage\xff"),
     ("truncated", json.dumps(GOOD_STATE).encode()[:40]),
     ("array", b"[1, 2, 3]"),
-    ("wrong schema", json.dumps({**GOOD_STATE, "schema": 2}).encode()),
+    ("newer schema", json.dumps({**GOOD_STATE, "schema": 3}).encode()),
     ("no schema", json.dumps({k: v for k, v in GOOD_STATE.items() if k != "schema"}).encode()),
     ("other agent", json.dumps({**GOOD_STATE, "agent": "kube-proxy"}).encode()),
     ("runs not a list", json.dumps({**GOOD_STATE, "runs": "many"}).encode()),
@@ -140,18 +140,25 @@ BAD_STATES: list[tuple[str, bytes]] = [
 def test_corrupt_state_is_quarantined_and_gate_decides(
     tmp_path: Path, name: str, content: bytes
 ) -> None:
-    """A corrupt state file is moved aside byte for byte and the gate decides as if new."""
+    """A corrupt state file is moved aside byte for byte and the gate waits for its slot
+    (invariant 9): unknown history is level 1 from the moment it was found, never a first start.
+    """
     sd = tmp_path / "state"
     sd.mkdir(mode=0o700)
     (sd / "cilium-agent.json").write_bytes(content)
     r = run_cli("gate", "--json", "--cluster-size", "100", "--state-dir", str(sd))
-    assert r.code == 0, (name, r.stderr)
-    assert json.loads(r.stdout)["allowed"] is True
+    assert r.code == 75, (name, r.stderr)
+    d = json.loads(r.stdout)
+    assert d["allowed"] is False and d["backoff_level"] == 1
+    assert d["reason"].startswith("history unknown (state file moved aside to ")
     assert "Traceback" not in r.stderr and r.stderr_lines == []
     events = [json.loads(ln)["event"] for ln in r.stderr.splitlines() if ln.startswith("{")]
-    assert events == ["state.quarantined", "gate.allowed"]
+    assert events == ["state.quarantined", "gate.refused"]
     moved = list(sd.glob("cilium-agent.json.corrupt-*"))
     assert len(moved) == 1 and moved[0].read_bytes() == content
+    again = run_cli("gate", "--json", "--cluster-size", "100", "--state-dir", str(sd))
+    assert again.code == 75 and json.loads(again.stdout)["next_allowed_at"] == d["next_allowed_at"]
+    assert list(sd.glob("cilium-agent.json.corrupt-*")) == moved
 
 
 @pytest.mark.parametrize("kind", ["directory", "fifo", "symlink"])

@@ -28,16 +28,10 @@ import structlog
 from conftest import clean_env, run_cli
 
 from supervisor.config import Config, load_config
-from supervisor.docker_watch import (
-    ContainerInfo,
-    Daemon,
-    Target,
-    check_supervisable,
-    docker_end_hook,
-    parse_docker_time,
-    reconcile,
-)
+from supervisor.container import ContainerInfo, check_supervisable, parse_docker_time, reconcile
+from supervisor.docker_watch import Daemon, Target
 from supervisor.errors import ConfigError
+from supervisor.gate import Gate, docker_inspector_for
 from supervisor.policy import Policy, multiplier, next_grid_slot
 from supervisor.state import AgentState, iso
 from supervisor.store import StateStore
@@ -155,7 +149,7 @@ def test_reconcile_records_how_an_open_run_ended() -> None:
     info = ContainerInfo.from_attrs(
         _attrs(StartedAt=docker_time(T0 + 0.2), FinishedAt=docker_time(T0 + 700), ExitCode=3)
     )
-    new, outcome = reconcile(state, info)
+    new, outcome = reconcile(state, info, T0 + 800)
     assert outcome == "exited"
     run = new.runs[-1]
     assert run.ended_at == pytest.approx(T0 + 700, abs=1e-3)
@@ -169,32 +163,47 @@ def test_reconcile_leaves_a_running_run_alone() -> None:
     info = ContainerInfo.from_attrs(
         _attrs(Running=True, Status="running", StartedAt=docker_time(T0 + 0.1))
     )
-    assert reconcile(state, info) == (state, "running")
+    assert reconcile(state, info, T0 + 5000) == (state, "running")
 
 
 def test_reconcile_records_a_start_outside_the_gate() -> None:
-    """A running container with no open run was started outside the gate: recorded as such."""
+    """A running container with no open run was started outside the gate: it counts."""
     state = AgentState(AGENT).record_start(T0).record_exit(T0 + 5, 1)
     info = ContainerInfo.from_attrs(
         _attrs(Running=True, Status="running", StartedAt=docker_time(T0 + 60))
     )
-    new, outcome = reconcile(state, info)
+    new, outcome = reconcile(state, info, T0 + 61)
     assert outcome == "outside"
     assert new.runs[-1].started_at == pytest.approx(T0 + 60, abs=1e-3)
-    assert new.runs[-1].via == "force"
+    assert new.runs[-1].via == "docker" and not new.runs[-1].operator
     assert new.runs[-1].reason == "started outside the gate"
 
 
-def test_reconcile_records_a_start_that_never_ran() -> None:
-    """A recorded start the container never made ends where it began (a failed run)."""
-    state = AgentState(AGENT).record_start(T0 + 100)
+def test_reconcile_withdraws_an_approval_no_start_followed() -> None:
+    """An approval that Docker never followed stands for the grace, then is withdrawn."""
+    state = AgentState(AGENT).record_start(T0).record_exit(T0 + 50, 0).record_start(T0 + 100)
     info = ContainerInfo.from_attrs(
         _attrs(StartedAt=docker_time(T0), FinishedAt=docker_time(T0 + 50), ExitCode=0)
     )
-    new, outcome = reconcile(state, info)
-    assert outcome == "unstarted"
-    assert new.runs[-1].ended_at == T0 + 100
-    assert reconcile(state, info, learn_unstarted=False) == (state, "unchanged")
+    assert reconcile(state, info, T0 + 100 + 120) == (state, "pending")
+    new, outcome = reconcile(state, info, T0 + 100 + 121, 120)
+    assert outcome == "withdrawn" and new.runs == state.runs[:1]
+
+
+def test_reconcile_matches_a_start_within_the_grace_to_its_approval() -> None:
+    """Compose starts the container seconds after the gate's approval: one run, not two."""
+    state = AgentState(AGENT).record_start(T0)
+    info = ContainerInfo.from_attrs(
+        _attrs(Running=True, Status="running", StartedAt=docker_time(T0 + 90))
+    )
+    assert reconcile(state, info, T0 + 1000, 120) == (state, "running")
+    late = ContainerInfo.from_attrs(
+        _attrs(Running=True, Status="running", StartedAt=docker_time(T0 + 300))
+    )
+    new, outcome = reconcile(state, late, T0 + 1000, 120)
+    assert outcome == "outside"
+    (run,) = new.runs
+    assert run.via == "docker" and run.started_at == pytest.approx(T0 + 300)
 
 
 # --- the daemon's loop against a fake Docker on a fake clock -------------------------------------
@@ -405,7 +414,8 @@ def test_fake_stop_during_a_wait_records_no_start(tmp_path: Path) -> None:
     assert world.starts == [T0]
     assert len(StateStore(daemon.cfg.state_dir).read(AGENT).state.runs) == 1
     events = [e["event"] for e in logs]
-    assert events[-2:] == ["daemon.waiting", "daemon.stopped"]
+    assert events[-2:] == ["gate.refused", "daemon.stopped"]
+    assert logs[-2]["waiting"] is True
 
 
 def test_fake_missing_container_is_waited_for(tmp_path: Path) -> None:
@@ -419,73 +429,62 @@ def test_fake_missing_container_is_waited_for(tmp_path: Path) -> None:
     assert world.starts == []
 
 
-# --- the end hook --------------------------------------------------------------------------------
+# --- the gate's view of Docker --------------------------------------------------------------------
 
 
-def test_end_hook_is_off_without_a_container(tmp_path: Path) -> None:
-    """Without docker.container the gate gets no hook at all (and never touches Docker)."""
-    assert docker_end_hook(small_cfg(tmp_path), AGENT) is None
+def _gate(tmp_path: Path, inspect: Any, **extra: object) -> Gate:
+    """A gate whose Docker is ``inspect`` (no probe)."""
+    cfg = small_cfg(tmp_path / "state", **{"docker.container": "agent", **extra})
+    return Gate(cfg, AGENT, inspect=inspect, probe=None, clock=lambda: T0 + 1000)
 
 
-def test_end_hook_fills_in_the_end_from_docker(tmp_path: Path) -> None:
+def test_no_docker_container_means_no_inspector(tmp_path: Path) -> None:
+    """Without docker.container the gate never touches Docker."""
+    assert docker_inspector_for(small_cfg(tmp_path)) is None
+    assert Gate(small_cfg(tmp_path / "state"), AGENT).inspect is None
+
+
+def test_gate_fills_in_the_end_from_docker(tmp_path: Path) -> None:
     """An open run whose container has exited ends with Docker's FinishedAt and ExitCode."""
-    cfg = small_cfg(tmp_path, **{"docker.container": "agent"})
     info = ContainerInfo.from_attrs(
         _attrs(StartedAt=docker_time(T0 + 1), FinishedAt=docker_time(T0 + 900), ExitCode=2)
     )
-    hook = docker_end_hook(cfg, AGENT, inspect=lambda _name: info)
-    assert hook is not None
-    new = hook(AgentState(AGENT).record_start(T0))
-    assert new.runs[-1].ended_at == pytest.approx(T0 + 900, abs=1e-3)
-    assert new.runs[-1].exit_code == 2
-    assert new.runs[-1].end_source == "docker"
+    gate = _gate(tmp_path, lambda: info)
+    with gate.store.transaction(AGENT) as tx:
+        tx.write(tx.state.record_start(T0), T0)
+    result = gate.decide(record=False)
+    assert result.state is not None
+    run = result.state.runs[-1]
+    assert run.ended_at == pytest.approx(T0 + 900, abs=1e-3)
+    assert (run.exit_code, run.end_source) == (2, "docker")
+    assert gate.store.read(AGENT).state == result.state  # kept
 
 
-def test_end_hook_never_fails_the_gate(tmp_path: Path) -> None:
-    """Docker unreachable: the hook logs and returns the state unchanged."""
-    cfg = small_cfg(tmp_path, **{"docker.container": "agent"})
+def test_docker_unavailable_never_fails_the_gate(tmp_path: Path) -> None:
+    """Docker unreachable: logged, and the gate decides on the state as it is."""
 
-    def broken(_name: str) -> ContainerInfo:
+    def broken() -> ContainerInfo:
         raise ConnectionError("Docker is not running")
 
-    hook = docker_end_hook(cfg, AGENT, inspect=broken)
-    assert hook is not None
-    state = AgentState(AGENT).record_start(T0)
+    gate = _gate(tmp_path, broken)
     with structlog.testing.capture_logs() as logs:
-        assert hook(state) is state
+        result = gate.decide()
+    assert result.decision.allowed and result.recorded
     assert logs[0]["event"] == "docker.unavailable"
     assert "Docker is not running" in logs[0]["error"]
 
 
-def test_end_hook_does_not_ask_docker_without_an_open_run(tmp_path: Path) -> None:
-    """A run already ended (record-exit came): Docker is not asked at all."""
-    cfg = small_cfg(tmp_path, **{"docker.container": "agent"})
-    calls: list[str] = []
-
-    def inspect(name: str) -> None:
-        calls.append(name)
-
-    hook = docker_end_hook(cfg, AGENT, inspect=inspect)
-    assert hook is not None
-    state = AgentState(AGENT).record_start(T0).record_exit(T0 + 5, 0)
-    assert hook(state) is state
-    assert hook(AgentState(AGENT)) == AgentState(AGENT)
-    assert calls == []
-
-
-def test_end_hook_with_docker_host_unreachable_returns_quickly(
+def test_gate_with_docker_host_unreachable_answers_quickly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the real SDK and no engine at DOCKER_HOST, the hook answers at once, unchanged."""
+    """With the real SDK and no engine at DOCKER_HOST, the gate answers at once."""
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such.sock")
-    hook = docker_end_hook(small_cfg(tmp_path, **{"docker.container": "agent"}), AGENT)
-    assert hook is not None
-    state = AgentState(AGENT).record_start(T0)
+    gate = Gate(small_cfg(tmp_path / "state", **{"docker.container": "agent"}), AGENT)
     began = time.monotonic()
     with structlog.testing.capture_logs() as logs:
-        assert hook(state) is state
+        assert gate.decide().decision.allowed
     assert time.monotonic() - began < 5
-    assert [e["event"] for e in logs] == ["docker.unavailable"]
+    assert [e["event"] for e in logs] == ["docker.unavailable", "gate.allowed"]
 
 
 def test_importing_the_deploy_modules_does_not_import_docker_or_yaml() -> None:
@@ -697,7 +696,7 @@ def test_override_wakes_a_waiting_restart_within_a_second(
         t0 = time.time()
         with dockerutil.process(_run_args(name, state, *long_window), clean_env(), log) as proc:
             dockerutil.wait_for(
-                lambda: "daemon.waiting" in sup.names(), 20, "the daemon to wait for the gate"
+                lambda: "gate.refused" in sup.names(), 20, "the daemon to wait for the gate"
             )
             ov = run_cli(
                 "override",
@@ -820,18 +819,19 @@ def test_compose_labels_find_the_service_container(docker_client: Any, tmp_path:
 
 
 @pytest.mark.docker
-def test_end_hook_reads_the_real_container(docker_client: Any, tmp_path: Path) -> None:
+def test_gate_reads_the_real_container(docker_client: Any, tmp_path: Path) -> None:
     """Against the engine: a finished container's exit code and FinishedAt end the open run."""
     image = dockerutil.standin_image(docker_client)
     name = dockerutil.unique("hook")
-    state = AgentState(AGENT).record_start(time.time() - 0.5)
+    gate = Gate(small_cfg(tmp_path / "state", **{"docker.container": name}), AGENT)
+    with gate.store.transaction(AGENT) as tx:
+        tx.write(tx.state.record_start(time.time() - 0.5), time.time())
     c = _create(docker_client, image, name, STANDIN_RUN_SECONDS="0.3", STANDIN_EXIT_CODE="4")
     try:
         c.start()
         assert c.wait(timeout=20)["StatusCode"] == 4
-        hook = docker_end_hook(small_cfg(tmp_path, **{"docker.container": name}), AGENT)
-        assert hook is not None
-        new = hook(state)
+        new = gate.decide(record=False).state
+        assert new is not None
         finished = parse_docker_time(
             docker_client.containers.get(name).attrs["State"]["FinishedAt"]
         )
@@ -845,23 +845,32 @@ def test_end_hook_reads_the_real_container(docker_client: Any, tmp_path: Path) -
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_a_restart_of_dockerd_is_survived(docker_client: Any, tmp_path: Path) -> None:
+def test_a_restart_of_dockerd_is_survived(
+    private_dockerd: dockerutil.PrivateDockerd,
+    bystander_dockerd: dockerutil.PrivateDockerd,
+    tmp_path: Path,
+) -> None:
     """dockerd restarts under the daemon: it waits, reconnects, records the run Docker's
-    shutdown ended, and starts the agent again through the gate; dockerd is left running."""
-    image = dockerutil.standin_image(docker_client)
+    shutdown ended, and starts the agent again through the gate. The engine restarted is the
+    test's own: another engine on the machine (a bystander) keeps its pid and keeps answering."""
+    engine = private_dockerd
+    bystander = bystander_dockerd.pid
+    client = engine.client()
     name = dockerutil.unique("dockerd")
     state = tmp_path / "state"
     log = tmp_path / "daemon.log"
-    _create(docker_client, image, name)
     sup = DaemonLog(log, state)
-    dockerd = dockerutil.running_dockerd()
     try:
-        with dockerutil.process(_run_args(name, state), clean_env(), log) as proc:
-            dockerutil.wait_for(lambda: _running(docker_client, name), 20, "the agent to start")
-            dockerutil.stop_dockerd(dockerd)
-            dockerutil.start_dockerd(dockerd)
+        image = dockerutil.standin_image(client)
+        _create(client, image, name)
+        env = clean_env(DOCKER_HOST=engine.host)
+        with dockerutil.process(_run_args(name, state), env, log) as proc:
+            dockerutil.wait_for(lambda: _running(client, name), 20, "the agent to start")
+            before = engine.pid
+            engine.restart()
+            assert engine.pid != before
             dockerutil.wait_for(lambda: len(sup.runs()) >= 2, 60, "a second, gated start")
-            dockerutil.wait_for(lambda: _running(docker_client, name), 20, "the agent to run")
+            dockerutil.wait_for(lambda: _running(client, name), 20, "the agent to run")
             assert proc.poll() is None, "the daemon died with dockerd"
             assert _sigterm(proc) == 0
         names = sup.names()
@@ -872,15 +881,22 @@ def test_a_restart_of_dockerd_is_survived(docker_client: Any, tmp_path: Path) ->
         assert first.exit_code == 143  # the stand-in's answer to dockerd's SIGTERM
         assert second.via == "gate"
         assert second.ended_at is None
+        # The engine the test did not restart: same process, still answering.
+        assert bystander_dockerd.pid == bystander
+        assert dockerutil.process_running(bystander)
+        info = subprocess.run(
+            ["docker", "-H", bystander_dockerd.host, "info", "--format", "{{.ID}}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert info.returncode == 0 and info.stdout.strip(), info.stderr
     finally:
-        dockerutil.ensure_dockerd(dockerd)
-        import docker
-
-        fresh = docker.from_env(timeout=30)
-        try:
-            dockerutil.remove_containers(fresh, name)
-        finally:
-            fresh.close()
+        if not engine.answers():
+            engine.restart()
+        dockerutil.remove_containers(client, name)
+        client.close()
 
 
 def test_signal_handler_can_stop_a_blocked_daemon(tmp_path: Path) -> None:

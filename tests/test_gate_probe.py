@@ -80,6 +80,14 @@ def run_gate(state_dir: Path, url: str, *extra: str) -> Result:
     return r
 
 
+def pass_the_slot() -> None:
+    """Sleep past the node's slot after a failed run: S < last + 2W with a one-second W.
+
+    A wait for the state to be where the test needs it, not a timing assertion.
+    """
+    time.sleep(2.1)
+
+
 def gate(state_dir: Path, url: str) -> tuple[int, dict[str, object]]:
     """One gate decision, as (exit code, decision JSON)."""
     r = run_gate(state_dir, url, "--set", "probe.timeout=2s")
@@ -91,7 +99,7 @@ def test_failed_run_waits_while_the_control_plane_is_down(state_dir: Path, healt
     assert gate(state_dir, health.url)[0] == 0
     assert health.hits == 0  # a first start never probes
     assert run_cli("record-exit", "--code", "1", "--state-dir", str(state_dir)).code == 0
-    time.sleep(1.1)  # let the one-second window pass (not a timing assertion)
+    pass_the_slot()
     health.status = 500
     code, d = gate(state_dir, health.url)
     assert code == 75 and "control plane unhealthy" in str(d["reason"])
@@ -104,7 +112,7 @@ def test_failed_run_waits_while_the_control_plane_is_down(state_dir: Path, healt
 def test_unknown_end_counts_as_failed_for_the_probe(state_dir: Path, health: Health) -> None:
     """A run whose end nobody reported (a power loss) waits too while the probe says down."""
     assert gate(state_dir, health.url)[0] == 0
-    time.sleep(1.1)
+    pass_the_slot()
     health.status = 503
     code, _ = gate(state_dir, health.url)
     assert code == 75
@@ -130,7 +138,7 @@ def test_unreachable_probe_counts_as_unhealthy(state_dir: Path) -> None:
     dead = "http://127.0.0.1:9/readyz"
     assert gate(state_dir, dead)[0] == 0
     assert run_cli("record-exit", "--code", "137", "--state-dir", str(state_dir)).code == 0
-    time.sleep(1.1)
+    pass_the_slot()
     code, d = gate(state_dir, dead)
     assert code == 75 and "control plane unhealthy" in str(d["reason"])
 
@@ -140,7 +148,7 @@ def test_credentials_in_probe_urls_never_reach_the_log(state_dir: Path, health: 
     url = health.url.replace("http://", "http://probe:s3cret-pw@")
     assert gate(state_dir, url)[0] == 0
     assert run_cli("record-exit", "--code", "1", "--state-dir", str(state_dir)).code == 0
-    time.sleep(1.1)
+    pass_the_slot()
     health.status = 500
     r = run_gate(state_dir, url)
     assert r.code == 75 and "probe.unhealthy" in r.stderr
@@ -156,7 +164,7 @@ def test_a_hanging_probe_does_not_hold_the_lock(state_dir: Path, health: Health)
 
     assert gate(state_dir, health.url)[0] == 0
     assert run_cli("record-exit", "--code", "1", "--state-dir", str(state_dir)).code == 0
-    time.sleep(1.1)
+    pass_the_slot()
     health.status, health.delay = 500, 4.0
     proc = subprocess.Popen(
         [

@@ -91,13 +91,13 @@ def test_restart_within_window_is_refused_until_slot() -> None:
 def test_level_counts_consecutive_unstable_runs() -> None:
     """Each short run raises the level; a stable run stops the count."""
     s = crashed_runs(3, T0)
-    assert backoff_level(s, T0 + 10_000, 600) == 3
+    assert backoff_level(s, 600) == 3
     long_run = AgentState("cilium-agent").record_start(T0).record_exit(T0 + 700, 0)
     s2 = long_run
     for i in range(2):
         t = T0 + 2000 + i * 1300
         s2 = s2.record_start(t).record_exit(t + 1, 1)
-    assert backoff_level(s2, T0 + 10_000, 600) == 2
+    assert backoff_level(s2, 600) == 2
 
 
 def test_stable_run_resets_backoff_to_one_window() -> None:
@@ -105,7 +105,7 @@ def test_stable_run_resets_backoff_to_one_window() -> None:
     p = policy(window=1200.0, stable_after=600.0)
     s = crashed_runs(4, T0)
     last = T0 + 3 * 1300
-    s = s.record_start(last + 1300)  # running now, will have lasted 700 s at decision time
+    s = s.record_start(last + 1300).record_exit(last + 1300 + 700, 1)  # crashed after 700 s
     d = decide(p, s, last + 1300 + 700)
     assert d.backoff_level == 0
     assert d.next_allowed_at is not None
@@ -252,7 +252,8 @@ def test_at_most_one_gated_start_per_window(
 def test_refusals_are_deterministic_and_in_their_window(
     evs: list[tuple[float, str]], window: float, offset: float, max_mult: int
 ) -> None:
-    """Invariants 1 and 3: allowed iff no start in W; else next in [last+Wm, last+Wm+W)."""
+    """Invariants 2, 3, 5: allowed iff the window (k = 0) or the slot S (k >= 1) has come;
+    a refusal names the slot in [last + W*m, last + W*m + W), the same on every asking."""
     p = policy(window=window, offset=offset, max_multiplier=max_mult)
     s = AgentState("cilium-agent")
     now = T0
@@ -263,16 +264,19 @@ def test_refusals_are_deterministic_and_in_their_window(
             continue
         d = decide(p, s, now)
         assert d == decide(p, s, now)
-        last = s.last_run
-        if last is None or now - last.started_at >= window:
+        last = max((r.started_at for r in s.runs), default=None)
+        k = d.backoff_level
+        m = multiplier(k, max_mult)
+        if last is None or (k == 0 and now - last >= window):
             assert d.allowed
         else:
-            assert not d.allowed and d.next_allowed_at is not None
-            m = multiplier(d.backoff_level, max_mult)
-            lo = last.started_at + window * m
-            assert lo - 1e-6 <= d.next_allowed_at < lo + window + 1e-6
-            phase = (d.next_allowed_at - offset * window) / window
-            assert abs(phase - round(phase)) < 1e-6
+            slot = next_grid_slot(last + window * m, window, offset)
+            assert d.allowed == (now >= slot)
+            if not d.allowed:
+                assert d.next_allowed_at == slot
+                assert last + window * m - 1e-6 <= slot < last + window * m + window + 1e-6
+                phase = (slot - offset * window) / window
+                assert abs(phase - round(phase)) < 1e-6
         if d.allowed:
             s = s.record_start(now)
 

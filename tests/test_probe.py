@@ -21,7 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from structlog.testing import capture_logs
 
 from supervisor.config import Config, IdentityConfig, ProbeConfig
-from supervisor.gate import gate_once
+from supervisor.gate import Gate
 from supervisor.log import get_logger
 from supervisor.probe import check_url, make_probe, probe_once
 from supervisor.store import StateStore
@@ -377,14 +377,15 @@ def test_plain_http_redirects_and_other_schemes(start_server: ServerFactory) -> 
 def test_gate_refuses_after_a_failed_run_while_the_probe_says_down(
     pki: Pki, start_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """Wired into gate_once: a failed run plus an unhealthy control plane waits for the slot."""
+    """Wired into the gate: a failed run plus an unhealthy control plane waits for the slot."""
     srv = start_server("fail")
     cfg = replace(config(srv.url, ident=identity(pki)), state_dir=tmp_path / "state")
     store = StateStore(cfg.state_dir)
     now = time.time()
     with store.transaction("cilium-agent", now - 7200) as tx:
         tx.write(tx.state.record_start(now - 7200).record_exit(now - 7100, 1), now - 7100)
-    result = gate_once(cfg, store, "cilium-agent", now, probe=make_probe(cfg))
+    gate = Gate(cfg, "cilium-agent", store=store, probe=make_probe(cfg), inspect=None)
+    result = gate.decide(now=now)
     assert not result.decision.allowed
     assert result.decision.next_allowed_at is not None
     assert now < result.decision.next_allowed_at <= now + result.decision.window_seconds

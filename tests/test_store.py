@@ -58,18 +58,24 @@ def test_state_round_trips(state_dir: Path) -> None:
     ],
 )
 def test_corrupt_state_is_moved_aside_not_deleted(state_dir: Path, content: bytes) -> None:
-    """A state file that does not parse is renamed with a timestamp and the state is empty."""
+    """A state file that does not parse is renamed with a timestamp, and the history-lost
+    state (one run started when the problem was found, its end unknown) is written in its place.
+    """
     store = StateStore(state_dir)
     store.prepare()
     (state_dir / "cilium-agent.json").write_bytes(content)
     (state_dir / "cilium-agent.json").chmod(0o600)
     tx = store.read("cilium-agent", T0)
-    assert tx.state == AgentState("cilium-agent")
     assert len(tx.quarantined) == 1
     moved = Path(tx.quarantined[0])
     assert moved.read_bytes() == content
     assert moved.name.startswith("cilium-agent.json.corrupt-")
-    assert not (state_dir / "cilium-agent.json").exists()
+    (run,) = tx.state.runs
+    assert (run.started_at, run.via, run.ended_at) == (T0, "unknown", None)
+    assert run.reason is not None and str(moved) in run.reason
+    again = store.read("cilium-agent", T0 + 5)
+    assert again.state == tx.state and again.quarantined == []
+    assert store.quarantined_files("cilium-agent") == [str(moved)]
 
 
 def test_symlinked_state_file_is_refused(state_dir: Path, tmp_path: Path) -> None:
@@ -213,9 +219,9 @@ def test_document_round_trip_property(runs: list[tuple[float, float, int | None,
 def test_cancelled_gate_records_nothing(state_dir: Path) -> None:
     """A gate cancelled (SIGTERM) while deciding raises Cancelled and records no start."""
     from supervisor.config import load_config
-    from supervisor.gate import Cancelled, gate_once
+    from supervisor.gate import Cancelled, Gate
 
     cfg = load_config(env={}, overrides={"cluster_size": 10}, state_dir=state_dir)
     with pytest.raises(Cancelled):
-        gate_once(cfg, StateStore(state_dir), "cilium-agent", T0, cancelled=lambda: True)
+        Gate(cfg, "cilium-agent").decide(now=T0, cancelled=lambda: True)
     assert StateStore(state_dir).read("cilium-agent").state.runs == ()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.config import load_config
-from supervisor.gate import gate_once
+from supervisor.gate import Gate
 from supervisor.operators import Operator
 from supervisor.state import OperatorFlag
 from supervisor.store import StateStore
@@ -57,7 +57,7 @@ def _worker(state_dir: str, out: str, threads: int, seconds: float, seed: int) -
             t0 = time.perf_counter()
             now = time.time()
             if roll < 0.90:
-                r = gate_once(cfg, store, AGENT, operator=op)
+                r = Gate(cfg, AGENT, store=store, operator=op).decide()
                 now = r.decision.decided_at or now
                 mine.append(
                     {
