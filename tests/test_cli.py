@@ -522,3 +522,27 @@ def test_set_state_dir_beats_the_environment(tmp_path: Path) -> None:
         "gate", *SIZE, "--set", f"state_dir={b}", env=clean_env(AGENT_SUPERVISOR_STATE_DIR=str(a))
     )
     assert r.code == 0 and (b / "cilium-agent.json").exists() and not a.exists()
+
+
+@pytest.mark.parametrize("code", ["99999", "-1", "256", "1.5", "SIGNOPE"])
+def test_record_exit_refuses_codes_no_process_can_have(state_dir: Path, code: str) -> None:
+    """An exit status is 0-255 or a signal name: anything else is one usage line (2)."""
+    assert gate(state_dir, *SIZE).code == 0
+    before = (state_dir / "cilium-agent.json").read_bytes()
+    r = run_cli("record-exit", f"--code={code}", "--state-dir", str(state_dir))
+    assert r.code == 2 and len(r.stderr_lines) == 1 and "--code" in r.stderr_lines[0]
+    assert (state_dir / "cilium-agent.json").read_bytes() == before
+
+
+def test_status_says_an_override_under_a_hold_has_no_effect(state_dir: Path) -> None:
+    """An override hidden behind a hold is listed as having no effect, in text and JSON."""
+    sd = ("--state-dir", str(state_dir))
+    assert run_cli("override", "--reason", "test start", *sd).code == 0
+    assert run_cli("hold", "--reason", "incident", *sd).code == 0
+    text = run_cli("status", *sd, *SIZE).stdout
+    assert "(no effect while the hold is in force)" in text
+    doc = json.loads(run_cli("status", "--json", *sd, *SIZE).stdout)
+    assert doc["override"]["in_effect"] is False and doc["hold"]["reason"] == "incident"
+    assert run_cli("release", *sd).code == 0
+    after = run_cli("status", *sd, *SIZE).stdout
+    assert "audit:" in after and "None" not in after
