@@ -44,8 +44,11 @@ def multiplier(level: int, max_multiplier: int) -> int:
     return min(1 << (level - 1), max_multiplier)
 
 
-def backoff_level(state: AgentState, stable_after: float) -> int:
+def backoff_level(state: AgentState, stable_after: float, *, running: bool = False) -> int:
     """k: the number of consecutive most recent runs that failed (invariant 1).
+
+    ``running``: Docker says the agent is running, so the latest run, if its end is open, is
+    in progress (neither failed nor stable) and is skipped.
 
     Newest first, each run is one of:
 
@@ -62,7 +65,10 @@ def backoff_level(state: AgentState, stable_after: float) -> int:
     """
     level = 0
     runs = state.runs
-    for i in range(len(runs) - 1, -1, -1):
+    newest = len(runs) - 1
+    if running and runs and runs[-1].ended_at is None:
+        newest -= 1
+    for i in range(newest, -1, -1):
         run = runs[i]
         after = runs[i + 1] if i + 1 < len(runs) else None
         superseded = after is not None and (
@@ -191,7 +197,7 @@ def decide(
     refuses; then an override allows; then the window and the backoff (invariants 2 and 3).
     ``control_plane_healthy`` is None when no probe ran (see :func:`probe_matters`).
     """
-    level = backoff_level(state, policy.stable_after)
+    level = backoff_level(state, policy.stable_after, running=running)
 
     def make(
         allowed: bool,

@@ -269,6 +269,15 @@ def test_a_crash_loop_without_exit_reports_climbs_like_one_with_reports() -> Non
         assert levels == [0, 1, 2, 3, 4, 5]
 
 
+def test_a_run_docker_says_is_running_is_in_progress_not_failed() -> None:
+    """Invariant 1: while Docker says the agent runs, its open run does not raise the level."""
+    s = crash_loop(2).record_start(T0 + 30 * W)
+    d = decide(policy(), s, T0 + 40 * W, running=True)
+    assert d.allowed and not d.start and d.reason == "already running"
+    assert d.backoff_level == 2
+    assert decide(policy(), s, T0 + 40 * W).backoff_level == 3
+
+
 def test_a_run_that_lasted_stable_after_ends_the_count() -> None:
     """Invariant 1: a reported run of stable_after or longer resets the level to 0."""
     s = crash_loop(3).record_start(T0 + 40 * W).record_exit(T0 + 40 * W + 600, 1)
