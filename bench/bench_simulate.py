@@ -62,7 +62,9 @@ def main() -> None:
     """Measure and print."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    ap.add_argument("--scenario", default="outage", choices=["outage", "boot-storm", "rolling"])
+    ap.add_argument(
+        "--scenario", default="outage", choices=["outage", "boot-storm", "rolling", "restart-all"]
+    )
     ap.add_argument("--runs", type=int, default=1)
     args = ap.parse_args()
     as_process = wired()

@@ -236,6 +236,12 @@ def status(
     )
     if doc["override"] is not None:
         doc["override"]["in_effect"] = not held
+    deferral = state.deferral
+    doc["deferral"] = (
+        flag_document(deferral)
+        if deferral is not None and deferral.until is not None and now < deferral.until
+        else None
+    )
     quarantined = store.quarantined_files(agent)
     doc["quarantined"] = quarantined
     doc["history_lost"] = state.last_run is not None and state.last_run.via == "unknown"

@@ -21,13 +21,15 @@ from supervisor.policy import window_seconds
 # The simulator and the planner are imported inside the commands: registering the commands
 # runs on every gate call, and importing them there cost about 25 ms. These two literals are
 # supervisor.simulate's own (a test checks that they stay equal).
-ScenarioKind = Literal["outage", "boot-storm", "rolling"]
+ScenarioKind = Literal["outage", "boot-storm", "rolling", "restart-all"]
 SlotMode = Literal["hash", "index", "address"]
 
 #: Largest simulated fleet: beyond any real cluster, and about a minute of work here.
 MAX_NODES = 1_000_000
 #: The outage a scenario assumes when ``--outage`` is not given.
-DEFAULT_OUTAGE = {"outage": "30m", "boot-storm": "30m", "rolling": "0s"}
+DEFAULT_OUTAGE = {"outage": "30m", "boot-storm": "30m", "rolling": "0s", "restart-all": "30m"}
+#: When ``restart-all`` restarts every supervisor if ``--at`` is not given.
+DEFAULT_RESTART_AT = "45m"
 
 NodesOpt = Annotated[
     int,
@@ -49,14 +51,15 @@ def simulate_command(
         typer.Option(
             "--scenario",
             help="outage: everything crashes at 0; boot-storm: every node boots within "
-            "--boot-spread; rolling: agents restarted one by one, --interval apart",
+            "--boot-spread; rolling: agents restarted one by one, --interval apart; "
+            "restart-all: outage, and every node's supervisor restarted at --at",
         ),
     ] = "outage",
     outage: Annotated[
         str | None,
         typer.Option(
             "--outage",
-            help="how long the control plane is down from 0 [default: 30m; rolling: 0s]",
+            help="how long the control plane is down from 0 (default 30m; rolling: 0s)",
             show_default=False,
         ),
     ] = None,
@@ -70,6 +73,14 @@ def simulate_command(
     interval: Annotated[
         str, typer.Option("--interval", help="rolling: time between two nodes' restarts")
     ] = "1s",
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            help="restart-all: when every node's supervisor is restarted (default 45m)",
+            show_default=False,
+        ),
+    ] = None,
     slots: SlotsOpt = "hash",
     unused_addresses: Annotated[
         float,
@@ -116,6 +127,8 @@ def simulate_command(
             require_matplotlib()
         except PlotUnavailableError as exc:
             raise UsageError(str(exc)) from None
+    if at is not None and kind != "restart-all":
+        raise UsageError("--at goes with --scenario restart-all")
     cfg = load(config, None, nodes, None, sets)
     outage_text = outage if outage is not None else DEFAULT_OUTAGE[kind]
     try:
@@ -126,6 +139,7 @@ def simulate_command(
             fail_after=duration_option(fail_after, "--fail-after"),
             boot_spread=duration_option(boot_spread, "--boot-spread"),
             rolling_interval=duration_option(interval, "--interval"),
+            restart_at=duration_option(at if at is not None else DEFAULT_RESTART_AT, "--at"),
         )
         fleet = Fleet(
             window=window_seconds(cfg.window, nodes),

@@ -23,9 +23,9 @@ from supervisor.container import ContainerInfo, reconcile
 from supervisor.errors import StateError, one_line
 from supervisor.log import get_logger
 from supervisor.operators import Operator
-from supervisor.policy import Decision, Policy, decide, probe_matters
+from supervisor.policy import Decision, Policy, decide, probe_matters, remember
 from supervisor.state import AgentState, iso
-from supervisor.store import StateStore
+from supervisor.store import StateStore, Transaction
 
 #: How often a waiting gate looks at the state file for an operator's action.
 POLL_SECONDS: Final = 1.0
@@ -135,9 +135,33 @@ class Gate:
         out of order. The probe and Docker are asked before the lock is taken (each can take
         seconds), so a slow control plane or Docker never holds up record-exit or operators.
         """
-        user = self.operator.display if self.operator else None
         info = self._inspect()
-        healthy = None if force else self._probe_if_it_matters(info, now)
+        asked = False
+        while True:
+            healthy = None if force else self._probe_if_it_matters(info, now, always=asked)
+            result = self._decide_locked(
+                info, healthy, asked=asked or force, force=force, reason=reason, record=record,
+                cancelled=cancelled, now=now,
+            )  # fmt: skip
+            if result is not None:
+                return result
+            asked = True  # the slot came between the look and the lock: ask, then decide
+
+    def _decide_locked(
+        self,
+        info: ContainerInfo | None,
+        healthy: bool | None,
+        *,
+        asked: bool,
+        force: bool,
+        reason: str | None,
+        record: bool,
+        cancelled: Callable[[], bool] | None,
+        now: float | None,
+    ) -> GateResult | None:
+        """The locked part of :meth:`_decide`; None when the probe matters but was not asked
+        (the quick look before the lock said it did not), so the caller asks and comes back."""
+        user = self.operator.display if self.operator else None
         try:
             tx_cm = self.store.transaction(self.agent, now)
             tx = tx_cm.__enter__()
@@ -154,7 +178,10 @@ class Gate:
             if now is None:
                 now = self.clock()
             state = self._observed(tx.state, info, now)
-            if healthy is not None and not probe_matters(self.policy, state, now):
+            matters = self.probe is not None and probe_matters(self.policy, state, now)
+            if healthy is None and matters and not asked:
+                return None
+            if not matters:
                 healthy = None  # the state changed meanwhile (an exit, a start): no longer asked
             d = decide(
                 self.policy,
@@ -182,24 +209,37 @@ class Gate:
                     if not d.forced:
                         raise
                     self.log.error("gate.forced_unrecorded", agent=self.agent, why=str(exc))
+            elif d.deferred:
+                # The probe's "not now" becomes a fact of the state: every later caller (a
+                # fresh gate after a reboot, a restarted daemon) waits for the same slot.
+                state = remember(state, d)
+                self._keep(tx, state, now)
             elif state is not tx.state:
-                # What Docker or the clock told us is kept, but a failure to write it must not
-                # turn a refusal into an I/O error.
-                try:
-                    tx.write(state, now)
-                except StateError as exc:
-                    self.log.warning("state.write_failed", agent=self.agent, why=str(exc))
+                self._keep(tx, state, now)
             return GateResult(d, tuple(tx.quarantined), recorded, state, healthy)
         finally:
             tx_cm.__exit__(None, None, None)
 
-    def _probe_if_it_matters(self, info: ContainerInfo | None, now: float | None) -> bool | None:
+    def _keep(self, tx: Transaction, state: AgentState, now: float) -> None:
+        """Write what Docker, the clock or the probe told us; a failure to write it must not
+        turn a refusal into an I/O error."""
+        try:
+            tx.write(state, now)
+        except StateError as exc:
+            self.log.warning("state.write_failed", agent=self.agent, why=str(exc))
+
+    def _probe_if_it_matters(
+        self, info: ContainerInfo | None, now: float | None, *, always: bool = False
+    ) -> bool | None:
         """Ask the control plane only when its answer can change the decision.
 
-        A quick locked look at the state says whether it can; the decision checks it again.
+        A quick locked look at the state says whether it can (``always``: do not look, ask);
+        the decision checks it again.
         """
         if self.probe is None or (info is not None and info.running):
             return None
+        if always:
+            return self.probe()
         at = self.clock() if now is None else now
         peek = self.store.read(self.agent, now).state
         if info is not None:

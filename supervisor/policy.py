@@ -15,7 +15,7 @@ from typing import Any, Final
 from supervisor.config import Config, WindowConfig
 from supervisor.durations import format_duration
 from supervisor.slots import slot_offset
-from supervisor.state import AgentState, Run, Via, iso
+from supervisor.state import AgentState, OperatorFlag, Run, Via, iso
 
 DEFAULT_MAX_MULTIPLIER: Final = 4
 
@@ -162,6 +162,10 @@ class Decision:
     #: Allowed and a start is to be made (and recorded): False when refused, and when the
     #: agent is already running (nothing to start, nothing to record).
     start: bool = False
+    #: Refused because the probe said the control plane is unhealthy: the caller keeps the
+    #: deferral in the state (:meth:`AgentState.with_deferral`), so every later caller waits
+    #: for the same slot.
+    deferred: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The decision JSON of the contract."""
@@ -207,6 +211,7 @@ def decide(
         via: Via = "gate",
         forced: bool = False,
         start: bool = True,
+        deferred: bool = False,
     ) -> Decision:
         return Decision(
             allowed=allowed,
@@ -222,6 +227,7 @@ def decide(
             event=event,
             decided_at=now,
             start=allowed and start,
+            deferred=deferred,
         )
 
     if running:
@@ -255,7 +261,13 @@ def decide(
             "gate.override",
             via="override",
         )
-    return make(normal.allowed, normal.reason, normal.next_allowed_at, normal.event)
+    return make(
+        normal.allowed,
+        normal.reason,
+        normal.next_allowed_at,
+        normal.event,
+        deferred=normal.deferred,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +276,7 @@ class _Normal:
     reason: str
     next_allowed_at: float | None
     event: str
+    deferred: bool = False
 
 
 def _window_decision(
@@ -304,6 +317,15 @@ def _window_decision(
                 "gate.refused",
             )
         why = f"backoff level {level} (x{m}): this node's slot has come"
+    deferral = state.deferral
+    if deferral is not None and deferral.until is not None and now < deferral.until:
+        return _Normal(
+            False,
+            f"deferred at {iso(deferral.set_at)} by the control-plane probe: waiting for "
+            f"this node's slot in {format_duration(deferral.until - now)}",
+            deferral.until,
+            "gate.refused",
+        )
     if healthy is False and probe_applies(state, level, policy.stable_after):
         nxt = next_grid_slot(now, w, policy.offset)
         if nxt <= now:
@@ -317,6 +339,7 @@ def _window_decision(
             f"in {format_duration(nxt - now)}",
             nxt,
             "gate.refused",
+            deferred=True,
         )
     return _Normal(True, why, None, "gate.allowed")
 
@@ -327,6 +350,15 @@ def _lost_history(state: AgentState) -> str | None:
     if last is not None and last.via == "unknown":
         return last.reason or "the state file was unreadable"
     return None
+
+
+def remember(state: AgentState, d: Decision) -> AgentState:
+    """The state a refusal leaves behind: a probe's deferral is kept, so the next caller,
+    whoever it is, waits for the same slot (invariant 0); other refusals change nothing."""
+    if not d.deferred or d.next_allowed_at is None or d.decided_at is None:
+        return state
+    flag = OperatorFlag("probe", "control plane unhealthy", d.decided_at, d.next_allowed_at)
+    return state.with_deferral(flag)
 
 
 def run_failed(run: Run, stable_after: float) -> bool:

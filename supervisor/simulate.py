@@ -1,12 +1,13 @@
 """What the control plane sees when a whole fleet restarts: a simulation on a virtual clock.
 
 ``simulate`` runs N virtual nodes through a scenario (a control-plane outage, a boot storm, a
-rolling restart) under six restart policies and counts the starts the control plane has to
-serve, minute by minute. Our two policies run the real decision engine,
-:func:`supervisor.policy.decide`, the very function the gate calls, on an in-memory
-:class:`~supervisor.state.AgentState` per node (no files): the figures are those of the code
-that ships, not of a model of it. The four others are models of today's alternatives, each
-reproducing its documented delays exactly (the constants below say where they come from).
+rolling restart, every supervisor restarted in the middle of an outage) under six restart
+policies and counts the starts the control plane has to serve, minute by minute. Our two
+policies run the real decision engine, :func:`supervisor.policy.decide`, the very function the
+gate calls, on an in-memory :class:`~supervisor.state.AgentState` per node (no files): the
+figures are those of the code that ships, not of a model of it. The four others are models of
+today's alternatives, each reproducing its documented delays exactly (the constants below say
+where they come from).
 
 The model of the world is deliberately small. The control plane is down during
 ``[0, outage)`` and healthy afterwards; an agent started while it is down fails (exits 1) after
@@ -19,7 +20,8 @@ hour for every node. Here each node only has events when something happens to it
 an attempt to start, an exit), kept in one heap ordered by virtual time, so 100,000 nodes take
 seconds. Policies whose timing is deterministic (Docker, kubelet, systemd) are simulated once
 per group of nodes that are triggered at the same moment (a weight), since such nodes cannot
-diverge; per-node randomness (full jitter) and per-node slots (the gate) are simulated per node.
+diverge (``restart-all`` restarts every node at one instant, which keeps a group a group);
+per-node randomness (full jitter) and per-node slots (the gate) are simulated per node.
 """
 
 from __future__ import annotations
@@ -33,15 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
-from supervisor.policy import Policy, decide
+from supervisor.policy import Policy, decide, remember
 from supervisor.slots import slot_offset
 from supervisor.state import AgentState
 
-ScenarioKind = Literal["outage", "boot-storm", "rolling"]
+ScenarioKind = Literal["outage", "boot-storm", "rolling", "restart-all"]
 SlotMode = Literal["hash", "index", "address"]
 TriggerKind = Literal["crash", "boot", "restart"]
 
-SCENARIOS: Final[tuple[ScenarioKind, ...]] = ("outage", "boot-storm", "rolling")
+SCENARIOS: Final[tuple[ScenarioKind, ...]] = ("outage", "boot-storm", "rolling", "restart-all")
 SLOT_MODES: Final[tuple[SlotMode, ...]] = ("hash", "index", "address")
 #: Every policy simulated, in the order of the table. Ours first.
 POLICY_NAMES: Final = (
@@ -99,8 +101,11 @@ class Scenario:
     ``outage``: every agent crashes at 0. ``boot-storm``: every node loses power and boots at a
     random time in ``[0, boot_spread)``; the agents' last runs end without any record (as after
     a power loss). ``rolling``: an operator restarts the agents one after the other,
-    ``rolling_interval`` apart (a clean exit 0, as in an upgrade). In all three the control
-    plane is down during ``[0, outage)``.
+    ``rolling_interval`` apart (a clean exit 0, as in an upgrade). ``restart-all``: the
+    ``outage`` scenario, and at ``restart_at`` every node's supervisor process is restarted at
+    the same instant (a fleet-wide upgrade of the supervisor, or every node's management plane
+    restarted): whatever it was waiting for is forgotten, the agents keep running. In all four
+    the control plane is down during ``[0, outage)``.
     """
 
     kind: ScenarioKind = "outage"
@@ -109,13 +114,14 @@ class Scenario:
     fail_after: float = 60.0
     boot_spread: float = 60.0
     rolling_interval: float = 1.0
+    restart_at: float = 2700.0
 
     def __post_init__(self) -> None:
         if self.kind not in SCENARIOS:
             raise ValueError(f"scenario {self.kind!r} is not one of {', '.join(SCENARIOS)}")
         if self.nodes < 1:
             raise ValueError(f"nodes = {self.nodes}: at least one node")
-        for name in ("outage", "fail_after", "boot_spread", "rolling_interval"):
+        for name in ("outage", "fail_after", "boot_spread", "rolling_interval", "restart_at"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} = {value!r}: expected a finite duration >= 0")
@@ -164,6 +170,8 @@ class PolicyOutcome:
     all_healthy_at: float | None
     never_healthy: int
     start_times: tuple[float, ...] = ()
+    #: With ``start_times``: which node made each start (its index in the fleet).
+    start_nodes: tuple[int, ...] = ()
 
     @property
     def peak_starts_per_minute(self) -> int:
@@ -189,6 +197,13 @@ class SimulationResult:
         """The start budget N/W per minute: what a perfectly spread window achieves."""
         return self.scenario.nodes / self.fleet.window * BIN_SECONDS
 
+    @property
+    def restart_minute(self) -> int | None:
+        """``restart-all``: the minute the supervisors are restarted in (from t=0), else None."""
+        if self.scenario.kind != "restart-all":
+            return None
+        return int(self.scenario.restart_at // BIN_SECONDS)
+
     def outcome(self, name: str) -> PolicyOutcome:
         """The outcome of the policy ``name``."""
         for o in self.policies:
@@ -199,12 +214,14 @@ class SimulationResult:
     def to_json(self) -> dict[str, Any]:
         """The ``simulate --json`` object."""
         ideal = round(self.ideal_starts_per_minute, 3)
+        restart = self.restart_minute
         return {
             "scenario": self.scenario.kind,
             "nodes": self.scenario.nodes,
             "window_seconds": self.fleet.window,
             "outage_seconds": self.scenario.outage,
             "fail_after_seconds": self.scenario.fail_after,
+            "restart_at_seconds": None if restart is None else self.scenario.restart_at,
             "slots": self.fleet.slots,
             "unused_addresses": self.fleet.unused_addresses,
             "seed": self.seed,
@@ -213,6 +230,9 @@ class SimulationResult:
                     "total_starts": o.total_starts,
                     "peak_starts_per_minute": o.peak_starts_per_minute,
                     "peak_starts_per_minute_after_first_minute": o.peak_after(1),
+                    "peak_starts_per_minute_from_restart": (
+                        None if restart is None else o.peak_after(restart)
+                    ),
                     "ideal_starts_per_minute": ideal,
                     "all_healthy_at_seconds": (
                         None if o.all_healthy_at is None else round(o.all_healthy_at, 3)
@@ -253,7 +273,7 @@ def node_offsets(fleet: Fleet, nodes: int, rng: random.Random) -> list[tuple[str
 def triggers(scenario: Scenario, rng: random.Random) -> list[Trigger]:
     """When each node's scenario begins, and how."""
     n = scenario.nodes
-    if scenario.kind == "outage":
+    if scenario.kind in ("outage", "restart-all"):
         return [Trigger(0.0, "crash")] * n
     if scenario.kind == "boot-storm":
         return [Trigger(rng.uniform(0.0, scenario.boot_spread), "boot") for _ in range(n)]
@@ -282,6 +302,15 @@ class Model(Protocol):
 
     def attempt(self, node: int, t: float) -> float | None:
         """The policy considers starting the agent at ``t``."""
+        ...
+
+    def supervisor_restarted(self, node: int, t: float, waiting: bool) -> float | None:
+        """The node's supervisor process is restarted at ``t``: it forgets what it kept in memory.
+
+        ``waiting``: the agent is not running (the old process was waiting to start it, or had
+        given up); the answer is when the new process attempts a start. A running agent is
+        left alone and the answer is ignored.
+        """
         ...
 
 
@@ -316,6 +345,13 @@ class GateModel:
         self.states[node] = self.states[node].record_exit(t, 1)
         return t
 
+    def supervisor_restarted(self, node: int, t: float, waiting: bool) -> float | None:
+        """A fresh gate asks at once; the state file survives, only the pending wait is lost.
+
+        Invariant 0 is what this tests: the fresh gate must give the waiting gate's answer.
+        """
+        return t if waiting else None
+
     def attempt(self, node: int, t: float) -> float | None:
         """One gate decision; an allowed start is recorded as the gate records it."""
         state = self.states[node]
@@ -324,6 +360,7 @@ class GateModel:
         if d.allowed:
             self.states[node] = state.record_start(t)
             return t
+        self.states[node] = remember(state, d)
         nxt = d.next_allowed_at
         if nxt is not None and nxt <= t:
             raise SimulationError(f"node {node}: refused at {t} until {nxt}, not later")
@@ -331,7 +368,14 @@ class GateModel:
 
 
 class DockerModel:
-    """Docker ``restart: always``: 100 ms doubling to 1 min; a 10 s run resets it."""
+    """Docker ``restart: always``: 100 ms doubling to 1 min; a 10 s run resets it.
+
+    The restart policy lives in the engine, so "the supervisor restarted" is dockerd
+    restarted, taken here with ``live-restore`` (running containers keep running, as the
+    scenario requires): on start-up the engine starts every ``always`` container that is not
+    running, at once, under a new restart manager (delay back to 100 ms). Without
+    ``live-restore`` it would also stop and restart the running ones: a larger wave still.
+    """
 
     deterministic = True
 
@@ -356,6 +400,11 @@ class DockerModel:
     def attempt(self, node: int, t: float) -> float | None:
         """Docker always starts when the delay has run out."""
         return t
+
+    def supervisor_restarted(self, node: int, t: float, waiting: bool) -> float | None:
+        """dockerd restarted: a new restart manager, a container not running started now."""
+        self.delay[node] = 0.0
+        return t if waiting else None
 
 
 class KubeletModel:
@@ -383,9 +432,25 @@ class KubeletModel:
         """The kubelet starts the container when the back-off has run out."""
         return t
 
+    def supervisor_restarted(self, node: int, t: float, waiting: bool) -> float | None:
+        """The back-off entries live in the kubelet's memory: a restarted one has none.
+
+        A container in CrashLoopBackOff is started at once (the new entry starts at 10 s), and
+        a running one that fails later restarts at once too, as after its first crash.
+        """
+        self.backoff[node] = None
+        return self.exited(node, t, math.inf) if waiting else None
+
 
 class SystemdModel:
-    """systemd ``Restart=always``, ``RestartSec=100ms``, at most 5 starts in 10 s."""
+    """systemd ``Restart=always``, ``RestartSec=100ms``, at most 5 starts in 10 s.
+
+    systemd is PID 1: it restarts with the node (``daemon-reexec`` carries the units' states
+    over). The scenario's restart is taken as the unit's bookkeeping started anew, as at boot
+    (the unit is enabled), with a running agent left alone: the start-rate counter and a
+    pending ``RestartSec`` are lost, and a unit that is not running (waiting, or failed on the
+    start limit) is started at once.
+    """
 
     deterministic = True
 
@@ -409,6 +474,12 @@ class SystemdModel:
             return t
         self.count[node] += 1
         return t if self.count[node] <= SYSTEMD_START_LIMIT_BURST else None
+
+    def supervisor_restarted(self, node: int, t: float, waiting: bool) -> float | None:
+        """A new start-rate window and counter; a unit not running is started now."""
+        self.window_start[node] = -math.inf
+        self.count[node] = 0
+        return t if waiting else None
 
 
 class FullJitterModel:
@@ -437,6 +508,11 @@ class FullJitterModel:
         """The retry loop starts the agent when the sleep is over."""
         return t
 
+    def supervisor_restarted(self, node: int, t: float, waiting: bool) -> float | None:
+        """The attempt count lives in the retry loop's memory: a new loop starts the agent now."""
+        self.attempts[node] = 0
+        return t if waiting else None
+
 
 #: The anchor models whose timing depends on nothing but the node's own history.
 _ANCHORS: Final[dict[str, type[DockerModel | KubeletModel | SystemdModel]]] = {
@@ -450,6 +526,7 @@ _ANCHORS: Final[dict[str, type[DockerModel | KubeletModel | SystemdModel]]] = {
 _ATTEMPT: Final = 0
 _EXIT: Final = 1
 _BEGIN: Final = 2
+_RESTART: Final = 3
 
 
 def run_model(
@@ -462,13 +539,19 @@ def run_model(
     epoch: float,
     horizon: float,
     record_starts: bool = False,
+    restart_at: float | None = None,
 ) -> PolicyOutcome:
     """Drive one policy through the scenario; ``weights[i]`` real nodes behave as node i.
 
     One heap of (time, sequence, node, event) on the virtual clock: a node's scenario begins,
     its policy attempts a start, or its agent fails ``fail_after`` after a start made while
     the control plane was down. ``horizon`` (seconds from t=0) bounds the run; nodes not
-    healthy by then count as never healthy.
+    healthy by then count as never healthy. ``restart_at`` (seconds from t=0): every node's
+    supervisor process is restarted then, before anything else happens at that instant.
+
+    Every node has at most one event in the heap (its next one), which is what makes the
+    restart simple: the restart replaces the pending attempt of every node that is waiting,
+    so no node can run two chains of attempts (see :func:`_restart_all`).
     """
     up_at = epoch + scenario.outage
     fail_after = scenario.fail_after
@@ -476,11 +559,19 @@ def run_model(
     heap: list[tuple[float, int, int, int]] = [
         (epoch + trig.at, i, i, _BEGIN) for i, trig in enumerate(trigs)
     ]
+    if restart_at is not None:
+        # Sequence -1: first of everything at that instant, so an attempt the old process had
+        # planned for that very instant is the new process's to make.
+        heap.append((epoch + restart_at, -1, -1, _RESTART))
     heapq.heapify(heap)
     seq = len(heap)
     started = [0.0] * len(trigs)
+    # Nodes whose policy will never start the agent again (systemd's start limit): down, with
+    # nothing in the heap, unlike a healthy node. Only a restart can bring them back.
+    gave_up: set[int] = set()
     bins: list[int] = []
     times: list[float] = []
+    nodes_started: list[int] = []
     total = 0
     healthy = 0
     last_healthy = -math.inf
@@ -488,6 +579,10 @@ def run_model(
         t, _, node, event = heap[0]
         if t > end:
             break
+        if event == _RESTART:
+            heapq.heappop(heap)
+            seq = _restart_all(model, heap, len(trigs), gave_up, t, seq)
+            continue
         # Step this node until it has to wait; what happens at the same instant (a gate asked
         # right after an exit) needs no trip through the heap. The top entry is then replaced
         # by the node's next event, one sift instead of a pop and a push.
@@ -504,6 +599,7 @@ def run_model(
                     bins[b] += w
                     if record_starts:
                         times.append(t - epoch)
+                        nodes_started.append(node)
                     if t < up_at:
                         started[node] = t
                         wake, event = t + fail_after, _EXIT
@@ -515,7 +611,10 @@ def run_model(
                 nxt = model.exited(node, t, t - started[node])
             else:
                 nxt = model.begin(node, t, trigs[node].kind)
-            if nxt is None or nxt > t:
+            if nxt is None:
+                gave_up.add(node)
+                break
+            if nxt > t:
                 wake, event = nxt, _ATTEMPT
                 break
             event = _ATTEMPT
@@ -532,7 +631,46 @@ def run_model(
         all_healthy_at=None if never or not healthy else last_healthy - epoch,
         never_healthy=never,
         start_times=tuple(times),
+        start_nodes=tuple(nodes_started),
     )
+
+
+def _restart_all(
+    model: Model,
+    heap: list[tuple[float, int, int, int]],
+    nodes: int,
+    gave_up: set[int],
+    t: float,
+    seq: int,
+) -> int:
+    """Restart every node's supervisor at ``t``, in place on ``heap``; returns the sequence.
+
+    A node is waiting when its pending event is an attempt (or its policy gave up): that
+    attempt is dropped, the cancellation of the old process's wait, and the new process's
+    attempt takes its place. A node whose agent runs (a pending exit, or healthy) or whose
+    scenario has not begun keeps its event; its policy still forgets its memory.
+    """
+    pending = {entry[2]: entry for entry in heap}
+    kept: list[tuple[float, int, int, int]] = []
+    for node in range(nodes):
+        entry = pending.get(node)
+        waiting = node in gave_up if entry is None else entry[3] == _ATTEMPT
+        nxt = model.supervisor_restarted(node, t, waiting)
+        if not waiting:
+            if entry is not None:
+                kept.append(entry)
+            continue
+        gave_up.discard(node)
+        if nxt is None:
+            gave_up.add(node)
+            continue
+        if nxt < t:
+            raise SimulationError(f"node {node}: restarted at {t}, asked to attempt at {nxt}")
+        seq += 1
+        kept.append((nxt, seq, node, _ATTEMPT))
+    heap[:] = kept
+    heapq.heapify(heap)
+    return seq
 
 
 def _group(trigs: Sequence[Trigger]) -> tuple[list[Trigger], list[int]]:
@@ -558,7 +696,8 @@ def simulate(
 
     Randomness (boot times, unused addresses, full jitter) comes from ``rng`` (default
     ``random.Random(seed)``), the virtual clock starts at ``epoch``: the same arguments give
-    the same result. ``record_starts`` keeps every start time (for tests on a few nodes).
+    the same result. ``record_starts`` keeps every start time and node (for tests on a few
+    nodes; it simulates the deterministic policies node by node).
     """
     unknown = [p for p in policies if p not in POLICY_NAMES]
     if unknown:
@@ -569,10 +708,12 @@ def simulate(
     w = fleet.window
     offsets = node_offsets(fleet, n, rng) if any(p.startswith("agent-") for p in policies) else []
     trigs = triggers(scenario, rng)
+    restart_at = scenario.restart_at if scenario.kind == "restart-all" else None
     last_trigger = max(t.at for t in trigs)
+    last_event = last_trigger if restart_at is None else max(last_trigger, restart_at)
     if horizon is None:
         # Far beyond any recovery: the outage, then the longest backoff a few times over.
-        horizon = last_trigger + scenario.outage + (fleet.max_multiplier + 3) * w + 86400.0
+        horizon = last_event + scenario.outage + (fleet.max_multiplier + 3) * w + 86400.0
     grouped, weights = _group(trigs)
     singles = [1] * n
     outcomes = []
@@ -613,6 +754,7 @@ def simulate(
                 epoch=epoch,
                 horizon=horizon,
                 record_starts=record_starts,
+                restart_at=restart_at,
             )
         )
     return SimulationResult(scenario, fleet, seed if given_rng is None else None, tuple(outcomes))
@@ -671,23 +813,37 @@ def render_table(result: SimulationResult, *, width: int = 60) -> str:
     """The default output: one row per policy, then a sparkline per policy."""
     sc, fl = result.scenario, result.fleet
     ideal = result.ideal_starts_per_minute
+    restart = result.restart_minute
     head = (
         f"{sc.kind}: {sc.nodes} nodes, window {_hm(fl.window)}, ideal {ideal:.1f} starts/min "
         f"(N/W); control plane down {sc.outage:g} s, a start while it is down fails after "
         f"{sc.fail_after:g} s; slots {fl.slots}"
         + (f" ({fl.unused_addresses:.0%} of addresses unused)" if fl.unused_addresses else "")
+        + (
+            ""
+            if restart is None
+            else f"; every supervisor restarted at {sc.restart_at:g} s (minute {restart})"
+        )
     )
     rows = [
         head,
         "",
         f"{'policy':<24}{'starts':>10}{'x N':>7}{'peak/min':>10}{'x ideal':>9}"
-        f"{'after 1st min':>15}  all healthy at",
+        f"{'after 1st min':>15}"
+        + ("" if restart is None else f"{'from restart':>14}{'x ideal':>9}")
+        + "  all healthy at",
     ]
     for o in result.policies:
         rows.append(
             f"{o.name:<24}{o.total_starts:>10,}{o.total_starts / sc.nodes:>7.2f}"
             f"{o.peak_starts_per_minute:>10,}{o.peak_starts_per_minute / ideal:>9.2f}"
-            f"{o.peak_after(1):>15,}  {_hm(o.all_healthy_at)}"
+            f"{o.peak_after(1):>15,}"
+            + (
+                ""
+                if restart is None
+                else f"{o.peak_after(restart):>14,}{o.peak_after(restart) / ideal:>9.2f}"
+            )
+            + f"  {_hm(o.all_healthy_at)}"
             + (f", {o.never_healthy} never" if o.never_healthy else "")
         )
     length = max((len(o.starts_per_minute) for o in result.policies), default=0)
@@ -752,6 +908,10 @@ def write_plot(result: SimulationResult, path: Path) -> None:
     )
     if sc.outage > 0:
         ax.axvspan(0, sc.outage / 60, color="red", alpha=0.08, label="control plane down")
+    if result.restart_minute is not None:
+        ax.axvline(
+            sc.restart_at / 60, color="grey", linewidth=1, label="every supervisor restarted"
+        )
     ax.set_yscale("symlog", linthresh=10)
     ax.set_ylim(0, sc.nodes * 2)
     ax.set_xlim(left=0)

@@ -123,6 +123,11 @@ class AgentState:
     runs: tuple[Run, ...] = ()
     hold: OperatorFlag | None = None
     override: OperatorFlag | None = None
+    #: A start the control-plane probe deferred to this node's slot (``user`` "probe"): kept
+    #: in the state, so that a fresh gate (after a reboot, a restart of every supervisor)
+    #: waits for the same slot instead of starting with the whole fleet when the control
+    #: plane answers again. Cleared by the next recorded start.
+    deferral: OperatorFlag | None = None
 
     @property
     def last_run(self) -> Run | None:
@@ -138,7 +143,7 @@ class AgentState:
         its end would make every run of a crash loop look as long as its wait, hence stable.
         """
         runs = (*self.runs, Run(started_at=now, via=via, user=user, reason=reason))
-        return replace(self, runs=runs[-MAX_RUNS:])
+        return replace(self, runs=runs[-MAX_RUNS:], deferral=None)
 
     def without_last_run(self) -> AgentState:
         """The latest run withdrawn: an approval that no real start followed (invariant 7)."""
@@ -179,7 +184,9 @@ class AgentState:
         """
         runs_ahead = any(r.started_at > now or (r.ended_at or 0.0) > now for r in self.runs)
         hold, override = _pin_flag(self.hold, now), _pin_flag(self.override, now)
-        if not runs_ahead and hold is self.hold and override is self.override:
+        deferral = _pin_flag(self.deferral, now)
+        flags_pinned = (hold, override, deferral) != (self.hold, self.override, self.deferral)
+        if not runs_ahead and not flags_pinned:
             return self
         runs = tuple(
             replace(
@@ -189,7 +196,11 @@ class AgentState:
             )
             for r in self.runs
         )
-        return replace(self, runs=runs, hold=hold, override=override)
+        return replace(self, runs=runs, hold=hold, override=override, deferral=deferral)
+
+    def with_deferral(self, flag: OperatorFlag | None) -> AgentState:
+        """Set or clear the probe's deferral."""
+        return replace(self, deferral=flag)
 
     def with_hold(self, flag: OperatorFlag | None) -> AgentState:
         """Set or clear the hold."""
@@ -234,6 +245,7 @@ def to_document(state: AgentState, now: float) -> dict[str, Any]:
         "agent": state.agent,
         "updated_at": iso(now),
         "hold": flag_document(state.hold),
+        "deferral": flag_document(state.deferral),
         "override": flag_document(state.override),
         "runs": [
             {
@@ -332,4 +344,5 @@ def from_document(doc: object, agent: str) -> AgentState:
         runs=parsed,
         hold=_flag(doc.get("hold"), "hold"),
         override=_flag(doc.get("override"), "override"),
+        deferral=_flag(doc.get("deferral"), "deferral"),
     )

@@ -379,3 +379,50 @@ def test_a_run_is_kept_whole_through_the_file() -> None:
         override=OperatorFlag("carol", "test", T0 + 1, None),
     )
     assert from_document(json.loads(json.dumps(to_document(s, T0 + 40))), AGENT) == s
+
+
+def test_the_probe_is_asked_when_the_slot_comes_between_the_look_and_the_lock(
+    tmp_path: Path,
+) -> None:
+    """Regression: the quick look before the lock ran just before S, the locked decision
+    just after; the decision must still hear the probe, not allow without it."""
+    calls: list[str] = []
+    cfg = load_config(
+        env={},
+        overrides={
+            "cluster_size": 1000,
+            "node_name": "node-1",
+            "probe.urls": "http://127.0.0.1:9/",
+        },
+        state_dir=tmp_path / "state",
+    )
+
+    def probe() -> bool:
+        calls.append("probe")
+        return False
+
+    gate = Gate(cfg, AGENT, probe=probe, inspect=None)
+    _write(gate, crash_loop(1, T0), T0 + 10)
+    slot = next_grid_slot(T0 + W, W, gate.policy.offset)
+    times = iter([slot - 0.5, slot + 0.1, slot + 0.2])
+    gate.clock = lambda: next(times)
+    result = gate.decide()
+    assert calls == ["probe"]
+    assert not result.decision.allowed and result.decision.deferred
+    state = gate.store.read(AGENT).state
+    assert state.deferral is not None and state.deferral.until == result.decision.next_allowed_at
+
+
+def test_a_probe_deferral_is_a_fact_for_every_later_caller() -> None:
+    """Invariant 0 with a probe: the slot a probe refusal named holds for a fresh caller,
+    even when the control plane answers again before it."""
+    from supervisor.policy import remember
+
+    p = policy(probe_configured=True)
+    s = AgentState(AGENT).record_start(T0).record_exit(T0 + 3 * W, 1)
+    down = decide(p, s, T0 + 3 * W + 1, control_plane_healthy=False)
+    assert down.deferred and down.next_allowed_at is not None
+    s = remember(s, down)
+    up = decide(p, s, T0 + 3 * W + 2, control_plane_healthy=True)
+    assert not up.allowed and up.next_allowed_at == down.next_allowed_at
+    assert decide(p, s, down.next_allowed_at, control_plane_healthy=True).allowed

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,7 +25,11 @@ from supervisor.simulate import (
     PolicyOutcome,
     Scenario,
     SimulationResult,
+    SlotMode,
+    Trigger,
+    TriggerKind,
     render_table,
+    run_model,
     simulate,
     sparkline,
 )
@@ -289,6 +296,241 @@ def test_bad_scenario_values_are_refused() -> None:
         simulate(Scenario(nodes=1), Fleet(window=60.0), policies=("pm2",))
 
 
+# --- restart-all: every node's supervisor restarted in the middle of a crash loop -----------
+
+#: Production's start budget (5000 nodes in 60 min, 83.3 a minute) at 2000 nodes: W = 24 min.
+#: The control plane is down 2 h; at 70 min every node has failed twice (at 0 and at its slot
+#: in [24, 48) min) and waits at backoff level 2 for its slot in [72, 96) min, 22 to 46 min
+#: after its last start: most are more than W past it.
+RN, RW, ROUTAGE, RAT = 2000, 1440.0, 7200.0, 4200.0
+GATES = ("agent-supervisor", "agent-supervisor+probe")
+
+
+def restarted_at(sc: Scenario, at: float) -> Scenario:
+    """The outage scenario ``sc`` with every node's supervisor restarted at ``at``."""
+    return replace(sc, kind="restart-all", restart_at=at)
+
+
+@pytest.fixture(scope="module")
+def restarts() -> dict[str, SimulationResult]:
+    """Our two policies through restart-all at the production ratio, once per slot mode."""
+    return {
+        slots: simulate(
+            Scenario(kind="restart-all", nodes=RN, outage=ROUTAGE, restart_at=RAT),
+            Fleet(window=RW, slots=slots),
+            policies=GATES,
+        )
+        for slots in ("index", "hash")
+    }
+
+
+@pytest.mark.parametrize(
+    ("slots", "bound"),
+    [pytest.param("index", 1.05, id="index"), pytest.param("hash", 1.35, id="hash")],
+)
+@pytest.mark.parametrize("policy", GATES)
+def test_restart_all_keeps_the_slot_targets(
+    restarts: dict[str, SimulationResult], slots: str, bound: float, policy: str
+) -> None:
+    """Restarting every supervisor at once makes no wave: the busiest minute from then on
+    stays within the slot mode's target (invariant 3: no start before the slot, whoever asks)."""
+    result = restarts[slots]
+    minute = result.restart_minute
+    assert minute == 70
+    o = result.outcome(policy)
+    assert o.peak_after(minute) <= bound * result.ideal_starts_per_minute
+    assert o.never_healthy == 0
+
+
+def starts_by_node(o: PolicyOutcome) -> dict[int, list[float]]:
+    """Each node's start times, in order, from an outcome simulated with record_starts."""
+    out: dict[int, list[float]] = {}
+    for node, t in zip(o.start_nodes, o.start_times, strict=True):
+        out.setdefault(node, []).append(t)
+    return out
+
+
+@pytest.mark.parametrize("policy", GATES)
+def test_restart_all_keeps_starts_a_window_apart(policy: str) -> None:
+    """Across the restart, no node's gate lets two starts through within one window (inv. 4)."""
+    w = 600.0
+    result = simulate(
+        Scenario(kind="restart-all", nodes=40, outage=3600.0, restart_at=1700.0),
+        Fleet(window=w, slots="index"),
+        policies=(policy,),
+        record_starts=True,
+    )
+    by_node = starts_by_node(result.policies[0])
+    assert len(by_node) == 40
+    for node, times in by_node.items():
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert all(g >= w for g in gaps), (node, times)
+
+
+@pytest.mark.parametrize("slots", ["index", "hash"])
+def test_restart_all_during_the_outage_changes_no_start(slots: SlotMode) -> None:
+    """A restart during the outage changes nothing: every node starts exactly when it would
+    have without it, so the total is the outage scenario's too (invariant 0)."""
+    fleet = Fleet(window=600.0, slots=slots)
+    sc = Scenario(nodes=60, outage=3600.0)
+    plain = simulate(sc, fleet, policies=GATES, record_starts=True)
+    for at in (45.0, 900.0, 1700.0, 3000.0):
+        restarted = simulate(
+            restarted_at(sc, at),
+            fleet,
+            policies=GATES,
+            record_starts=True,
+        )
+        for name in GATES:
+            before, after = plain.outcome(name), restarted.outcome(name)
+            assert after.total_starts == before.total_starts, (name, at)
+            assert starts_by_node(after) == starts_by_node(before), (name, at)
+
+
+def test_restart_all_after_recovery_changes_nothing_for_probe_gated_nodes() -> None:
+    """After the control plane is back, a restart of every supervisor moves no start: the
+    probe's deferral to each node's slot is kept in the state, so a fresh gate waits for the
+    same slot (regression: a wave of 3/4 of the fleet in the restart's minute)."""
+    fleet = Fleet(window=3600.0, slots="index")
+    sc = Scenario(nodes=400, outage=1800.0)
+    plain = simulate(sc, fleet, policies=GATES)
+    restarted = simulate(restarted_at(sc, 2700.0), fleet, policies=GATES)
+    for name in GATES:
+        assert restarted.outcome(name) == plain.outcome(name), name
+    probe = restarted.outcome("agent-supervisor+probe")
+    assert probe.starts_per_minute[45] <= math.ceil(1.05 * sc.nodes / fleet.window * 60)
+
+
+def test_restart_all_resets_the_alternatives_memory() -> None:
+    """kubelet and full jitter forget their back-off and start the waiting agents at once;
+    Docker and systemd nodes, running at that instant, are left alone."""
+    sc = Scenario(nodes=300, outage=1800.0)
+    others = ("docker-always", "kubelet", "systemd", "full-jitter")
+    plain = simulate(sc, Fleet(window=W), policies=others)
+    restarted = simulate(restarted_at(sc, 1100.0), Fleet(window=W), policies=others)
+    minute = restarted.restart_minute
+    assert minute == 18
+    for name in ("docker-always", "systemd"):
+        assert restarted.outcome(name) == plain.outcome(name), name
+    # kubelet: every node is in a 300 s back-off then (its start at about 16 min failed); the
+    # new kubelet starts them all at once, then again a minute later (the first restart after
+    # a new entry is immediate), where the old one would have waited.
+    kubelet, before = restarted.outcome("kubelet"), plain.outcome("kubelet")
+    assert before.starts_per_minute[minute : minute + 2] == (0, 0)
+    assert kubelet.starts_per_minute[minute : minute + 2] == (300, 300)
+    assert kubelet.total_starts > before.total_starts
+    # Full jitter: nearly every node sleeps (up to 300 s between 60 s runs) and starts now.
+    jitter = restarted.outcome("full-jitter")
+    assert jitter.starts_per_minute[minute] >= 290 > 2 * plain.outcome("full-jitter").peak_after(10)
+
+
+def test_restart_all_brings_back_systemd_units_failed_on_the_start_limit() -> None:
+    """A unit failed on systemd's start limit stays down in an outage; the restart starts it."""
+    sc = Scenario(nodes=10, outage=60.0, fail_after=1.0)
+    plain = simulate(sc, Fleet(window=W), policies=("systemd",))
+    assert plain.policies[0].never_healthy == 10
+    restarted = simulate(
+        restarted_at(sc, 600.0),
+        Fleet(window=W),
+        policies=("systemd",),
+        record_starts=True,
+    )
+    o = restarted.policies[0]
+    assert o.never_healthy == 0
+    assert o.all_healthy_at == 600.0
+    assert o.total_starts == plain.policies[0].total_starts + 10
+
+
+def test_restart_all_groups_identical_nodes_as_before() -> None:
+    """Deterministic policies simulated once per group give the node-by-node figures."""
+    sc = Scenario(kind="restart-all", nodes=200, outage=1800.0, restart_at=1000.0)
+    anchors = ("docker-always", "kubelet", "systemd")
+    grouped = simulate(sc, Fleet(window=W), policies=anchors)
+    single = simulate(sc, Fleet(window=W), policies=anchors, record_starts=True)
+    for g, s in zip(grouped.policies, single.policies, strict=True):
+        assert (g.total_starts, g.starts_per_minute, g.all_healthy_at, g.never_healthy) == (
+            s.total_starts,
+            s.starts_per_minute,
+            s.all_healthy_at,
+            s.never_healthy,
+        ), g.name
+
+
+class Waiter:
+    """A policy that waits 1000 s after every failure and logs what the engine asks of it."""
+
+    deterministic = False
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float]] = []
+
+    def begin(self, node: int, t: float, kind: TriggerKind) -> float | None:
+        """The crash: wait 1000 s."""
+        self.calls.append(("begin", t - DEFAULT_EPOCH))
+        return t + 1000.0
+
+    def exited(self, node: int, t: float, ran: float) -> float | None:
+        """A failed run: wait 1000 s."""
+        self.calls.append(("exited", t - DEFAULT_EPOCH))
+        return t + 1000.0
+
+    def attempt(self, node: int, t: float) -> float | None:
+        """Start when asked."""
+        self.calls.append(("attempt", t - DEFAULT_EPOCH))
+        return t
+
+    def supervisor_restarted(self, node: int, t: float, waiting: bool) -> float | None:
+        """The new process attempts 100 s after its start."""
+        self.calls.append(("restart" if waiting else "restart-running", t - DEFAULT_EPOCH))
+        return t + 100.0
+
+
+def test_restart_cancels_the_old_process_pending_attempt() -> None:
+    """The old process's planned attempt never happens after the restart: one chain per node."""
+    model = Waiter()
+    out = run_model(
+        "waiter",
+        model,
+        [Trigger(0.0, "crash")],
+        [1],
+        Scenario(kind="restart-all", nodes=1, outage=5000.0, fail_after=60.0),
+        epoch=DEFAULT_EPOCH,
+        horizon=10_000.0,
+        record_starts=True,
+        restart_at=500.0,
+    )
+    # Crash at 0 -> attempt planned at 1000 (cancelled); restart at 500 -> attempt at 600,
+    # fails at 660 -> attempt at 1660, fails at 1720 -> ... until the control plane is up.
+    assert model.calls[:6] == [
+        ("begin", 0.0),
+        ("restart", 500.0),
+        ("attempt", 600.0),
+        ("exited", 660.0),
+        ("attempt", 1660.0),
+        ("exited", 1720.0),
+    ]
+    assert out.start_times[:3] == (600.0, 1660.0, 2720.0)
+    assert ("attempt", 1000.0) not in model.calls
+    assert out.total_starts == len(out.start_times) == 6  # 600 ... 4840 fail; 5900 is up
+    # A restart while the agent runs changes nothing for the engine.
+    model = Waiter()
+    run_model(
+        "waiter",
+        model,
+        [Trigger(0.0, "crash")],
+        [1],
+        Scenario(kind="restart-all", nodes=1, outage=5000.0, fail_after=60.0),
+        epoch=DEFAULT_EPOCH,
+        horizon=10_000.0,
+        restart_at=1030.0,
+    )
+    assert ("restart-running", 1030.0) in model.calls
+    assert [c for c in model.calls if c[0] == "attempt"][:2] == [
+        ("attempt", 1000.0),
+        ("attempt", 2060.0),
+    ]
+
+
 # --- presentation ---------------------------------------------------------------------------
 
 
@@ -343,6 +585,45 @@ def test_cli_simulate_json(tmp_path: Path) -> None:
     assert doc["window_seconds"] == 300.0
     assert doc["outage_seconds"] == 300.0
     assert doc["policies"]["agent-supervisor+probe"]["total_starts"] == 100
+
+
+def test_cli_simulate_restart_all_prints_the_table() -> None:
+    """simulate --scenario restart-all --at 45m prints the table with the restart's column."""
+    res = CliRunner().invoke(
+        fleet_app(),
+        ["simulate", "--scenario", "restart-all", "--at", "45m", "--nodes", "500"],
+    )
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("restart-all: 500 nodes")
+    assert "every supervisor restarted at 2700 s (minute 45)" in lines[0]
+    assert "from restart" in lines[2]
+    for name in POLICY_NAMES:
+        assert sum(ln.split("|")[0].split(" ")[0] == name for ln in lines) == 2, name
+
+
+def test_cli_simulate_restart_all_json_and_default_at() -> None:
+    """--json says when the supervisors were restarted; --at defaults to 45 minutes."""
+    res = CliRunner().invoke(
+        fleet_app(), ["simulate", "--scenario", "restart-all", "--nodes", "50", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert (doc["scenario"], doc["restart_at_seconds"], doc["outage_seconds"]) == (
+        "restart-all",
+        2700.0,
+        1800.0,
+    )
+    assert all(
+        p["peak_starts_per_minute_from_restart"] is not None for p in doc["policies"].values()
+    )
+
+
+def test_cli_at_without_restart_all_is_a_usage_error() -> None:
+    """--at only makes sense with --scenario restart-all."""
+    res = CliRunner().invoke(fleet_app(), ["simulate", "--nodes", "10", "--at", "45m"])
+    assert isinstance(res.exception, UsageError)
+    assert "--at goes with --scenario restart-all" in str(res.exception)
 
 
 def test_cli_simulate_bad_duration_is_a_usage_error() -> None:
