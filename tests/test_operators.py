@@ -69,9 +69,12 @@ def need_root() -> None:
         skip_or_fail("running commands as root needs root", REQUIRE_ROOT_TESTS)
 
 
-def expected_line(group: str) -> str:
-    """The one error line a missing operators_group gives."""
-    return f"agent-supervisor: error: operators_group {group!r}: no such group on this node"
+def expected_line(group: str, source: str = "command line") -> str:
+    """The one error line a missing operators_group gives, naming where it was set."""
+    return (
+        f"agent-supervisor: error: {source}: operators_group {group!r}: "
+        "no such group on this node"
+    )
 
 
 # --- authorize() itself: which checks need the group ------------------------------------------

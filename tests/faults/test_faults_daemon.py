@@ -75,7 +75,7 @@ def test_container_removed_and_recreated_is_followed(docker_client: Any, tmp_pat
     finally:
         dockerutil.remove_containers(docker_client, name)
     runs = sup.runs()
-    assert [r.via for r in runs][-2:] == ["force", "gate"]  # outside-the-gate start, then gated
+    assert [r.via for r in runs][-2:] == ["docker", "gate"]  # outside-the-gate start, then gated
     assert runs[-2].exit_code == 1 and runs[-2].end_source == "docker"
     assert runs[-1].started_at - runs[-2].started_at >= 3.0 - 1e-6  # the window held
 
