@@ -61,8 +61,10 @@ def main() -> None:
         f"# {datetime.now(UTC):%Y-%m-%d} on {platform.node()} ({os.cpu_count()} cores, "
         f"Python {platform.python_version()}), {args.runs} runs each, interleaved"
     )
-    print(f"# command: python bench/bench_gate.py --runs {args.runs} "
-          "(package byte-compiled first, as pip installs it)")
+    print(
+        f"# command: python bench/bench_gate.py --runs {args.runs} "
+        "(package byte-compiled first, as pip installs it)"
+    )
     print(
         f"gate --no-wait (refused, warm state): median {gm:.1f} ms  "
         f"(p90 {statistics.quantiles(g, n=10)[-1] * 1000:.1f} ms)"

@@ -1,8 +1,7 @@
 """Wall time of ``agent-supervisor simulate`` for 10,000 and 100,000 nodes (targets 5 s, 60 s).
 
-Each size runs as a whole process (``python -m supervisor simulate --nodes N --json``) once the
-command is registered in the CLI, else as an in-process call of ``supervisor.simulate.simulate``
-with the same arguments; the output says which, with the exact command and the figures.
+Each size runs as a whole process (``python -m supervisor simulate --nodes N --json``); the
+output gives the exact command and the figures.
 
     python bench/bench_simulate.py [--sizes 10000 100000] [--scenario outage] [--runs 1]
 """
@@ -22,18 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from supervisor.config import WindowConfig
-from supervisor.policy import window_seconds
-from supervisor.simulate import Fleet, Scenario, simulate
+from supervisor.fleet.scenarios import SCENARIOS
 
 TARGETS = {10_000: 5.0, 100_000: 60.0}
-
-
-def wired() -> bool:
-    """Whether ``agent-supervisor simulate`` exists as a command."""
-    import supervisor.cli
-
-    return "cli_fleet" in Path(supervisor.cli.__file__).read_text()
 
 
 def run_process(nodes: int, scenario: str) -> tuple[float, dict[str, object]]:
@@ -46,29 +36,16 @@ def run_process(nodes: int, scenario: str) -> tuple[float, dict[str, object]]:
     return time.perf_counter() - t, json.loads(proc.stdout)
 
 
-def run_inprocess(nodes: int, scenario: str) -> tuple[float, dict[str, object]]:
-    """One in-process run with the command's defaults."""
-    t = time.perf_counter()
-    outage = 0.0 if scenario == "rolling" else 1800.0
-    result = simulate(
-        Scenario(kind=scenario, nodes=nodes, outage=outage),  # type: ignore[arg-type]
-        Fleet(window=window_seconds(WindowConfig(), nodes)),
-        seed=1,
-    )
-    return time.perf_counter() - t, result.to_json()
-
-
 def main() -> None:
     """Measure and print."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument(
-        "--scenario", default="outage", choices=["outage", "boot-storm", "rolling", "restart-all"]
+        "--scenario", default="outage", choices=list(SCENARIOS)
     )
     ap.add_argument("--runs", type=int, default=1)
     args = ap.parse_args()
-    as_process = wired()
-    how = "whole process" if as_process else "in-process (the command is not registered yet)"
+    how = "whole process"
     print(f"# bench_simulate {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} on {platform.node()}")
     print(f"# python {platform.python_version()}, {os.cpu_count()} CPUs, {how}")
     print(
@@ -79,7 +56,7 @@ def main() -> None:
         times = []
         doc: dict[str, object] = {}
         for _ in range(args.runs):
-            elapsed, doc = (run_process if as_process else run_inprocess)(nodes, args.scenario)
+            elapsed, doc = run_process(nodes, args.scenario)
             times.append(elapsed)
         wall = statistics.median(times)
         target = TARGETS.get(nodes)

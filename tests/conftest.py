@@ -103,7 +103,7 @@ def state_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def docker_client() -> Iterator[Any]:
     """A Docker SDK client for a running engine; skip (or fail under CI) without one."""
-    from supervisor.container import connect_from_env
+    from supervisor.gate.inspect import connect_from_env
 
     try:
         # Probes the socket itself first: the SDK leaks the socket of a failed connect, which
@@ -276,7 +276,7 @@ def nobody() -> int:
     if missing:
         skip_or_fail(f"running as another user needs {', '.join(missing)}", REQUIRE_ROOT_TESTS)
     probe = subprocess.run(
-        as_user([sys.executable, "-c", "import supervisor.cli"], NOBODY),
+        as_user([sys.executable, "-c", "import supervisor.cli.app"], NOBODY),
         cwd="/",
         capture_output=True,
         text=True,

@@ -304,13 +304,7 @@ def _source_files() -> list[tuple[str, bytes]]:
         files.append((f"compose/wheels/{wheel.name}", wheel.read_bytes()))
     for path in sorted((REPO / "supervisor").rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".typed"):
-            data = path.read_bytes()
-            if path.name == "cli.py" and not cli_wired():
-                # Until supervisor/cli.py registers the deploy commands itself, the image gets
-                # the same one-line wiring (in the build context only, not on disk).
-                data += b"\n\nfrom supervisor import cli_deploy as _cli_deploy\n\n"
-                data += b"_cli_deploy.register(app)\n"
-            files.append((str(path.relative_to(REPO)), data))
+            files.append((str(path.relative_to(REPO)), path.read_bytes()))
     files.append(("pyproject.toml", (REPO / "pyproject.toml").read_bytes()))
     readme = REPO / "README.md"
     files.append(("README.md", readme.read_bytes() if readme.exists() else b"agent-supervisor\n"))
@@ -360,7 +354,7 @@ def _remove_older(client: Any, repository: str, keep: str, age: float = 3600.0) 
 
 
 def _parse_created(text: str) -> float | None:
-    from supervisor.container import parse_docker_time
+    from supervisor.core.container import parse_docker_time
 
     return parse_docker_time(text)
 
@@ -434,24 +428,9 @@ def starts(client: Any, since: float, until: float, name: str) -> list[float]:
 # --- the daemon under test -----------------------------------------------------------------------
 
 
-def cli_wired() -> bool:
-    """Whether supervisor/cli.py already registers the deploy commands."""
-    return "cli_deploy" in (REPO / "supervisor" / "cli.py").read_text()
-
-
 def cli_argv(*args: str) -> list[str]:
-    """argv of ``agent-supervisor ARGS`` with ``run`` and ``doctor`` available.
-
-    Until supervisor/cli.py registers them, register them on its app here exactly as the
-    wiring will (``cli_deploy.register(cli.app)``), and go through ``cli.main`` all the same.
-    """
-    if cli_wired():
-        return [sys.executable, "-m", "supervisor", *args]
-    shim = (
-        "import sys; from supervisor import cli, cli_deploy; "
-        "cli_deploy.register(cli.app); sys.argv[0] = 'agent-supervisor'; cli.main()"
-    )
-    return [sys.executable, "-c", shim, *args]
+    """argv of ``agent-supervisor ARGS`` (the module entry, as installed)."""
+    return [sys.executable, "-m", "supervisor", *args]
 
 
 @contextlib.contextmanager

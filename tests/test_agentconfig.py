@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from conftest import clean_env
 
-from supervisor import agentconfig
-from supervisor.agentconfig import (
+from supervisor.base.errors import ConfigError, StateError
+from supervisor.node import agentconfig
+from supervisor.node.agentconfig import (
     STABILITY_DEFAULTS,
     plan,
     plan_options,
@@ -29,8 +30,7 @@ from supervisor.agentconfig import (
     render_options,
     validate_options,
 )
-from supervisor.config import Config, load_config
-from supervisor.errors import ConfigError, StateError
+from supervisor.storage.config import Config, load_config
 
 #: A node's config-map directory as operators write it by hand (trailing newlines included).
 REFERENCE: dict[str, bytes] = {
@@ -414,7 +414,7 @@ def test_concurrent_render_waits_for_the_lock(
 _LOOP = """
 import itertools, sys
 from pathlib import Path
-from supervisor import agentconfig
+from supervisor.node import agentconfig
 out, mode = Path(sys.argv[1]), sys.argv[2]
 if mode == "fallback":
     agentconfig._exchange = lambda a, b: False

@@ -393,9 +393,10 @@ def test_gate_path_imports_nothing_heavy() -> None:
     """Importing the CLI loads none of docker, cryptography, yaml, http.client, the simulator
     or rich: each would add tens of milliseconds to every gate call."""
     code = (
-        "import sys, supervisor.cli\n"
-        "heavy = ['docker', 'cryptography', 'yaml', 'http.client', 'supervisor.simulate',\n"
-        "         'supervisor.plan', 'supervisor.identity', 'prometheus_client', 'rich']\n"
+        "import sys, supervisor.cli.app\n"
+        "heavy = ['docker', 'cryptography', 'yaml', 'http.client',\n"
+        "         'supervisor.fleet.simulate', 'supervisor.fleet.plan',\n"
+        "         'supervisor.node.identity', 'prometheus_client', 'rich']\n"
         "print(','.join(m for m in heavy if sys.modules.get(m) is not None))\n"
     )
     r = subprocess.run(

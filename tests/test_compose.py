@@ -22,7 +22,7 @@ import dockerutil
 import pytest
 from conftest import REQUIRE_DOCKER, clean_env, run_cli
 
-from supervisor.store import StateStore
+from supervisor.storage.store import StateStore
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "compose" / "docker-compose.yml"

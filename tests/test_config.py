@@ -10,10 +10,10 @@ from conftest import clean_env, run_cli
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supervisor.cli_common import load
-from supervisor.config import DEFAULT_DOCKER_GRACE, KEYS, load_config
-from supervisor.durations import DurationError, format_duration, parse_duration
-from supervisor.errors import ConfigError
+from supervisor.base.errors import ConfigError
+from supervisor.cli.common import load
+from supervisor.core.durations import DurationError, format_duration, parse_duration
+from supervisor.storage.config import DEFAULT_DOCKER_GRACE, KEYS, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:

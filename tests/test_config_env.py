@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import clean_env, run_cli
 
-from supervisor.config import ENV_CONFIG, ENV_NOT_KEYS, ENV_PREFIX, KEYS, load_config
-from supervisor.errors import ConfigError
+from supervisor.base.errors import ConfigError
+from supervisor.storage.config import ENV_CONFIG, ENV_NOT_KEYS, ENV_PREFIX, KEYS, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE_ENV = {ENV_PREFIX + "CLUSTER_SIZE": "5000"}

@@ -17,7 +17,7 @@ def test_32_concurrent_gates_allow_exactly_one(state_dir: Path, tmp_path: Path) 
     # 32 decisions really race for the lock instead of being serialized by start-up time.
     script = (
         "import os, sys, time\n"
-        "from supervisor.cli import main\n"
+        "from supervisor.cli.app import main\n"
         f"while not os.path.exists({str(go)!r}): time.sleep(0.005)\n"
         "main(sys.argv[1:])\n"
     )

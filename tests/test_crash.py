@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conftest import clean_env
 
-from supervisor.store import StateStore
+from supervisor.storage.store import StateStore
 
 # A 1 ms window: every gate that gets the lock records a start, so kills land in writes.
 TINY = [

@@ -27,14 +27,19 @@ import pytest
 import structlog
 from conftest import clean_env, run_cli
 
-from supervisor.config import Config, load_config
-from supervisor.container import ContainerInfo, check_supervisable, parse_docker_time, reconcile
-from supervisor.docker_watch import Daemon, Target
-from supervisor.errors import ConfigError
-from supervisor.gate import Gate, docker_inspector_for
-from supervisor.policy import Policy, multiplier, next_grid_slot
-from supervisor.state import AgentState, iso
-from supervisor.store import StateStore
+from supervisor.base.errors import ConfigError
+from supervisor.containers.daemon import Daemon, Target
+from supervisor.core.container import (
+    ContainerInfo,
+    check_supervisable,
+    parse_docker_time,
+    reconcile,
+)
+from supervisor.core.policy import multiplier, next_grid_slot
+from supervisor.core.state import AgentState, iso
+from supervisor.gate.service import Gate, docker_inspector_for
+from supervisor.storage.config import Config, load_config
+from supervisor.storage.store import StateStore
 
 AGENT = "cilium-agent"
 NODE = "as-test-node"
@@ -490,8 +495,9 @@ def test_gate_with_docker_host_unreachable_answers_quickly(
 def test_importing_the_deploy_modules_does_not_import_docker_or_yaml() -> None:
     """docker and yaml are imported lazily: the gate's import path pays for neither."""
     code = (
-        "import sys, supervisor.cli, supervisor.docker_watch, supervisor.cli_deploy, "
-        "supervisor.doctor; print(sorted(m for m in ('docker', 'yaml') if m in sys.modules))"
+        "import sys, supervisor.cli.app, supervisor.containers.daemon, supervisor.cli.deploy, "
+        "supervisor.containers.doctor; "
+        "print(sorted(m for m in ('docker', 'yaml') if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=clean_env()
@@ -655,7 +661,7 @@ def test_crash_loop_is_gated_while_restart_always_storms(
         dockerutil.remove_containers(docker_client, gated, always)
 
     cfg = small_cfg(state, max_multiplier=2)
-    policy = Policy.from_config(cfg, AGENT)
+    policy = cfg.policy(AGENT)
     runs = StateStore(state).read(AGENT).state.runs
     recorded = [r.started_at for r in runs]
     assert len(gated_starts) == 4, (gated_starts, recorded)

@@ -29,9 +29,9 @@ from conftest import Result, clean_env, run_cli
 # once and cached), as test_compose.py runs it: pytest finds the fixture by its name here.
 from test_compose import AGENT, Project, project  # noqa: F401
 
-from supervisor.container import parse_docker_time
-from supervisor.state import AgentState, parse_iso
-from supervisor.store import StateStore
+from supervisor.core.container import parse_docker_time
+from supervisor.core.state import AgentState, parse_iso
+from supervisor.storage.store import StateStore
 
 NODE = "as-test-node"
 #: 1000 nodes: a 20-minute window, so within a test only "already running" or a withdrawn

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from conftest import clean_env
 
-from supervisor.config import Config, load_config
-from supervisor.doctor import (
+from supervisor.base.errors import ConfigError
+from supervisor.containers.doctor import (
     diagnose,
     interpolate,
     load_compose,
@@ -25,7 +25,7 @@ from supervisor.doctor import (
     read_dotenv,
     restart_policy,
 )
-from supervisor.errors import ConfigError
+from supervisor.storage.config import Config, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "compose" / "docker-compose.yml"

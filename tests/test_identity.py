@@ -32,10 +32,9 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import supervisor.identity as identity_module
-from supervisor.config import IdentityConfig
-from supervisor.errors import ConfigError, IdentityError, UsageError
-from supervisor.identity import (
+import supervisor.node.identity as identity_module
+from supervisor.base.errors import ConfigError, IdentityError, UsageError
+from supervisor.node.identity import (
     KUBECONFIG_MARKER,
     ApfSettings,
     CertReport,
@@ -50,6 +49,7 @@ from supervisor.identity import (
     require_identity,
     write_kubeconfig,
 )
+from supervisor.storage.config import IdentityConfig
 
 NODE = "node-1"
 USER = "system:cilium-agent:node-1"
@@ -480,7 +480,7 @@ def test_require_identity_raises_one_line(tmp_path: Path) -> None:
 def test_importing_stays_light() -> None:
     """Importing identity, agentconfig and cli_node loads neither cryptography nor yaml."""
     code = (
-        "import sys, supervisor.identity, supervisor.agentconfig, supervisor.cli_node; "
+        "import sys, supervisor.node.identity, supervisor.node.agentconfig, supervisor.cli.node; "
         "bad = [m for m in ('cryptography', 'yaml') if m in sys.modules]; "
         "sys.exit(','.join(bad) or None)"
     )

@@ -16,11 +16,11 @@ from conftest import run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.config import load_config
-from supervisor.gate import Gate
-from supervisor.policy import Policy, backoff_level, decide, multiplier, next_grid_slot
-from supervisor.slots import hash_offset
-from supervisor.state import AgentState, OperatorFlag, Run
+from supervisor.core.policy import Policy, backoff_level, decide, multiplier, next_grid_slot
+from supervisor.core.slots import hash_offset
+from supervisor.core.state import AgentState, OperatorFlag, Run
+from supervisor.gate.service import Gate
+from supervisor.storage.config import load_config
 
 T0 = 1_800_000_000.0
 W = 1200.0
@@ -343,7 +343,7 @@ def test_force_and_reset_skip_the_wait_of_a_lost_history(tmp_path: Path) -> None
 
 def test_a_schema_1_file_is_read_and_its_inferred_ends_become_unknown() -> None:
     """Version 1 took the next start as the end of an unreported run: read as unknown."""
-    from supervisor.state import from_document
+    from supervisor.core.state import from_document
 
     doc = {
         "schema": 1,
@@ -366,7 +366,7 @@ def test_a_schema_1_file_is_read_and_its_inferred_ends_become_unknown() -> None:
 
 def test_a_run_is_kept_whole_through_the_file() -> None:
     """Every field of a run, hold and override survives a write and a read."""
-    from supervisor.state import from_document, to_document
+    from supervisor.core.state import from_document, to_document
 
     s = AgentState(
         AGENT,
@@ -416,7 +416,7 @@ def test_the_probe_is_asked_when_the_slot_comes_between_the_look_and_the_lock(
 def test_a_probe_deferral_is_a_fact_for_every_later_caller() -> None:
     """Invariant 0 with a probe: the slot a probe refusal named holds for a fresh caller,
     even when the control plane answers again before it."""
-    from supervisor.policy import remember
+    from supervisor.core.policy import remember
 
     p = policy(probe_configured=True)
     s = AgentState(AGENT).record_start(T0).record_exit(T0 + 3 * W, 1)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import REQUIRE_ROOT_TESTS, clean_env, run_cli, skip_or_fail
 
-from supervisor.errors import ConfigError, NotPermitted
-from supervisor.operators import Operator, authorize
+from supervisor.base.errors import ConfigError, NotPermitted
+from supervisor.gate.operators import Operator, authorize
 
 SIZE = ("--cluster-size", "5000")
 OPERATOR_ACTIONS = (
@@ -72,8 +72,7 @@ def need_root() -> None:
 def expected_line(group: str, source: str = "command line") -> str:
     """The one error line a missing operators_group gives, naming where it was set."""
     return (
-        f"agent-supervisor: error: {source}: operators_group {group!r}: "
-        "no such group on this node"
+        f"agent-supervisor: error: {source}: operators_group {group!r}: no such group on this node"
     )
 
 

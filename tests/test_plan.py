@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import typer
@@ -12,14 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-import supervisor.cli
-from supervisor.cli_fleet import register
-from supervisor.config import WindowConfig, load_config
-from supervisor.plan import expected_peak, needed_window, plan, render_plan
-from supervisor.policy import window_seconds
-from supervisor.simulate import Fleet, Scenario, simulate
-
-WIRED = "cli_fleet" in Path(supervisor.cli.__file__).read_text()
+from supervisor.cli.fleet import register
+from supervisor.core.policy import WindowConfig, window_seconds
+from supervisor.fleet.plan import expected_peak, needed_window, plan, render_plan
+from supervisor.fleet.simulate import Fleet, Scenario, simulate
+from supervisor.storage.config import load_config
 
 
 def test_exact_slots_need_exactly_n_over_r() -> None:
@@ -164,7 +160,6 @@ def test_cli_plan_requires_the_rate() -> None:
     assert res.exit_code == 2
 
 
-@pytest.mark.skipif(not WIRED, reason="cli.py does not register the fleet commands yet")
 def test_plan_as_a_process() -> None:
     """agent-supervisor plan runs as a real process and prints the plan."""
     res = run_cli("plan", "--nodes", "1000", "--max-start-rate", "50")

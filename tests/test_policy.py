@@ -11,17 +11,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.config import WindowConfig, load_config
-from supervisor.policy import (
+from supervisor.core.policy import (
     Policy,
+    WindowConfig,
     backoff_level,
     decide,
     multiplier,
     next_grid_slot,
     window_seconds,
 )
-from supervisor.slots import hash_offset, index_offset
-from supervisor.state import AgentState, OperatorFlag
+from supervisor.core.slots import hash_offset, index_offset
+from supervisor.core.state import AgentState, OperatorFlag
+from supervisor.storage.config import load_config
 
 T0 = 1_800_000_000.0  # a fixed wall-clock time in 2027
 
@@ -189,7 +190,7 @@ def test_policy_from_config_uses_index_slots_when_configured() -> None:
             "AGENT_SUPERVISOR_SLOT_COUNT": "1000",
         }
     )
-    p = Policy.from_config(cfg, "cilium-agent")
+    p = cfg.policy("cilium-agent")
     assert p.slot_mode == "index" and p.offset == 0.007 and p.window == 1200.0
 
 

@@ -20,11 +20,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from structlog.testing import capture_logs
 
-from supervisor.config import Config, IdentityConfig, ProbeConfig
-from supervisor.gate import Gate
-from supervisor.log import get_logger
-from supervisor.probe import check_url, make_probe, probe_once
-from supervisor.store import StateStore
+from supervisor.base.log import get_logger
+from supervisor.gate.probe import check_url, make_probe, probe_once
+from supervisor.gate.service import Gate
+from supervisor.storage.config import Config, IdentityConfig, ProbeConfig
+from supervisor.storage.store import StateStore
 
 NOW = dt.datetime.now(dt.UTC)
 

@@ -14,18 +14,17 @@ import typer
 from conftest import run_cli
 from typer.testing import CliRunner
 
-import supervisor.cli
-from supervisor.cli_fleet import register
-from supervisor.errors import UsageError
-from supervisor.policy import next_grid_slot
-from supervisor.simulate import (
+from supervisor.base.errors import UsageError
+from supervisor.cli.fleet import register
+from supervisor.core.policy import next_grid_slot
+from supervisor.core.slots import SlotMode, index_offset
+from supervisor.fleet.simulate import (
     DEFAULT_EPOCH,
     POLICY_NAMES,
     Fleet,
     PolicyOutcome,
     Scenario,
     SimulationResult,
-    SlotMode,
     Trigger,
     TriggerKind,
     render_table,
@@ -33,9 +32,7 @@ from supervisor.simulate import (
     simulate,
     sparkline,
 )
-from supervisor.slots import index_offset
 
-WIRED = "cli_fleet" in Path(supervisor.cli.__file__).read_text()
 #: The issue's fleet (5000 nodes, 60-minute window, 30-minute outage) scaled down to 1000
 #: nodes with the same start budget N/W (83.3 a minute): W = 12 min, outage = W/2.
 N, W, OUTAGE, FAIL = 1000, 720.0, 360.0, 60.0
@@ -652,7 +649,6 @@ def test_cli_plot_without_matplotlib_says_how_to_install(tmp_path: Path) -> None
     assert "plot: " in res.stdout
 
 
-@pytest.mark.skipif(not WIRED, reason="cli.py does not register the fleet commands yet")
 def test_simulate_as_a_process() -> None:
     """agent-supervisor simulate --json runs as a real process and prints one object."""
     res = run_cli("simulate", "--nodes", "200", "--json", "--outage", "10m")
@@ -662,7 +658,6 @@ def test_simulate_as_a_process() -> None:
     assert doc["policies"]["docker-always"]["total_starts"] > 200
 
 
-@pytest.mark.skipif(not WIRED, reason="cli.py does not register the fleet commands yet")
 def test_simulate_usage_error_as_a_process() -> None:
     """A bad option exits 2 with one line, never a traceback."""
     res = run_cli("simulate", "--nodes", "10", "--fail-after", "-5s")
@@ -672,13 +667,3 @@ def test_simulate_usage_error_as_a_process() -> None:
         "agent-supervisor: error: --fail-after '-5s': "
         "'-5s' is not a duration (use e.g. 500ms, 30s, 20m, 3h, 1d)"
     ]
-
-
-def test_cli_literals_match_the_simulator() -> None:
-    """The CLI's scenario and slot choices are the simulator's own."""
-    from typing import get_args
-
-    from supervisor import cli_fleet, simulate
-
-    assert get_args(cli_fleet.ScenarioKind) == get_args(simulate.ScenarioKind)
-    assert get_args(cli_fleet.SlotMode) == get_args(simulate.SlotMode)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.slots import (
+from supervisor.core.slots import (
     address_offset,
     hash_offset,
     index_offset,

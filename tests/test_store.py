@@ -11,9 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.errors import StateError
-from supervisor.state import SCHEMA_VERSION, AgentState, OperatorFlag, from_document, to_document
-from supervisor.store import StateStore
+from supervisor.base.errors import StateError
+from supervisor.core.state import (
+    SCHEMA_VERSION,
+    AgentState,
+    OperatorFlag,
+    from_document,
+    to_document,
+)
+from supervisor.storage.store import StateStore
 
 T0 = 1_800_000_000.0
 
@@ -218,8 +224,8 @@ def test_document_round_trip_property(runs: list[tuple[float, float, int | None,
 
 def test_cancelled_gate_records_nothing(state_dir: Path) -> None:
     """A gate cancelled (SIGTERM) while deciding raises Cancelled and records no start."""
-    from supervisor.config import load_config
-    from supervisor.gate import Cancelled, Gate
+    from supervisor.gate.service import Cancelled, Gate
+    from supervisor.storage.config import load_config
 
     cfg = load_config(env={}, overrides={"cluster_size": 10}, state_dir=state_dir)
     with pytest.raises(Cancelled):

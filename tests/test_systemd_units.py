@@ -19,7 +19,7 @@ import dockerutil
 import pytest
 from conftest import REQUIRE_DOCKER, clean_env, skip_or_fail
 
-from supervisor.store import StateStore
+from supervisor.storage.store import StateStore
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"

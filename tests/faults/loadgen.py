@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from supervisor.config import load_config
-from supervisor.gate import Gate
-from supervisor.operators import Operator
-from supervisor.state import OperatorFlag
-from supervisor.store import StateStore
+from supervisor.core.state import OperatorFlag
+from supervisor.gate.operators import Operator
+from supervisor.gate.service import Gate
+from supervisor.storage.config import load_config
+from supervisor.storage.store import StateStore
 
 AGENT = "cilium-agent"
 WINDOW = 2.0

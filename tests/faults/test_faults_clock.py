@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import REQUIRE_ROOT_TESTS, clean_env, skip_or_fail
 
-from supervisor.policy import multiplier
+from supervisor.core.policy import multiplier
 
 W = 1200.0  # 1000 nodes with the default window
 SIZE = ("--cluster-size", "1000")

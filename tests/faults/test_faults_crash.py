@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conftest import clean_env
 
-from supervisor.store import StateStore
+from supervisor.storage.store import StateStore
 
 # A 1 ms window so that plain gates write too.
 TINY = [
@@ -37,7 +37,7 @@ MIX = [
 # not in the interpreter's start-up.
 PRELUDE = (
     "import os, sys, time\n"
-    "from supervisor.cli import main\n"
+    "from supervisor.cli.app import main\n"
     "print('ready', flush=True)\n"
     "while not os.path.exists(sys.argv[1]): time.sleep(0.001)\n"
     "main(sys.argv[2:])\n"

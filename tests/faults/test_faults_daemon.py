@@ -16,7 +16,7 @@ import pytest
 from conftest import clean_env
 from test_docker_daemon import AGENT, WINDOW, DaemonLog
 
-from supervisor.store import StateStore
+from supervisor.storage.store import StateStore
 
 
 def create(client: Any, image: str, name: str, **env: str) -> Any:

@@ -10,11 +10,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from supervisor.config import KEYS, Config, load_config
-from supervisor.errors import ConfigError
-from supervisor.policy import Policy, decide
-from supervisor.state import AgentState, StateFormatError, from_document
-from supervisor.store import StateStore
+from supervisor.base.errors import ConfigError
+from supervisor.core.policy import Policy, decide
+from supervisor.core.state import AgentState, StateFormatError, from_document
+from supervisor.storage.config import KEYS, Config, load_config
+from supervisor.storage.store import StateStore
 
 FUZZ = settings(
     max_examples=400,
@@ -94,7 +94,7 @@ def test_fuzzed_known_keys_load_or_fail_cleanly(doc: dict[str, Any]) -> None:
             return
     assert isinstance(cfg, Config)
     if cfg.cluster_size is not None:
-        d2 = decide(Policy.from_config(cfg, "a"), AgentState("a"), 1.8e9)
+        d2 = decide(cfg.policy("a"), AgentState("a"), 1.8e9)
         assert d2.allowed
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from filelock import FileLock
 from loadgen import AGENT, WINDOW, percentile, run_load
 
-from supervisor.store import StateStore
+from supervisor.storage.store import StateStore
 
 SECONDS = float(os.environ.get("AGENT_SUPERVISOR_LOAD_SECONDS", "30"))
 

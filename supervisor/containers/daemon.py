@@ -40,11 +40,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final, Literal
 
-from supervisor.config import Config
-from supervisor.container import ContainerInfo, check_supervisable, connect_from_env
-from supervisor.errors import ConfigError, IdentityError, StateError, UsageError, one_line
-from supervisor.gate import Gate, check_identity
-from supervisor.log import get_logger
+from supervisor.base.errors import ConfigError, IdentityError, StateError, UsageError, one_line
+from supervisor.base.log import get_logger
+from supervisor.core.container import ContainerInfo, check_supervisable
+from supervisor.gate.inspect import connect_from_env
+from supervisor.gate.service import Gate, check_identity
+from supervisor.storage.config import Config
 
 #: How often a daemon refused by a bad identity looks at the certificate again.
 IDENTITY_RECHECK_SECONDS: Final = 60.0
@@ -146,7 +147,7 @@ def compose_project_name(compose_file: Path, explicit: str | None = None) -> str
     ``.env`` beside the file), then the file's top-level ``name:``, then the directory's name,
     lower-cased with everything but ``[a-z0-9_-]`` removed.
     """
-    from supervisor.doctor import load_compose
+    from supervisor.containers.doctor import load_compose
 
     if explicit:
         return _normalize_project(explicit)
@@ -165,7 +166,7 @@ def _normalize_project(name: str) -> str:
 
 def compose_target(compose_file: Path, service: str, project: str | None = None) -> Target:
     """The target for a compose file's service; ConfigError (78) if the file or service is bad."""
-    from supervisor.doctor import load_compose
+    from supervisor.containers.doctor import load_compose
 
     compose = load_compose(compose_file)
     if service not in compose.services:

@@ -14,9 +14,9 @@ from typing import Annotated, Any, Final
 
 import typer
 
-from supervisor.config import Config, load_config, parse_assignment
-from supervisor.durations import DurationError, parse_duration
-from supervisor.errors import UsageError
+from supervisor.base.errors import UsageError
+from supervisor.core.durations import DurationError, parse_duration
+from supervisor.storage.config import Config, load_config, parse_assignment
 
 AGENT_NAME: Final = re.compile(r"[a-z0-9._-]+")
 

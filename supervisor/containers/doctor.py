@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Final, Literal
 
-from supervisor.config import Config
-from supervisor.errors import ConfigError
+from supervisor.base.errors import ConfigError
+from supervisor.storage.config import Config
 
 DEFAULT_SERVICE: Final = "cilium-agent"
 DEFAULT_STATE_DIR: Final = "/var/lib/agent-supervisor"

@@ -12,12 +12,26 @@ import math
 from dataclasses import dataclass
 from typing import Any, Final
 
-from supervisor.config import Config, WindowConfig
-from supervisor.durations import format_duration
-from supervisor.slots import slot_offset
-from supervisor.state import AgentState, OperatorFlag, Run, Via, iso
+from supervisor.core.durations import format_duration
+from supervisor.core.state import AgentState, OperatorFlag, Run, Via, iso
 
+#: Cap of the backoff multiplier ``m = 2**(k-1)`` (config ``max_multiplier``).
 DEFAULT_MAX_MULTIPLIER: Final = 4
+#: A run that lasted this long is stable and ends the backoff count (config ``stable_after``).
+DEFAULT_STABLE_AFTER: Final = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class WindowConfig:
+    """The jitter window: ``clamp(base + per_node * cluster_size, min, max)`` seconds.
+
+    The defaults reproduce the published figures: 1000 nodes -> 20 min, 5000 -> 60 min.
+    """
+
+    base: float = 600.0
+    per_node: float = 0.6
+    min: float = 60.0
+    max: float = 86400.0
 
 
 def window_seconds(window: WindowConfig, cluster_size: int) -> float:
@@ -114,33 +128,9 @@ class Policy:
     window: float
     offset: float
     slot_mode: str
-    stable_after: float = 600.0
+    stable_after: float = DEFAULT_STABLE_AFTER
     max_multiplier: int = DEFAULT_MAX_MULTIPLIER
     probe_configured: bool = False
-
-    @classmethod
-    def from_config(cls, cfg: Config, agent: str) -> Policy:
-        """Resolve the policy of ``agent`` from a validated configuration."""
-        size = cfg.require_cluster_size()
-        offset, mode = slot_offset(
-            cfg.slot_mode,
-            node=cfg.node_name,
-            agent=agent,
-            slot_index=cfg.slot_index,
-            slot_count=cfg.slot_count,
-            node_id=cfg.node_id,
-        )
-        return cls(
-            agent=agent,
-            node=cfg.node_name,
-            cluster_size=size,
-            window=window_seconds(cfg.window, size),
-            offset=offset,
-            slot_mode=mode,
-            stable_after=cfg.stable_after,
-            max_multiplier=cfg.max_multiplier,
-            probe_configured=bool(cfg.probe.urls),
-        )
 
 
 @dataclass(frozen=True, slots=True)

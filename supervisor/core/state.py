@@ -1,6 +1,6 @@
 """The per-agent state: a history of runs and the operator's hold and override.
 
-Pure values and pure transitions; :mod:`supervisor.store` is the only module that reads or
+Pure values and pure transitions; :mod:`supervisor.storage.store` is the only module that reads or
 writes the file. Times are seconds since the Unix epoch (UTC) in memory and ISO 8601 UTC
 strings on disk, so that an operator reading the file sees wall-clock times.
 """

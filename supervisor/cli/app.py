@@ -11,8 +11,13 @@ from typing import Annotated, Any, Final, NoReturn
 
 import typer
 
-from supervisor import cli_deploy, cli_fleet, cli_node, errors
-from supervisor.cli_common import (
+from supervisor.base import errors
+from supervisor.base.errors import SupervisorError, UsageError, one_line
+from supervisor.base.log import configure, get_logger
+from supervisor.cli import deploy as cli_deploy
+from supervisor.cli import fleet as cli_fleet
+from supervisor.cli import node as cli_node
+from supervisor.cli.common import (
     AgentOpt,
     ClusterSizeOpt,
     ConfigOpt,
@@ -26,15 +31,13 @@ from supervisor.cli_common import (
     emit_json,
     load,
 )
-from supervisor.config import Config
-from supervisor.durations import format_duration
-from supervisor.errors import SupervisorError, UsageError, one_line
-from supervisor.gate import Cancelled, Gate, GateResult, check_identity
-from supervisor.log import configure, get_logger
-from supervisor.operators import authorize, current_operator
-from supervisor.policy import Decision, Policy, next_grid_slot, window_seconds
-from supervisor.state import AgentState, OperatorFlag, flag_document, iso, iso_seconds
-from supervisor.store import StateStore
+from supervisor.core.durations import format_duration
+from supervisor.core.policy import Decision, Policy, next_grid_slot, window_seconds
+from supervisor.core.state import AgentState, OperatorFlag, flag_document, iso, iso_seconds
+from supervisor.gate.operators import authorize, current_operator
+from supervisor.gate.service import Cancelled, Gate, GateResult, check_identity
+from supervisor.storage.config import Config
+from supervisor.storage.store import StateStore
 
 app = typer.Typer(
     name="agent-supervisor",
@@ -248,7 +251,7 @@ def status(
     doc["audit"] = store.audit_tail(5)
     cert = None
     if cfg.identity is not None:
-        from supervisor.identity import check_identity as check_certificate
+        from supervisor.node.identity import check_identity as check_certificate
 
         cert = check_certificate(cfg.identity, cfg.node_name, now)
         doc["identity"] = cert.to_json()

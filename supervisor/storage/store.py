@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from supervisor.errors import StateError
-from supervisor.fsutil import fsync_dir
-from supervisor.log import get_logger
-from supervisor.state import AgentState, StateFormatError, from_document, iso, to_document
+from supervisor.base.errors import StateError
+from supervisor.base.files import fsync_dir
+from supervisor.base.log import get_logger
+from supervisor.core.state import AgentState, StateFormatError, from_document, iso, to_document
 
 #: A state file larger than this is not ours (50 runs are a few kilobytes).
 MAX_STATE_BYTES: Final = 1024 * 1024

@@ -35,16 +35,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
-from supervisor.policy import Policy, decide, remember
-from supervisor.slots import slot_offset
-from supervisor.state import AgentState
+from supervisor.core.policy import (
+    DEFAULT_MAX_MULTIPLIER,
+    DEFAULT_STABLE_AFTER,
+    Policy,
+    decide,
+    remember,
+)
+from supervisor.core.slots import SLOT_MODES, SlotMode, slot_offset
+from supervisor.core.state import AgentState
+from supervisor.fleet.scenarios import SCENARIOS, ScenarioKind
 
-ScenarioKind = Literal["outage", "boot-storm", "rolling", "restart-all"]
-SlotMode = Literal["hash", "index", "address"]
 TriggerKind = Literal["crash", "boot", "restart"]
-
-SCENARIOS: Final[tuple[ScenarioKind, ...]] = ("outage", "boot-storm", "rolling", "restart-all")
-SLOT_MODES: Final[tuple[SlotMode, ...]] = ("hash", "index", "address")
 #: Every policy simulated, in the order of the table. Ours first.
 POLICY_NAMES: Final = (
     "agent-supervisor",
@@ -140,8 +142,8 @@ class Fleet:
     window: float
     slots: SlotMode = "hash"
     unused_addresses: float = 0.0
-    stable_after: float = 600.0
-    max_multiplier: int = 4
+    stable_after: float = DEFAULT_STABLE_AFTER
+    max_multiplier: int = DEFAULT_MAX_MULTIPLIER
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.window) or self.window <= 0:

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
-from supervisor.config import Config, IdentityConfig
-from supervisor.log import get_logger
+from supervisor.base.log import get_logger
+from supervisor.storage.config import Config, IdentityConfig
 
 #: Bytes of a failing answer's body kept for the log (``/readyz?verbose`` says what is down).
 BODY_SNIPPET: Final = 200

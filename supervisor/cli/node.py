@@ -1,7 +1,7 @@
 """Commands for the node's own files: the agent's config directory and the agent's identity.
 
 ``config render|diff``, ``certs check|csr``, ``kubeconfig render`` and ``apf render``. Each
-parses, calls one function of :mod:`supervisor.agentconfig` or :mod:`supervisor.identity`,
+parses, calls one function of :mod:`supervisor.node.agentconfig` or :mod:`supervisor.node.identity`,
 prints and returns; errors are raised as :class:`~supervisor.errors.SupervisorError` and turned
 into one line and an exit code by the entry point. Those modules are imported inside the
 commands: ``cli`` imports this module on every gate call, which must not pay for
@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from supervisor.cli_common import (
+from supervisor.base.errors import ConfigError, IdentityError, UsageError
+from supervisor.base.log import get_logger
+from supervisor.cli.common import (
     ClusterSizeOpt,
     ConfigOpt,
     JsonOpt,
@@ -27,12 +29,10 @@ from supervisor.cli_common import (
     emit_json,
     load,
 )
-from supervisor.config import Config, IdentityConfig
-from supervisor.errors import ConfigError, IdentityError, UsageError
-from supervisor.log import get_logger
+from supervisor.storage.config import Config, IdentityConfig
 
 if TYPE_CHECKING:
-    from supervisor.agentconfig import RenderResult
+    from supervisor.node.agentconfig import RenderResult
 
 _SETTINGS = {"help_option_names": ["-h", "--help"]}
 
@@ -136,7 +136,7 @@ def config_render(
     One file per option (name = option, content = value), plus the stability defaults.
     Unchanged options keep their files; options no longer configured disappear.
     """
-    from supervisor.agentconfig import render
+    from supervisor.node.agentconfig import render
 
     cfg = load(config, state_dir, cluster_size, node_name, sets)
     result = render(cfg, output)
@@ -160,7 +160,7 @@ def config_diff(
     sets: SetOpt = None,
 ) -> None:
     """Show what `config render` would change, without writing anything."""
-    from supervisor.agentconfig import plan
+    from supervisor.node.agentconfig import plan
 
     cfg = load(config, state_dir, cluster_size, node_name, sets)
     result = plan(cfg, output)
@@ -185,8 +185,8 @@ def certs_check(
     sets: SetOpt = None,
 ) -> None:
     """Check the agent's certificate, key and CA. Exit 0 ok (warnings allowed), 78 problems."""
-    from supervisor.identity import check_identity, identity_message, render_user
-    from supervisor.state import iso_seconds
+    from supervisor.core.state import iso_seconds
+    from supervisor.node.identity import check_identity, identity_message, render_user
 
     cfg = load(config, state_dir, cluster_size, node_name, sets)
     ident = _identity(cfg, "certs check")
@@ -244,8 +244,8 @@ def certs_csr(
     Writes NAME.key, NAME.csr (PEM, for the fleet's PKI) and NAME.csr.yaml (a Kubernetes
     CertificateSigningRequest for the kube-apiserver-client signer).
     """
-    from supervisor.durations import DurationError, parse_duration
-    from supervisor.identity import make_csr, render_user
+    from supervisor.core.durations import DurationError, parse_duration
+    from supervisor.node.identity import make_csr, render_user
 
     cfg = load(config, state_dir, cluster_size, node_name, sets)
     if not name or "/" in name or name.startswith("."):
@@ -314,7 +314,7 @@ def kubeconfig_render(
     sets: SetOpt = None,
 ) -> None:
     """Render a kubeconfig with the agent's certificate, key and CA paths (k8s-kubeconfig-path)."""
-    from supervisor.identity import check_server_url, render_kubeconfig, write_kubeconfig
+    from supervisor.node.identity import check_server_url, render_kubeconfig, write_kubeconfig
 
     cfg = load(config, state_dir, cluster_size, node_name, sets)
     ident = _identity(cfg, "kubeconfig render")
@@ -378,7 +378,7 @@ def apf_render(
     sets: SetOpt = None,
 ) -> None:
     """Render a FlowSchema (the agents' group, distinguished by user) and its priority level."""
-    from supervisor.identity import ApfSettings, render_apf, write_file
+    from supervisor.node.identity import ApfSettings, render_apf, write_file
 
     cfg = load(config, state_dir, cluster_size, node_name, sets)
     default_group = cfg.identity.group if cfg.identity else IdentityConfig("", "").group

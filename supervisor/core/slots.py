@@ -23,10 +23,15 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from typing import Final
+from typing import Final, Literal, get_args
 
 #: 2**64 / golden ratio, rounded to an odd integer: multiplying by it is Fibonacci hashing,
 #: whose fractional parts for consecutive integers are the most evenly spread of any constant.
+#: How a node's slot offset is chosen (config ``slot_mode`` adds "auto": index if configured).
+SlotMode = Literal["hash", "index", "address"]
+SLOT_MODES: Final[tuple[SlotMode, ...]] = get_args(SlotMode)
+SLOT_MODE_SETTINGS: Final = ("auto", *SLOT_MODES)
+
 _PHI_64: Final = 0x9E3779B97F4A7C15
 _TWO_64: Final = 1 << 64
 _DIGITS: Final = re.compile(r"(\d+)")

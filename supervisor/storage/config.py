@@ -28,8 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from supervisor.durations import DurationError, parse_duration
-from supervisor.errors import ConfigError
+from supervisor.base.errors import ConfigError
+from supervisor.core.durations import DurationError, parse_duration
+from supervisor.core.policy import (
+    DEFAULT_MAX_MULTIPLIER,
+    DEFAULT_STABLE_AFTER,
+    Policy,
+    WindowConfig,
+    window_seconds,
+)
+from supervisor.core.slots import SLOT_MODE_SETTINGS, slot_offset
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/agent-supervisor/config.toml")
 DEFAULT_STATE_DIR: Final = Path("/var/lib/agent-supervisor")
@@ -181,7 +189,7 @@ KEYS: Final[tuple[_Key, ...]] = (
     _Key("state_dir", _path, "state directory (default /var/lib/agent-supervisor)"),
     _Key("max_multiplier", _int(1, 1024), "cap of the backoff multiplier 2**(k-1) (default 4)"),
     _Key("stable_after", _duration, "a run this long resets the backoff level (default 10m)"),
-    _Key("slot_mode", _choice("auto", "hash", "index", "address"), "slot offsets (default auto)"),
+    _Key("slot_mode", _choice(*SLOT_MODE_SETTINGS), "slot offsets (default auto)"),
     _Key("slot_index", _int(0, MAX_CLUSTER_SIZE), "this node's ordinal for exact slots"),
     _Key("slot_count", _int(1, MAX_CLUSTER_SIZE), "number of ordinals for exact slots"),
     _Key("node_id", _int(0, 2**63 - 1), "integer node id for address slots (default from name)"),
@@ -218,16 +226,6 @@ _FREE_TABLES: Final = ("agent",)
 
 
 @dataclass(frozen=True, slots=True)
-class WindowConfig:
-    """The jitter window: ``clamp(base + per_node * cluster_size, min, max)`` seconds."""
-
-    base: float = 600.0
-    per_node: float = 0.6
-    min: float = 60.0
-    max: float = 86400.0
-
-
-@dataclass(frozen=True, slots=True)
 class ProbeConfig:
     """Control-plane probes; no URLs means the gate never probes."""
 
@@ -255,8 +253,8 @@ class Config:
     cluster_size: int | None = None
     node_name: str = "localhost"
     state_dir: Path = DEFAULT_STATE_DIR
-    max_multiplier: int = 4
-    stable_after: float = 600.0
+    max_multiplier: int = DEFAULT_MAX_MULTIPLIER
+    stable_after: float = DEFAULT_STABLE_AFTER
     slot_mode: str = "auto"
     slot_index: int | None = None
     slot_count: int | None = None
@@ -282,6 +280,29 @@ class Config:
                 "or set AGENT_SUPERVISOR_CLUSTER_SIZE=N, or pass --cluster-size N"
             )
         return self.cluster_size
+
+    def policy(self, agent: str) -> Policy:
+        """The decision policy of ``agent`` on this node (ConfigError without a cluster size)."""
+        size = self.require_cluster_size()
+        offset, mode = slot_offset(
+            self.slot_mode,
+            node=self.node_name,
+            agent=agent,
+            slot_index=self.slot_index,
+            slot_count=self.slot_count,
+            node_id=self.node_id,
+        )
+        return Policy(
+            agent=agent,
+            node=self.node_name,
+            cluster_size=size,
+            window=window_seconds(self.window, size),
+            offset=offset,
+            slot_mode=mode,
+            stable_after=self.stable_after,
+            max_multiplier=self.max_multiplier,
+            probe_configured=bool(self.probe.urls),
+        )
 
     def source_of(self, key: str) -> str:
         """Where ``key`` was set (file, environment variable, command line) or 'default'."""

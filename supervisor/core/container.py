@@ -1,9 +1,7 @@
 """The agent's container as Docker reports it, and the history reconciled with it.
 
-Pure parts (:class:`ContainerInfo`, :func:`reconcile`) and the two Docker calls the gate makes
-(:func:`connect_from_env`, :func:`inspect_container`). The docker SDK is imported inside those
-functions only: the gate imports this module on every call, and must not pay for the SDK
-unless ``docker.container`` is set.
+Pure: the State as a value (:class:`ContainerInfo`) and :func:`reconcile`. The Docker calls
+that fetch it are :mod:`supervisor.gate.inspect`.
 
 Why reconcile (invariant 7): the state file holds what the gate approved; Docker holds what
 happened. An approval that no real start followed (an interrupted ``compose up``, a start
@@ -14,23 +12,20 @@ from fiction.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
 
-from supervisor.errors import ConfigError
-from supervisor.state import AgentState, Run
+from supervisor.base.errors import ConfigError
+from supervisor.core.state import AgentState, Run
 
 #: Tolerance between the start the gate recorded and Docker's StartedAt of the same run
 #: (clock granularity; Docker's stamp comes a little after the record).
 SAME_RUN_SLACK: Final = 1.0
 #: Default of ``docker.grace``: how long an approval may wait for Docker's start.
 DEFAULT_GRACE: Final = 120.0
-#: Seconds the gate gives Docker to answer before it decides without it.
-HOOK_TIMEOUT: Final = 3.0
 
 _DOCKER_TIME: Final = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)")
 
@@ -164,54 +159,3 @@ def _ended(state: AgentState, info: ContainerInfo) -> AgentState:
     if end is None or end < (info.started_at or 0.0):
         return state  # Docker has not written the end yet (or never will): leave it unknown
     return state.record_exit(end, info.exit_code, source="docker")
-
-
-# --- the Docker calls the gate makes --------------------------------------------------------
-
-
-def _unix_socket(docker_host: str | None) -> str | None:
-    """The socket path of a unix DOCKER_HOST (the default one when unset), else None."""
-    if not docker_host:
-        return "/var/run/docker.sock"
-    if docker_host.startswith("unix://"):
-        return docker_host.removeprefix("unix://") or None
-    return None
-
-
-def connect_from_env(timeout: float) -> Any:
-    """A client for DOCKER_HOST, or DockerException when nothing answers there.
-
-    A unix socket is tried first with a socket of our own, closed whatever happens: the SDK
-    leaks the socket of a failed connect, one per reconnect attempt while Docker is down.
-    """
-    import socket
-
-    import docker
-    import docker.errors
-
-    path = _unix_socket(os.environ.get("DOCKER_HOST"))
-    if path is not None:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.settimeout(timeout)
-            probe.connect(path)
-        except OSError as exc:
-            raise docker.errors.DockerException(
-                f"cannot connect to Docker at unix://{path}: {exc.strerror or exc}"
-            ) from None
-        finally:
-            probe.close()
-    return docker.from_env(timeout=timeout)
-
-
-def inspect_container(name: str, timeout: float = HOOK_TIMEOUT) -> ContainerInfo | None:
-    """``docker inspect NAME`` as a :class:`ContainerInfo`; None when there is no such one."""
-    import docker.errors
-
-    client = connect_from_env(timeout)
-    try:
-        return ContainerInfo.from_attrs(client.containers.get(name).attrs)
-    except docker.errors.NotFound:
-        return None
-    finally:
-        client.close()

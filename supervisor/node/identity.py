@@ -27,11 +27,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from supervisor.config import IdentityConfig
-from supervisor.durations import format_duration
-from supervisor.errors import ConfigError, IdentityError, StateError, UsageError, one_line
-from supervisor.fsutil import fsync_dir
-from supervisor.state import iso_seconds
+from supervisor.base.errors import ConfigError, IdentityError, StateError, UsageError, one_line
+from supervisor.base.files import fsync_dir
+from supervisor.core.durations import format_duration
+from supervisor.core.state import iso_seconds
+from supervisor.storage.config import IdentityConfig
 
 if TYPE_CHECKING:
     from cryptography import x509

@@ -42,10 +42,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
-from supervisor.config import Config
-from supervisor.errors import ConfigError, StateError
-from supervisor.fsutil import fsync_dir
-from supervisor.log import get_logger
+from supervisor.base.errors import ConfigError, StateError
+from supervisor.base.files import fsync_dir
+from supervisor.base.log import get_logger
+from supervisor.storage.config import Config
 
 #: Stability options and the values large production fleets settled on; ``[agent]`` overrides.
 #: Each keeps an agent alive (instead of exiting and restarting into a full resync) while the

@@ -18,14 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from supervisor.config import Config
-from supervisor.container import ContainerInfo, reconcile
-from supervisor.errors import StateError, one_line
-from supervisor.log import get_logger
-from supervisor.operators import Operator
-from supervisor.policy import Decision, Policy, decide, probe_matters, remember
-from supervisor.state import AgentState, iso
-from supervisor.store import StateStore, Transaction
+from supervisor.base.errors import StateError, one_line
+from supervisor.base.log import get_logger
+from supervisor.core.container import ContainerInfo, reconcile
+from supervisor.core.policy import Decision, decide, probe_matters, remember
+from supervisor.core.state import AgentState, iso
+from supervisor.gate.operators import Operator
+from supervisor.storage.config import Config
+from supervisor.storage.store import StateStore, Transaction
 
 #: How often a waiting gate looks at the state file for an operator's action.
 POLL_SECONDS: Final = 1.0
@@ -75,7 +75,7 @@ class Gate:
     ) -> None:
         self.cfg = cfg
         self.agent = agent
-        self.policy = Policy.from_config(cfg, agent)  # cluster_size missing -> 78 first
+        self.policy = cfg.policy(agent)  # cluster_size missing -> 78 first
         self.store = store if store is not None else StateStore(cfg.state_dir)
         self.clock = clock
         self.probe: Probe | None = make_probe_for(cfg) if isinstance(probe, _Default) else probe
@@ -411,7 +411,7 @@ def publish_metrics(
     """
     if not cfg.metrics_file:
         return
-    from supervisor.metrics import Snapshot, update_metrics
+    from supervisor.gate.metrics import Snapshot, update_metrics
 
     d = result.decision
     state = result.state
@@ -457,9 +457,9 @@ def check_identity(cfg: Config, now: float) -> float | None:
     """
     if cfg.identity is None:
         return None
-    from supervisor.errors import IdentityError
-    from supervisor.identity import check_identity as check
-    from supervisor.identity import identity_message
+    from supervisor.base.errors import IdentityError
+    from supervisor.node.identity import check_identity as check
+    from supervisor.node.identity import identity_message
 
     report = check(cfg.identity, cfg.node_name, now)
     log = get_logger()
@@ -478,7 +478,7 @@ def docker_inspector_for(cfg: Config) -> Inspect | None:
         return None
 
     def inspect() -> ContainerInfo | None:
-        from supervisor.container import inspect_container
+        from supervisor.gate.inspect import inspect_container
 
         return inspect_container(name)
 
@@ -489,6 +489,6 @@ def make_probe_for(cfg: Config) -> Probe | None:
     """The control-plane probe, or None; http.client and ssl are imported only when needed."""
     if not cfg.probe.urls:
         return None
-    from supervisor.probe import make_probe
+    from supervisor.gate.probe import make_probe
 
     return make_probe(cfg)

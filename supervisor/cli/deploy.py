@@ -13,8 +13,9 @@ from typing import Annotated
 
 import typer
 
-from supervisor import errors
-from supervisor.cli_common import (
+from supervisor.base import errors
+from supervisor.base.errors import UsageError
+from supervisor.cli.common import (
     AgentOpt,
     ClusterSizeOpt,
     ConfigOpt,
@@ -26,7 +27,6 @@ from supervisor.cli_common import (
     emit_json,
     load,
 )
-from supervisor.errors import UsageError
 
 ContainerOpt = Annotated[
     str | None,
@@ -77,7 +77,7 @@ def run_command(
     The container's restart policy must be "no" (exit 78 otherwise). SIGTERM/SIGINT stop the
     supervisor and leave the agent running. Docker being absent or restarting is waited out.
     """
-    from supervisor import docker_watch
+    from supervisor.containers import daemon as docker_watch
 
     agent = check_agent(agent)
     if container is not None and compose_file is not None:
@@ -124,7 +124,7 @@ def doctor_command(
     Exit 0 when clean, 1 when it found problems, 78 when the file is not a readable compose
     file.
     """
-    from supervisor import doctor
+    from supervisor.containers import doctor
 
     if mode not in doctor.MODES:
         raise UsageError(f"--mode {mode!r}: expected one of {', '.join(doctor.MODES)}")

@@ -24,7 +24,7 @@ import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor.errors import ConfigError, NotPermitted
+from supervisor.base.errors import ConfigError, NotPermitted
 
 
 @dataclass(frozen=True, slots=True)

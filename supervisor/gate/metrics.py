@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from supervisor.log import get_logger
+from supervisor.base.log import get_logger
 
 PREFIX: Final = "agent_supervisor_"
 

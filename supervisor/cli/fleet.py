@@ -1,6 +1,7 @@
 """Fleet commands: ``simulate`` (what a restart storm looks like) and ``plan`` (the window).
 
-Parse, call, print: the work is in :mod:`supervisor.simulate` and :mod:`supervisor.plan`.
+Parse, call, print: the work is in :mod:`supervisor.fleet.simulate` and
+:mod:`supervisor.fleet.plan`.
 ``cli.py`` adds these commands with :func:`register`; errors are :class:`UsageError` and
 :class:`ConfigError`, which the entry point turns into one line and an exit code.
 """
@@ -9,20 +10,20 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
-from supervisor.cli_common import ConfigOpt, JsonOpt, SetOpt, duration_option, emit_json, load
-from supervisor.errors import UsageError
-from supervisor.log import get_logger
-from supervisor.policy import window_seconds
+from supervisor.base.errors import UsageError
+from supervisor.base.log import get_logger
+from supervisor.cli.common import ConfigOpt, JsonOpt, SetOpt, duration_option, emit_json, load
+from supervisor.core.policy import window_seconds
+from supervisor.core.slots import SlotMode
+from supervisor.fleet.scenarios import ScenarioKind
 
 # The simulator and the planner are imported inside the commands: registering the commands
-# runs on every gate call, and importing them there cost about 25 ms. These two literals are
-# supervisor.simulate's own (a test checks that they stay equal).
-ScenarioKind = Literal["outage", "boot-storm", "rolling", "restart-all"]
-SlotMode = Literal["hash", "index", "address"]
+# runs on every gate call, and importing them there cost about 25 ms. The literals come from
+# light modules.
 
 #: Largest simulated fleet: beyond any real cluster, and about a minute of work here.
 MAX_NODES = 1_000_000
@@ -111,7 +112,7 @@ def simulate_command(
     and counts the starts the control plane has to serve. The window, stable_after and
     max_multiplier come from the configuration (--config, --set window.base=..., ...).
     """
-    from supervisor.simulate import (
+    from supervisor.fleet.simulate import (
         Fleet,
         PlotUnavailableError,
         Scenario,
@@ -193,8 +194,8 @@ def plan_command(
 
     Compares with the current configuration (--config, --set): whether it is within budget.
     """
-    from supervisor.plan import plan as make_plan
-    from supervisor.plan import render_plan
+    from supervisor.fleet.plan import plan as make_plan
+    from supervisor.fleet.plan import render_plan
 
     cfg = load(config, None, nodes, None, sets)
     try:

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any, Final
 
-from supervisor.config import WindowConfig
-from supervisor.durations import MAX_SECONDS, format_duration
-from supervisor.policy import window_seconds
-from supervisor.simulate import SLOT_MODES, SlotMode
+from supervisor.core.durations import MAX_SECONDS, format_duration
+from supervisor.core.policy import WindowConfig, window_seconds
+from supervisor.core.slots import SLOT_MODES, SlotMode
 
 #: Starts by which a minute of the window may exceed its share for address slots over a
 #: contiguous block (at most 3.5 measured for blocks of 10 to 30,000 ids; it grows like log N).

@@ -1,0 +1,1 @@
+"""The command line: parse, call, print, exit; the only place errors become exit codes."""
