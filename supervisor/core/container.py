@@ -123,24 +123,38 @@ def reconcile(
       ("exited"). Running, and ``d`` is the latest run's: "running".
     """
     d = info.started_at
+    state, outcome = _withdraw_unfollowed(state, d, now, grace)
     last = state.last_run
-    outcome: Outcome = "unchanged"
-    if last is not None and last.ended_at is None and _approval(last.via):
-        late = d is None or d < last.started_at - SAME_RUN_SLACK or d > last.started_at + grace
-        if late and now - last.started_at > grace:
-            state, outcome = state.without_last_run(), "withdrawn"
-            last = state.last_run
     if d is not None and (last is None or d > _covers_until(last, grace)):
         state = state.record_start(d, via="docker", reason="started outside the gate")
         return _ended(state, info), "outside"
     if last is None or d is None or d < last.started_at - SAME_RUN_SLACK:
-        if outcome == "unchanged" and last is not None and last.ended_at is None:
-            outcome = "pending" if _approval(last.via) else "unchanged"
-        return state, outcome
+        return state, _pending_or(outcome, last)
     if info.running:
         return state, "running" if last.ended_at is None else outcome
     new = _ended(state, info)
     return new, "exited" if new is not state else outcome
+
+
+def _withdraw_unfollowed(
+    state: AgentState, d: float | None, now: float, grace: float
+) -> tuple[AgentState, Outcome]:
+    """The state without its latest run if that is an open approval that Docker's start
+    ``d`` did not follow within the grace, and the grace is over."""
+    last = state.last_run
+    if last is None or last.ended_at is not None or not _approval(last.via):
+        return state, "unchanged"
+    followed = d is not None and last.started_at - SAME_RUN_SLACK <= d <= last.started_at + grace
+    if followed or now - last.started_at <= grace:
+        return state, "unchanged"
+    return state.without_last_run(), "withdrawn"
+
+
+def _pending_or(outcome: Outcome, last: Run | None) -> Outcome:
+    """ "pending" for an open approval that Docker has not followed yet (within the grace)."""
+    if outcome == "unchanged" and last is not None and last.ended_at is None:
+        return "pending" if _approval(last.via) else "unchanged"
+    return outcome
 
 
 def _covers_until(run: Run, grace: float) -> float:

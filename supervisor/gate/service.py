@@ -175,50 +175,76 @@ class Gate:
             )
             return GateResult(d)
         try:
-            if now is None:
-                now = self.clock()
-            state = self._observed(tx.state, info, now)
-            matters = self.probe is not None and probe_matters(self.policy, state, now)
-            if healthy is None and matters and not asked:
-                return None
-            if not matters:
-                healthy = None  # the state changed meanwhile (an exit, a start): no longer asked
-            d = decide(
-                self.policy,
-                state,
-                now,
-                force=force,
-                reason=reason,
-                user=user,
-                control_plane_healthy=healthy,
-                running=info is not None and info.running,
-            )
-            recorded = False
-            if d.start and record and cancelled is not None and cancelled():
-                # SIGTERM arrived while deciding (a probe can take seconds): record nothing.
-                raise Cancelled
-            if d.start and record:
-                new = state.record_start(
-                    now, via=d.via, user=user, reason=reason if d.forced else None
-                )
-                try:
-                    tx.write(new, now)
-                    recorded = True
-                    state = new
-                except StateError as exc:
-                    if not d.forced:
-                        raise
-                    self.log.error("gate.forced_unrecorded", agent=self.agent, why=str(exc))
-            elif d.deferred:
-                # The probe's "not now" becomes a fact of the state: every later caller (a
-                # fresh gate after a reboot, a restarted daemon) waits for the same slot.
-                state = remember(state, d)
-                self._keep(tx, state, now)
-            elif state is not tx.state:
-                self._keep(tx, state, now)
-            return GateResult(d, tuple(tx.quarantined), recorded, state, healthy)
+            return self._decide_in(
+                tx, info, healthy, asked=asked, force=force, reason=reason, record=record,
+                cancelled=cancelled, now=self.clock() if now is None else now, user=user,
+            )  # fmt: skip
         finally:
             tx_cm.__exit__(None, None, None)
+
+    def _decide_in(
+        self,
+        tx: Transaction,
+        info: ContainerInfo | None,
+        healthy: bool | None,
+        *,
+        asked: bool,
+        force: bool,
+        reason: str | None,
+        record: bool,
+        cancelled: Callable[[], bool] | None,
+        now: float,
+        user: str | None,
+    ) -> GateResult | None:
+        """The decision on the locked state; see :meth:`_decide_locked`."""
+        state = self._observed(tx.state, info, now)
+        matters = self.probe is not None and probe_matters(self.policy, state, now)
+        if healthy is None and matters and not asked:
+            return None
+        healthy = healthy if matters else None  # the state may have changed meanwhile
+        d = decide(
+            self.policy,
+            state,
+            now,
+            force=force,
+            reason=reason,
+            user=user,
+            control_plane_healthy=healthy,
+            running=info is not None and info.running,
+        )
+        recorded = False
+        if d.start and record:
+            if cancelled is not None and cancelled():
+                # SIGTERM arrived while deciding (a probe can take seconds): record nothing.
+                raise Cancelled
+            recorded, state = self._record_start(tx, state, d, user, reason)
+        else:
+            # What Docker, the clock or the probe told us is kept: a probe's "not now"
+            # becomes a fact of the state, so every later caller waits for the same slot.
+            state = remember(state, d)
+            if state is not tx.state:
+                self._keep(tx, state, now)
+        return GateResult(d, tuple(tx.quarantined), recorded, state, healthy)
+
+    def _record_start(
+        self,
+        tx: Transaction,
+        state: AgentState,
+        d: Decision,
+        user: str | None,
+        reason: str | None,
+    ) -> tuple[bool, AgentState]:
+        """Durably record the allowed start; a forced one goes ahead loudly if it cannot be."""
+        now = d.decided_at if d.decided_at is not None else self.clock()
+        new = state.record_start(now, via=d.via, user=user, reason=reason if d.forced else None)
+        try:
+            tx.write(new, now)
+        except StateError as exc:
+            if not d.forced:
+                raise
+            self.log.error("gate.forced_unrecorded", agent=self.agent, why=str(exc))
+            return False, state
+        return True, new
 
     def _keep(self, tx: Transaction, state: AgentState, now: float) -> None:
         """Write what Docker, the clock or the probe told us; a failure to write it must not

@@ -26,7 +26,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from supervisor.base.errors import ConfigError
 from supervisor.core.durations import DurationError, parse_duration
@@ -41,6 +41,9 @@ from supervisor.core.slots import SLOT_MODE_SETTINGS, slot_offset
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/agent-supervisor/config.toml")
 DEFAULT_STATE_DIR: Final = Path("/var/lib/agent-supervisor")
+#: Where ``config render`` writes the agent's option files by default.
+DEFAULT_AGENT_CONFIG_DIR: Final = "/etc/cilium/config-map"
+_T = TypeVar("_T")
 ENV_PREFIX: Final = "AGENT_SUPERVISOR_"
 ENV_CONFIG: Final = "AGENT_SUPERVISOR_CONFIG"
 #: A config file larger than this is not a config file (a log pointed at by mistake).
@@ -261,7 +264,7 @@ class Config:
     node_id: int | None = None
     metrics_file: str | None = None
     operators_group: str | None = None
-    agent_config_dir: str = "/etc/cilium/config-map"
+    agent_config_dir: str = DEFAULT_AGENT_CONFIG_DIR
     window: WindowConfig = field(default_factory=WindowConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     identity: IdentityConfig | None = None
@@ -469,97 +472,138 @@ def _build(
     sources: Mapping[str, str],
     config_file: Path | None,
 ) -> Config:
+    """The typed configuration from validated values; checks that span several keys.
+
+    Each value was parsed by its key's parser, so its type is known; what is left to check
+    here is how keys go together (window bounds, slot index and count, identity files).
+    """
+
     def where(key: str) -> str:
         return sources.get(key, "defaults")
 
-    w = WindowConfig()
-    window = WindowConfig(
-        base=float(values.get("window.base", w.base)),  # type: ignore[arg-type]
-        per_node=float(values.get("window.per_node", w.per_node)),  # type: ignore[arg-type]
-        min=float(values.get("window.min", w.min)),  # type: ignore[arg-type]
-        max=float(values.get("window.max", w.max)),  # type: ignore[arg-type]
-    )
-    if window.max <= 0:
-        raise ConfigError(f"{where('window.max')}: window.max = {window.max}s must be positive")
-    if window.min > window.max:
-        key = "window.max" if "window.max" in sources else "window.min"
-        raise ConfigError(
-            f"{where(key)}: window.min = {window.min}s is larger than window.max = {window.max}s"
-        )
-    if window.min <= 0:
-        raise ConfigError(f"{where('window.min')}: window.min = {window.min}s must be positive")
-    if window.max <= 0:
-        raise ConfigError(f"{where('window.max')}: window.max = {window.max}s must be positive")
-    slot_index = values.get("slot_index")
-    slot_count = values.get("slot_count")
-    if (slot_index is None) != (slot_count is None):
-        key = "slot_count" if slot_count is None else "slot_index"
-        raise ConfigError(
-            f"{where('slot_index' if slot_index is not None else 'slot_count')}: "
-            f"slot_index and slot_count go together ({key} is not set)"
-        )
-    if isinstance(slot_index, int) and isinstance(slot_count, int) and slot_index >= slot_count:
-        raise ConfigError(
-            f"{where('slot_index')}: slot_index = {slot_index} must be below "
-            f"slot_count = {slot_count}"
-        )
-    slot_mode = str(values.get("slot_mode", "auto"))
-    if slot_mode == "index" and slot_index is None:
-        raise ConfigError(
-            f"{where('slot_mode')}: slot_mode = 'index' needs slot_index and slot_count"
-        )
-    identity = None
-    id_keys = {k: v for k, v in values.items() if k.startswith("identity.")}
-    if id_keys:
-        for required in ("identity.cert", "identity.key"):
-            if required not in id_keys:
-                first = next(iter(id_keys))
-                raise ConfigError(
-                    f"{where(first)}: [identity] needs {required.split('.')[1]} "
-                    f"({required} is not set)"
-                )
-        d = IdentityConfig(cert="", key="")
-        identity = IdentityConfig(
-            cert=str(id_keys["identity.cert"]),
-            key=str(id_keys["identity.key"]),
-            ca=_opt_str(id_keys.get("identity.ca")),
-            user=str(id_keys.get("identity.user", d.user)),
-            group=str(id_keys.get("identity.group", d.group)),
-            renew_before=float(id_keys.get("identity.renew_before", d.renew_before)),  # type: ignore[arg-type]
-            server=_opt_str(id_keys.get("identity.server")),
-        )
-    probe = ProbeConfig(
-        urls=tuple(values.get("probe.urls", ())),  # type: ignore[arg-type]
-        timeout=float(values.get("probe.timeout", 2.0)),  # type: ignore[arg-type]
-    )
-    if probe.timeout <= 0:
-        raise ConfigError(f"{where('probe.timeout')}: probe.timeout must be positive")
+    slot_mode, slot_index, slot_count = _slots(values, where)
     return Config(
-        cluster_size=values.get("cluster_size"),  # type: ignore[arg-type]
-        node_name=str(values.get("node_name") or default_node_name()),
-        state_dir=Path(str(values.get("state_dir", DEFAULT_STATE_DIR))),
-        max_multiplier=int(values.get("max_multiplier", 4)),  # type: ignore[call-overload]
-        stable_after=float(values.get("stable_after", 600.0)),  # type: ignore[arg-type]
+        cluster_size=_opt(values, "cluster_size", int),
+        node_name=_opt(values, "node_name", str) or default_node_name(),
+        state_dir=Path(_get(values, "state_dir", str, str(DEFAULT_STATE_DIR))),
+        max_multiplier=_get(values, "max_multiplier", int, DEFAULT_MAX_MULTIPLIER),
+        stable_after=_get(values, "stable_after", float, DEFAULT_STABLE_AFTER),
         slot_mode=slot_mode,
-        slot_index=slot_index,  # type: ignore[arg-type]
-        slot_count=slot_count,  # type: ignore[arg-type]
-        node_id=values.get("node_id"),  # type: ignore[arg-type]
-        metrics_file=_opt_str(values.get("metrics_file")),
-        operators_group=_opt_str(values.get("operators_group")),
-        agent_config_dir=str(values.get("agent_config_dir", "/etc/cilium/config-map")),
-        window=window,
-        probe=probe,
-        identity=identity,
-        docker_container=_opt_str(values.get("docker.container")),
-        docker_grace=float(values.get("docker.grace", DEFAULT_DOCKER_GRACE)),  # type: ignore[arg-type]
+        slot_index=slot_index,
+        slot_count=slot_count,
+        node_id=_opt(values, "node_id", int),
+        metrics_file=_opt(values, "metrics_file", str),
+        operators_group=_opt(values, "operators_group", str),
+        agent_config_dir=_get(values, "agent_config_dir", str, DEFAULT_AGENT_CONFIG_DIR),
+        window=_window(values, where),
+        probe=_probe(values, where),
+        identity=_identity(values, where),
+        docker_container=_opt(values, "docker.container", str),
+        docker_grace=_get(values, "docker.grace", float, DEFAULT_DOCKER_GRACE),
         agent=dict(agent),
         config_file=config_file,
         sources=dict(sources),
     )
 
 
-def _opt_str(value: object) -> str | None:
-    return None if value is None else str(value)
+def _get(values: Mapping[str, object], key: str, kind: type[_T], default: _T) -> _T:
+    """``values[key]`` (already parsed by its key's parser, so of type ``kind``) or default."""
+    value = _opt(values, key, kind)
+    return default if value is None else value
+
+
+def _opt(values: Mapping[str, object], key: str, kind: type[_T]) -> _T | None:
+    """``values[key]`` as ``kind``, or None when unset (ints are taken where floats go)."""
+    value = values.get(key)
+    if value is None:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind):  # a parser returned another type: a bug, not bad input
+        raise TypeError(f"{key}: parsed to {type(value).__name__}, expected {kind.__name__}")
+    return value
+
+
+def _window(values: Mapping[str, object], where: Callable[[str], str]) -> WindowConfig:
+    """The window's bounds, each positive and min <= max."""
+    w = WindowConfig()
+    window = WindowConfig(
+        base=_get(values, "window.base", float, w.base),
+        per_node=_get(values, "window.per_node", float, w.per_node),
+        min=_get(values, "window.min", float, w.min),
+        max=_get(values, "window.max", float, w.max),
+    )
+    if window.max <= 0:
+        raise ConfigError(f"{where('window.max')}: window.max = {window.max}s must be positive")
+    if window.min > window.max:
+        key = "window.max" if "window.max" in values else "window.min"
+        raise ConfigError(
+            f"{where(key)}: window.min = {window.min}s is larger than window.max = {window.max}s"
+        )
+    if window.min <= 0:
+        raise ConfigError(f"{where('window.min')}: window.min = {window.min}s must be positive")
+    return window
+
+
+def _slots(
+    values: Mapping[str, object], where: Callable[[str], str]
+) -> tuple[str, int | None, int | None]:
+    """slot_mode, slot_index, slot_count: index and count go together, index < count."""
+    slot_index = _opt(values, "slot_index", int)
+    slot_count = _opt(values, "slot_count", int)
+    if (slot_index is None) != (slot_count is None):
+        key = "slot_count" if slot_count is None else "slot_index"
+        raise ConfigError(
+            f"{where('slot_index' if slot_index is not None else 'slot_count')}: "
+            f"slot_index and slot_count go together ({key} is not set)"
+        )
+    if slot_index is not None and slot_count is not None and slot_index >= slot_count:
+        raise ConfigError(
+            f"{where('slot_index')}: slot_index = {slot_index} must be below "
+            f"slot_count = {slot_count}"
+        )
+    slot_mode = _get(values, "slot_mode", str, "auto")
+    if slot_mode == "index" and slot_index is None:
+        raise ConfigError(
+            f"{where('slot_mode')}: slot_mode = 'index' needs slot_index and slot_count"
+        )
+    return slot_mode, slot_index, slot_count
+
+
+def _probe(values: Mapping[str, object], where: Callable[[str], str]) -> ProbeConfig:
+    """The control-plane probe: URLs (maybe none) and a positive timeout."""
+    urls = values.get("probe.urls", ())
+    assert isinstance(urls, tuple)  # the URL list parser returns a tuple of str
+    probe = ProbeConfig(
+        urls=tuple(str(u) for u in urls),
+        timeout=_get(values, "probe.timeout", float, ProbeConfig().timeout),
+    )
+    if probe.timeout <= 0:
+        raise ConfigError(f"{where('probe.timeout')}: probe.timeout must be positive")
+    return probe
+
+
+def _identity(values: Mapping[str, object], where: Callable[[str], str]) -> IdentityConfig | None:
+    """[identity], or None when no identity key is set; cert and key are required."""
+    keys = [k for k in values if k.startswith("identity.")]
+    if not keys:
+        return None
+    for required in ("identity.cert", "identity.key"):
+        if required not in values:
+            raise ConfigError(
+                f"{where(keys[0])}: [identity] needs {required.split('.')[1]} "
+                f"({required} is not set)"
+            )
+    d = IdentityConfig(cert="", key="")
+    return IdentityConfig(
+        cert=_get(values, "identity.cert", str, ""),
+        key=_get(values, "identity.key", str, ""),
+        ca=_opt(values, "identity.ca", str),
+        user=_get(values, "identity.user", str, d.user),
+        group=_get(values, "identity.group", str, d.group),
+        renew_before=_get(values, "identity.renew_before", float, d.renew_before),
+        server=_opt(values, "identity.server", str),
+    )
 
 
 def parse_assignment(text: str) -> tuple[str, str]:
