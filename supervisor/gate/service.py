@@ -97,34 +97,15 @@ class Gate:
         record: bool = True,
         cancelled: Callable[[], bool] | None = None,
         now: float | None = None,
+        announce: bool = True,
     ) -> GateResult:
-        """Decide once and say so: log the ``gate.*`` event, update the metrics.
+        """Load the state under the lock, reconcile it with Docker, decide, record, say so.
 
         With ``record`` (the gate) an allowed start is durably recorded before this returns,
-        and a forced one is audited. Without it (``status``, operator commands) nothing is
-        recorded, no event is logged and the metrics' counters are left alone.
-        """
-        result = self._decide(
-            force=force, reason=reason, record=record, cancelled=cancelled, now=now
-        )
-        if record:
-            self._announce(result, reason)
-        else:
-            publish_metrics(
-                self.cfg, result, result.decision.decided_at or self.clock(), count=False
-            )
-        return result
-
-    def _decide(
-        self,
-        *,
-        force: bool = False,
-        reason: str | None = None,
-        record: bool = True,
-        cancelled: Callable[[], bool] | None = None,
-        now: float | None = None,
-    ) -> GateResult:
-        """Load the state under the lock, reconcile it with Docker, decide, record.
+        and (``announce``) the ``gate.*`` event is logged, the metrics are updated and a forced
+        start is audited. Without ``record`` (``status``, operator commands) nothing is
+        recorded, no event is logged and only the metrics' gauges are refreshed. A waiting
+        gate decides with ``announce`` False and announces what changed itself.
 
         A start that cannot be recorded is not allowed (StateError, exit 74), except a forced
         one, which goes ahead loudly: the operator asked for it and a full disk must not keep
@@ -144,8 +125,14 @@ class Gate:
                 cancelled=cancelled, now=now,
             )  # fmt: skip
             if result is not None:
-                return result
+                break
             asked = True  # the slot came between the look and the lock: ask, then decide
+        if announce and record:
+            self._announce(result, reason)
+        elif announce:
+            at = result.decision.decided_at or self.clock()
+            publish_metrics(self.cfg, result, at, count=False)
+        return result
 
     def _decide_locked(
         self,
@@ -351,7 +338,7 @@ class Gate:
         """
         announced: tuple[str, float | None, int] | None = None
         while True:
-            result = self._decide(force=force, reason=reason, cancelled=cancelled)
+            result = self.decide(force=force, reason=reason, cancelled=cancelled, announce=False)
             d = result.decision
             if d.allowed:
                 self._announce(result, reason)
