@@ -33,7 +33,7 @@ from supervisor.cli.common import (
 )
 from supervisor.core.durations import format_duration
 from supervisor.core.policy import Decision, Policy, next_grid_slot, window_seconds
-from supervisor.core.state import AgentState, OperatorFlag, flag_document, iso, iso_seconds
+from supervisor.core.state import AgentState, OperatorFlag, Run, flag_document, iso, iso_seconds
 from supervisor.gate.operators import authorize, current_operator
 from supervisor.gate.service import Cancelled, Gate, GateResult, check_identity
 from supervisor.storage.config import Config
@@ -210,10 +210,31 @@ def status(
     policy, store = service.policy, service.store
     now = time.time()
     result = service.decide(record=False, now=now)
-    d = result.decision
     state = result.state
     assert state is not None
-    held = state.hold is not None and state.hold.active(now)
+    doc = _status_document(result.decision, state, policy, now)
+    doc["quarantined"] = store.quarantined_files(agent)
+    doc["audit"] = store.audit_tail(5)
+    cert = None
+    if cfg.identity is not None:
+        from supervisor.node.identity import check_identity as check_certificate
+
+        cert = check_certificate(cfg.identity, cfg.node_name, now)
+        doc["identity"] = cert.to_json()
+    if json_out:
+        emit_json(doc)
+        return
+    lines = _status_lines(result.decision, state, policy, now, cert)
+    sys.stdout.write("\n".join([*lines, *_status_footer(doc)]) + "\n")
+
+
+def _active(flag: OperatorFlag | None, now: float) -> dict[str, Any] | None:
+    """A hold, override or deferral as ``status --json`` shows it, or None if not in force."""
+    return flag_document(flag) if flag is not None and flag.active(now) else None
+
+
+def _status_document(d: Decision, state: AgentState, policy: Policy, now: float) -> dict[str, Any]:
+    """``status --json``: the decision JSON and what explains it."""
     doc: dict[str, Any] = d.to_json()
     doc["slot"] = {
         "mode": policy.slot_mode,
@@ -231,40 +252,19 @@ def status(
         }
         for r in state.runs[-10:]
     ]
-    doc["hold"] = flag_document(state.hold) if held else None
-    doc["override"] = (
-        flag_document(state.override)
-        if state.override is not None and state.override.active(now)
-        else None
-    )
+    doc["hold"] = _active(state.hold, now)
+    doc["override"] = _active(state.override, now)
     if doc["override"] is not None:
-        doc["override"]["in_effect"] = not held
-    deferral = state.deferral
-    doc["deferral"] = (
-        flag_document(deferral)
-        if deferral is not None and deferral.until is not None and now < deferral.until
-        else None
-    )
-    quarantined = store.quarantined_files(agent)
-    doc["quarantined"] = quarantined
+        doc["override"]["in_effect"] = doc["hold"] is None
+    doc["deferral"] = _active(state.deferral, now)
     doc["history_lost"] = state.last_run is not None and state.last_run.via == "unknown"
-    doc["audit"] = store.audit_tail(5)
-    cert = None
-    if cfg.identity is not None:
-        from supervisor.node.identity import check_identity as check_certificate
-
-        cert = check_certificate(cfg.identity, cfg.node_name, now)
-        doc["identity"] = cert.to_json()
-    if json_out:
-        emit_json(doc)
-        return
-    sys.stdout.write("\n".join(_status_lines(d, state, policy, now, doc, cert)) + "\n")
+    return doc
 
 
 def _status_lines(
-    d: Decision, state: AgentState, policy: Policy, now: float, doc: dict[str, Any], cert: Any
+    d: Decision, state: AgentState, policy: Policy, now: float, cert: Any
 ) -> list[str]:
-    """The human form of ``status``."""
+    """The human form of ``status``: the decision, the flags, the last runs."""
     out = [
         f"agent        {d.agent} on {d.node}",
         f"gate         {'ALLOWED' if d.allowed else 'NOT NOW'}: {d.reason}",
@@ -288,13 +288,23 @@ def _status_lines(
     if cert is not None:
         out.append(f"certificate  {cert.summary()}")
     out.append("last runs:" if state.runs else "last runs:   none")
-    for r in state.runs[-5:]:
-        if r.ended_at is None:
-            end, took = "end ?", "?"
-        else:
-            code = r.exit_code if r.exit_code is not None else "?"
-            end, took = f"exit {code}", format_duration(r.duration(now))
-        out.append(f"  {iso_seconds(r.started_at)}  {took:>8}  {end:<10} via {r.via}")
+    out += [_run_line(r, now) for r in state.runs[-5:]]
+    return out
+
+
+def _run_line(r: Run, now: float) -> str:
+    """One run in the human ``status``: start, how long, how it ended, who let it start."""
+    if r.ended_at is None:
+        end, took = "end ?", "?"
+    else:
+        code = r.exit_code if r.exit_code is not None else "?"
+        end, took = f"exit {code}", format_duration(r.duration(now))
+    return f"  {iso_seconds(r.started_at)}  {took:>8}  {end:<10} via {r.via}"
+
+
+def _status_footer(doc: dict[str, Any]) -> list[str]:
+    """The audit tail and the warnings of the human ``status``."""
+    out = []
     for entry in doc["audit"]:
         why = entry.get("reason")
         out.append(
