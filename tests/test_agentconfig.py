@@ -9,15 +9,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import random
-import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
-from conftest import clean_env
+from harness import killed_at_random
 
 from supervisor.base.errors import ConfigError, StateError
 from supervisor.node import agentconfig
@@ -25,7 +22,6 @@ from supervisor.node.agentconfig import (
     STABILITY_DEFAULTS,
     plan,
     plan_options,
-    recover,
     render,
     render_options,
     validate_options,
@@ -54,6 +50,11 @@ def make_reference(tmp_path: Path) -> Path:
 def read_dir(path: Path) -> dict[str, bytes]:
     """Every entry of a directory and its bytes."""
     return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+def newest_aside(path: Path) -> Path:
+    """The directory the fallback swap moved aside last (its name carries time_ns)."""
+    return sorted(path.parent.glob(f".{path.name}.old-*"))[-1]
 
 
 def siblings(path: Path) -> list[str]:
@@ -95,11 +96,12 @@ def reference_config(tmp_path: Path, cm: Path) -> Config:
 
 
 def test_render_over_the_reference_layout(tmp_path: Path) -> None:
-    """Unchanged options keep inode, mtime and bytes; changed ones are rewritten; dropped go."""
+    """Unchanged options keep inode, mtime and bytes; changed ones are rewritten; with prune,
+    options not in [agent] go."""
     cm = make_reference(tmp_path)
     cfg = reference_config(tmp_path, cm)
     before = {n: (cm / n).stat() for n in REFERENCE}
-    result = render(cfg)
+    result = render(cfg, prune=True)
     assert result.written
     assert result.unchanged == ("identity-allocation-mode", "kvstore-opt")
     assert result.changed == ("k8s-kubeconfig-path", "prometheus-serve-addr")
@@ -134,10 +136,10 @@ def test_second_render_changes_nothing(tmp_path: Path) -> None:
     """Rendering the same configuration again writes nothing: the directory keeps its inode."""
     cm = make_reference(tmp_path)
     cfg = reference_config(tmp_path, cm)
-    render(cfg)
+    render(cfg, prune=True)
     dir_ino = cm.stat().st_ino
     files = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cm.iterdir()}
-    again = render(cfg)
+    again = render(cfg, prune=True)
     assert not again.written and not again.any_change
     assert again.unchanged == tuple(sorted(files))
     assert cm.stat().st_ino == dir_ino
@@ -149,7 +151,7 @@ def test_diff_writes_nothing_and_shows_values(tmp_path: Path) -> None:
     cm = make_reference(tmp_path)
     cfg = reference_config(tmp_path, cm)
     stats = {p.name: p.stat().st_mtime_ns for p in cm.iterdir()}
-    result = plan(cfg)
+    result = plan(cfg, prune=True)
     assert not result.written and result.any_change
     assert result.changed == ("k8s-kubeconfig-path", "prometheus-serve-addr")
     assert {p.name: p.stat().st_mtime_ns for p in cm.iterdir()} == stats
@@ -198,7 +200,7 @@ def test_symlinked_output_stays_a_symlink(tmp_path: Path) -> None:
     render_options({"a": "1"}, real)
     link = tmp_path / "link"
     link.symlink_to(real)
-    render_options({"b": "2"}, link)
+    render_options({"b": "2"}, link, prune=True)
     assert link.is_symlink() and read_dir(link) == {"b": b"2"}
 
 
@@ -345,7 +347,9 @@ def test_fallback_swap_renders_and_cleans_up(
     cm = make_reference(tmp_path)
     monkeypatch.setattr(agentconfig, "_exchange", lambda a, b: False)
     ino = (cm / "kvstore-opt").stat().st_ino
-    result = render_options({"kvstore-opt": REFERENCE["kvstore-opt"].decode(), "x": "1"}, cm)
+    result = render_options(
+        {"kvstore-opt": REFERENCE["kvstore-opt"].decode(), "x": "1"}, cm, prune=True
+    )
     assert result.removed == tuple(sorted(set(REFERENCE) - {"kvstore-opt"}))
     assert read_dir(cm) == {"kvstore-opt": REFERENCE["kvstore-opt"], "x": b"1"}
     assert (cm / "kvstore-opt").stat().st_ino == ino and siblings(cm) == []
@@ -370,8 +374,9 @@ def test_fallback_second_rename_failure_puts_the_old_directory_back(
     assert read_dir(cm) == REFERENCE and siblings(cm) == []
 
 
-def test_recover_after_a_crash_between_the_fallback_renames(tmp_path: Path) -> None:
-    """A crash with the old directory aside and the path missing is undone by recover()."""
+def test_render_after_a_crash_between_the_fallback_renames(tmp_path: Path) -> None:
+    """A crash with the old directory aside and the path missing is undone by the next render
+    before it compares: the same options are then found up to date, and nothing is left."""
     cm = make_reference(tmp_path)
     aside = cm.with_name(".config-map.old-1700000000000000000-42")
     os.rename(cm, aside)
@@ -379,9 +384,9 @@ def test_recover_after_a_crash_between_the_fallback_renames(tmp_path: Path) -> N
     partial.mkdir()
     (partial / "a").write_text("1")
     assert not cm.exists()
-    assert recover(cm) == str(aside)
+    result = render_options({k: v.decode() for k, v in REFERENCE.items()}, cm)
+    assert not result.written and result.unchanged == tuple(sorted(REFERENCE))
     assert read_dir(cm) == REFERENCE and siblings(cm) == []
-    assert recover(cm) is None
 
 
 def test_leftover_from_a_crash_after_the_exchange_is_removed(tmp_path: Path) -> None:
@@ -420,10 +425,10 @@ if mode == "fallback":
     agentconfig._exchange = lambda a, b: False
 A = {f"opt-{i}": f"a{i}" for i in range(200)}
 B = {f"opt-{i}": (f"b{i}" if i % 2 else f"a{i}") for i in range(100, 300)}
-agentconfig.render_options(A, out)
+agentconfig.render_options(A, out, prune=True)
 print("ready", flush=True)
 for i in itertools.count():
-    agentconfig.render_options(B if i % 2 == 0 else A, out)
+    agentconfig.render_options(B if i % 2 == 0 else A, out, prune=True)
 """
 _A = {f"opt-{i}": f"a{i}".encode() for i in range(200)}
 _B = {f"opt-{i}": (f"b{i}" if i % 2 else f"a{i}").encode() for i in range(100, 300)}
@@ -433,31 +438,16 @@ _B = {f"opt-{i}": (f"b{i}" if i % 2 else f"a{i}").encode() for i in range(100, 3
 def test_kill_9_mid_render_leaves_a_whole_directory(tmp_path: Path, mode: str) -> None:
     """SIGKILL at random moments of a render loop always leaves all of A or all of B.
 
-    With RENAME_EXCHANGE that holds at every instant; with the fallback it holds once recover()
-    has run (as every render and the gate do first).
+    With RENAME_EXCHANGE that holds at every instant; with the fallback, for the directory the
+    next render puts back first (the newest one aside) while the path is missing.
     """
     script = tmp_path / "loop.py"
     script.write_text(_LOOP)
     out = tmp_path / "node" / "cm"
     out.parent.mkdir()
-    rng = random.Random(4)
-    for _ in range(12):
-        proc = subprocess.Popen(
-            [sys.executable, str(script), str(out), mode],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=clean_env(),
-        )
-        try:
-            assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
-            proc.stdout.close()
-            time.sleep(rng.uniform(0, 0.08))
-        finally:
-            proc.kill()
-            proc.wait(10)
-        if mode == "fallback":
-            recover(out)
-        state = read_dir(out)
+    argv = [sys.executable, str(script), str(out), mode]
+    for _ in killed_at_random(argv, rounds=12, seed=4, max_delay=0.08):
+        state = read_dir(out if mode == "exchange" or out.exists() else newest_aside(out))
         assert state in (_A, _B), sorted(state)[:3]
-    recover(out)
-    assert siblings(out) == []
+    render_options({k: v.decode() for k, v in _A.items()}, out, prune=True)
+    assert read_dir(out) == _A and siblings(out) == []

@@ -15,6 +15,7 @@ import certgen
 import pytest
 import yaml
 from conftest import Result, clean_env, run_cli
+from harness import one_error_line
 
 NODE = "node-1"
 USER = f"system:cilium-agent:{NODE}"
@@ -23,18 +24,6 @@ USER = f"system:cilium-agent:{NODE}"
 def cli(*args: str, env: dict[str, str] | None = None) -> Result:
     """Run ``python -m supervisor ARGS`` as a real process."""
     return run_cli(*args, env=env)
-
-
-def one_error_line(result: Result, code: int, *needles: str) -> str:
-    """Assert exit ``code`` and exactly one stderr line, the error, containing ``needles``."""
-    assert result.code == code, (result.code, result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    assert lines[0].startswith("agent-supervisor: error: ")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def write_config(tmp_path: Path, body: str) -> Path:
@@ -97,18 +86,19 @@ def agent_config(tmp_path: Path, cm: Path, extra: str = "") -> Path:
 
 
 def test_config_render_and_diff(tmp_path: Path) -> None:
-    """diff shows the changes and writes nothing; render applies them; diff is then clean."""
+    """diff --prune shows the changes and writes nothing; render --prune applies them; diff is
+    then clean."""
     cm = reference_dir(tmp_path)
     cfg = agent_config(tmp_path, cm)
     ino = (cm / "identity-allocation-mode").stat().st_ino
-    diff = cli("config", "diff", "--config", str(cfg), "--exit-code")
+    diff = cli("config", "diff", "--config", str(cfg), "--exit-code", "--prune")
     assert diff.code == 1, diff.stderr
     assert f"{cm}: a render would add 5, change 1, remove 1 (unchanged 1)" in diff.stdout
     assert "~ prometheus-serve-addr: ':9090' -> ':9962'" in diff.stdout
     assert "- sidecar-istio-proxy-image (was 'cilium/istio_proxy')" in diff.stdout
     assert (cm / "sidecar-istio-proxy-image").exists()
 
-    done = cli("config", "render", "--config", str(cfg))
+    done = cli("config", "render", "--config", str(cfg), "--prune")
     assert done.code == 0, done.stderr
     assert done.stdout.splitlines()[0] == f"{cm}: added 5, changed 1, removed 1, unchanged 1"
     assert "+ allocator-list-timeout = '3h'" in done.stdout

@@ -1,15 +1,16 @@
 """Commands for the node's own files: the agent's config directory and the agent's identity.
 
-``config render|diff``, ``certs check|csr``, ``kubeconfig render`` and ``apf render``. Each
-parses, calls one function of :mod:`supervisor.node.agentconfig` or :mod:`supervisor.node.identity`,
-prints and returns; errors are raised as :class:`~supervisor.errors.SupervisorError` and turned
-into one line and an exit code by the entry point. Those modules are imported inside the
-commands: ``cli`` imports this module on every gate call, which must not pay for
-``cryptography`` or ``yaml``.
+``config render|diff|import``, ``certs check|csr``, ``kubeconfig render`` and ``apf render``.
+Each parses, calls the functions of one module of :mod:`supervisor.node` (``agentconfig``,
+``configimport``, ``identity``, ``credentials``, ``apf``), prints and returns; errors are raised
+as :class:`~supervisor.base.errors.SupervisorError` and turned into one line and an exit code by
+the entry point. Those modules are imported inside the commands: ``cli`` imports this module on
+every gate call, which must not pay for ``cryptography`` or ``yaml``.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from supervisor.storage.config import Config, IdentityConfig
 
 if TYPE_CHECKING:
     from supervisor.node.agentconfig import RenderResult
+    from supervisor.node.configimport import Addition
 
 _SETTINGS = {"help_option_names": ["-h", "--help"]}
 
@@ -61,6 +63,14 @@ OutputDirOpt = Annotated[
     Path | None,
     typer.Option(
         "--output", "-o", help="config directory [default: agent_config_dir]", show_default=False
+    ),
+]
+PruneOpt = Annotated[
+    bool,
+    typer.Option(
+        "--prune",
+        help="also delete option files that the render does not produce (not in the agent "
+        "table, not a stability default); without it they are kept as they are",
     ),
 ]
 
@@ -97,18 +107,21 @@ def _identity(cfg: Config, command: str) -> IdentityConfig:
 
 
 def _render_lines(result: RenderResult, verb: str) -> list[str]:
-    a, c, r, u = (
+    a, c, r, u, k = (
         len(result.added),
         len(result.changed),
         len(result.removed),
         len(result.unchanged),
+        len(result.kept),
     )
+    kept = f", {k} unmanaged kept" if k else ""
     if not result.any_change:
-        head = f"{result.output}: up to date ({u} options)"
+        head = f"{result.output}: up to date ({u} options{kept})"
     elif verb == "render":
-        head = f"{result.output}: added {a}, changed {c}, removed {r}, unchanged {u}"
+        head = f"{result.output}: added {a}, changed {c}, removed {r}, unchanged {u}{kept}"
     else:
         head = f"{result.output}: a render would add {a}, change {c}, remove {r} (unchanged {u})"
+        head += f", keep {k} unmanaged" if k else ""
     lines = [head]
     for ch in result.changes:
         if ch.action == "added":
@@ -117,6 +130,12 @@ def _render_lines(result: RenderResult, verb: str) -> list[str]:
             lines.append(f"~ {ch.option}: {_short(ch.old)} -> {_short(ch.new)}")
         else:
             lines.append(f"- {ch.option} (was {_short(ch.old)})")
+    lines += [f"= {name} (unmanaged: kept as it is)" for name in result.kept]
+    if k:
+        lines.append(
+            f"note: {k} option files are not in [agent]; they are kept as they are: "
+            f"`config import {result.output}` adopts them, `--prune` removes them"
+        )
     lines += [f"warning: {w}" for w in result.warnings]
     return lines
 
@@ -124,6 +143,7 @@ def _render_lines(result: RenderResult, verb: str) -> list[str]:
 @config_app.command("render")
 def config_render(
     output: OutputDirOpt = None,
+    prune: PruneOpt = False,
     json_out: JsonOpt = False,
     config: ConfigOpt = None,
     state_dir: StateDirOpt = None,
@@ -131,15 +151,16 @@ def config_render(
     node_name: NodeNameOpt = None,
     sets: SetOpt = None,
 ) -> None:
-    """Write the agent's config directory from [agent], replacing it atomically.
+    """Write the agent's config directory from the agent table, replacing it atomically.
 
     One file per option (name = option, content = value), plus the stability defaults.
-    Unchanged options keep their files; options no longer configured disappear.
+    Unchanged options keep their files. Option files the render does not produce are kept as
+    they are (and listed) unless --prune is given; `config import DIR` adopts them.
     """
     from supervisor.node.agentconfig import render
 
     cfg = load(config, state_dir, cluster_size, node_name, sets)
-    result = render(cfg, output)
+    result = render(cfg, output, prune=prune)
     if json_out:
         emit_json(result.to_json(values=True))
     else:
@@ -149,6 +170,7 @@ def config_render(
 @config_app.command("diff")
 def config_diff(
     output: OutputDirOpt = None,
+    prune: PruneOpt = False,
     exit_code: Annotated[
         bool, typer.Option("--exit-code", help="exit 1 when a render would change something")
     ] = False,
@@ -159,17 +181,95 @@ def config_diff(
     node_name: NodeNameOpt = None,
     sets: SetOpt = None,
 ) -> None:
-    """Show what `config render` would change, without writing anything."""
+    """Show what `config render` (with the same --prune) would change, writing nothing."""
     from supervisor.node.agentconfig import plan
 
     cfg = load(config, state_dir, cluster_size, node_name, sets)
-    result = plan(cfg, output)
+    result = plan(cfg, output, prune=prune)
     if json_out:
         emit_json(result.to_json(values=True))
     else:
         _say(_render_lines(result, "diff"))
     if exit_code and result.any_change:
         raise typer.Exit(1)
+
+
+@config_app.command("import")
+def config_import(
+    directory: Annotated[
+        Path,
+        typer.Argument(
+            metavar="DIR",
+            help="an existing config directory (one file per option)",
+            show_default=False,
+        ),
+    ],
+    write: Annotated[
+        bool,
+        typer.Option(
+            "--write",
+            help="add the options to the config file's agent table, atomically, keeping the "
+            "rest of the file as it is (without it: print the table)",
+        ),
+    ] = False,
+    json_out: JsonOpt = False,
+    config: ConfigOpt = None,
+    state_dir: StateDirOpt = None,
+    cluster_size: ClusterSizeOpt = None,
+    node_name: NodeNameOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Take an existing config directory into the agent table, every option kept byte for byte.
+
+    Prints the table (TOML) to add to the config file, or adds it with --write. A trailing
+    newline is kept as \\n, so a render writes every file back with its exact bytes.
+    """
+    from supervisor.node.configimport import prepare, read_directory, write_into
+
+    cfg = load(config, state_dir, cluster_size, node_name, sets)
+    imported = read_directory(directory)
+    path = cfg.config_file or _config_path(config)
+    addition = prepare(path, imported, cfg.agent if cfg.config_file else {})
+    written = write and write_into(addition)
+    if written:
+        get_logger().info("config.imported", config=str(path), source=str(directory))
+    if json_out:
+        emit_json(addition.to_json(written=written) | {"warnings": list(imported.warnings)})
+    elif write:
+        _say(_import_lines(cfg, addition))
+    else:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(addition.snippet().encode())
+        sys.stdout.flush()
+    # After the answer, and only on success: an error is always the one line on stderr.
+    for warning in imported.warnings:
+        sys.stderr.write(f"warning: {warning}\n")
+
+
+def _import_lines(cfg: Config, addition: Addition) -> list[str]:
+    """What ``config import --write`` says it did."""
+    from supervisor.node.configimport import toml_string
+
+    present = len(addition.present)
+    lines = [
+        f"{addition.config}: added {len(addition.added)} options to [agent] from "
+        f"{addition.source}" + (f" ({present} already there)" if present else "")
+    ]
+    if os.path.realpath(cfg.agent_config_dir) != os.path.realpath(addition.source):
+        setting = toml_string(os.path.abspath(addition.source))
+        lines.append(
+            f"note: agent_config_dir is {cfg.agent_config_dir}: if the agent reads "
+            f"{addition.source}, set agent_config_dir = {setting} so that config render "
+            "writes there"
+        )
+    return lines
+
+
+def _config_path(config: str | None) -> Path:
+    """The config file ``load`` reads: --config, AGENT_SUPERVISOR_CONFIG, or the default."""
+    from supervisor.storage.config import DEFAULT_CONFIG_PATH, ENV_CONFIG
+
+    return Path(config or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG_PATH)
 
 
 # --- certs -------------------------------------------------------------------------------------
@@ -245,7 +345,8 @@ def certs_csr(
     CertificateSigningRequest for the kube-apiserver-client signer).
     """
     from supervisor.core.durations import DurationError, parse_duration
-    from supervisor.node.identity import make_csr, render_user
+    from supervisor.node.credentials import make_csr
+    from supervisor.node.identity import render_user
 
     cfg = load(config, state_dir, cluster_size, node_name, sets)
     if not name or "/" in name or name.startswith("."):
@@ -314,7 +415,7 @@ def kubeconfig_render(
     sets: SetOpt = None,
 ) -> None:
     """Render a kubeconfig with the agent's certificate, key and CA paths (k8s-kubeconfig-path)."""
-    from supervisor.node.identity import check_server_url, render_kubeconfig, write_kubeconfig
+    from supervisor.node.credentials import check_server_url, render_kubeconfig, write_kubeconfig
 
     cfg = load(config, state_dir, cluster_size, node_name, sets)
     ident = _identity(cfg, "kubeconfig render")
@@ -378,7 +479,8 @@ def apf_render(
     sets: SetOpt = None,
 ) -> None:
     """Render a FlowSchema (the agents' group, distinguished by user) and its priority level."""
-    from supervisor.node.identity import ApfSettings, render_apf, write_file
+    from supervisor.node.apf import ApfSettings, render_apf
+    from supervisor.node.credentials import write_file
 
     cfg = load(config, state_dir, cluster_size, node_name, sets)
     default_group = cfg.identity.group if cfg.identity else IdentityConfig("", "").group

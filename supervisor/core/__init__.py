@@ -1,2 +1,3 @@
 """The pure decision core: durations, slots, the state's values and transitions, the policy,
-Docker's facts reconciled. No clock, no files, no network: everything is an argument."""
+Docker's facts reconciled, the agent's option-name rule. No clock, no files, no network:
+everything is an argument."""

@@ -16,7 +16,14 @@ stale sibling, removed by the next render. Unchanged options are hard-linked int
 directory, so they keep their inode, mtime and bytes. Where RENAME_EXCHANGE is unsupported
 (not Linux, or a filesystem without it) the fallback renames the old directory aside and the new
 one in: between those two renames the path is missing for an instant, and a crash there leaves
-the old directory aside, which :func:`recover` (run first by every render) puts back.
+the old directory aside, which the next render puts back before it does anything else (under the
+render lock; see :func:`_recover_locked`).
+
+Only what the render manages is replaced: the stability defaults and the ``[agent]`` table. An
+option file already in the directory that the render does not produce (an option of the node's
+hand-written layout not yet imported with ``config import``) is *unmanaged*: it is carried into
+the new directory as it is (hard-linked, same bytes) unless the render is asked to ``prune``,
+so a render never deletes an option nobody asked it to delete.
 
 Temp, old and lock entries are siblings of the directory, never inside it: the agent would read
 anything inside as an option. A container that bind-mounts the directory keeps the old (now
@@ -28,23 +35,24 @@ which the gate paces. No agent changes configuration mid-run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
-import re
 import shutil
 import stat
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from supervisor.base.errors import ConfigError, StateError
-from supervisor.base.files import fsync_dir
+from supervisor.base.files import fsync_dir, held_lock, write_new
 from supervisor.base.log import get_logger
+from supervisor.core.options import OPTION_NAME_RULE, is_option_name
 from supervisor.storage.config import Config
 
 #: Stability options and the values large production fleets settled on; ``[agent]`` overrides.
@@ -66,8 +74,6 @@ STABILITY_DEFAULTS: Final[Mapping[str, str]] = MappingProxyType(
         "k8s-heartbeat-timeout": "60s",
     }
 )
-#: cilium-agent's option names: lower-case words joined by single dashes.
-OPTION_NAME: Final = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 #: An option file larger than this is not an option (and we refuse to replace a directory
 #: holding one: the output path is probably wrong).
 MAX_OPTION_BYTES: Final = 1024 * 1024
@@ -92,7 +98,11 @@ class Change:
 
 @dataclass(frozen=True, slots=True)
 class RenderResult:
-    """What a render did (or, for ``config diff``, would do) to the directory."""
+    """What a render did (or, for ``config diff``, would do) to the directory.
+
+    ``kept`` are the unmanaged options (in the directory, not produced by the render) left as
+    they are; ``removed`` are those a pruning render deletes (never both for one option).
+    """
 
     output: Path
     added: tuple[str, ...] = ()
@@ -102,6 +112,7 @@ class RenderResult:
     warnings: tuple[str, ...] = ()
     written: bool = False
     changes: tuple[Change, ...] = field(default=(), compare=False)
+    kept: tuple[str, ...] = ()
 
     @property
     def any_change(self) -> bool:
@@ -117,6 +128,7 @@ class RenderResult:
             "changed": list(self.changed),
             "removed": list(self.removed),
             "unchanged": list(self.unchanged),
+            "kept": list(self.kept),
             "warnings": list(self.warnings),
         }
         if values:
@@ -144,59 +156,71 @@ def agent_options(config: Config) -> tuple[dict[str, str], tuple[str, ...]]:
 
 def validate_options(options: Mapping[str, str], where: str = "config") -> tuple[str, ...]:
     """Check what is knowable on the node; return warnings, raise ConfigError on errors."""
-    warnings: list[str] = []
     for name, value in options.items():
-        if not OPTION_NAME.fullmatch(name) or len(name) > 200:
-            raise ConfigError(
-                f"{where}: agent.{name}: option names are the agent's kebab-case "
-                "names (e.g. cluster-name, k8s-kubeconfig-path)"
-            )
-        if "\x00" in value:
-            raise ConfigError(f"{where}: agent.{name} = {value!r}: contains a NUL character")
-        if len(value.encode()) > MAX_OPTION_BYTES:
-            raise ConfigError(f"{where}: agent.{name}: value is larger than 1 MiB")
+        _check_option(name, value, where)
+    _check_cluster_id(options, where)
+    _check_kubeconfig(options, where)
+    if options.get("labels", "").strip():
+        return ()
+    return (
+        "agent.labels is not set: every distinct set of pod labels becomes a security "
+        "identity, and identities are 16-bit; list the identity-relevant label prefixes",
+    )
+
+
+def _check_option(name: str, value: str, where: str) -> None:
+    """The name is the agent's, the value fits in a file the agent reads as text."""
+    if not is_option_name(name):
+        raise ConfigError(f"{where}: agent.{name}: {OPTION_NAME_RULE}")
+    if "\x00" in value:
+        raise ConfigError(f"{where}: agent.{name} = {value!r}: contains a NUL character")
+    if len(value.encode()) > MAX_OPTION_BYTES:
+        raise ConfigError(f"{where}: agent.{name}: value is larger than 1 MiB")
+
+
+def _check_cluster_id(options: Mapping[str, str], where: str) -> None:
+    """``cluster-id`` in range for ``max-connected-clusters``, with a ``cluster-name`` the
+    agent accepts beside it (it refuses to start otherwise)."""
     max_clusters = options.get("max-connected-clusters", "255").strip()
     if max_clusters not in ("255", "511"):
         raise ConfigError(
             f"{where}: agent.max-connected-clusters = {max_clusters!r}: must be 255 or 511"
         )
-    if "cluster-id" in options:
-        raw = options["cluster-id"]
-        limit = int(max_clusters)
-        try:
-            cluster_id = int(raw.strip(), 10)
-        except ValueError:
-            cluster_id = -1
-        if not 0 <= cluster_id <= limit:
-            raise ConfigError(
-                f"{where}: agent.cluster-id = {raw!r}: must be a whole number 0..{limit}"
-            )
-        cluster_name = options.get("cluster-name", "").strip()
-        if not cluster_name:
-            raise ConfigError(
-                f"{where}: agent.cluster-id = {raw!r} is set but agent.cluster-name "
-                "is not: set cluster-name too"
-            )
-        if cluster_id != 0 and cluster_name == "default":
-            raise ConfigError(
-                f"{where}: agent.cluster-name = 'default' cannot be used with "
-                f"agent.cluster-id = {raw!r} (the agent refuses to start)"
-            )
-    if not options.get("labels", "").strip():
-        warnings.append(
-            "agent.labels is not set: every distinct set of pod labels becomes a security "
-            "identity, and identities are 16-bit; list the identity-relevant label prefixes"
+    if "cluster-id" not in options:
+        return
+    raw = options["cluster-id"]
+    limit = int(max_clusters)
+    try:
+        cluster_id = int(raw.strip(), 10)
+    except ValueError:
+        cluster_id = -1
+    if not 0 <= cluster_id <= limit:
+        raise ConfigError(f"{where}: agent.cluster-id = {raw!r}: must be a whole number 0..{limit}")
+    cluster_name = options.get("cluster-name", "").strip()
+    if not cluster_name:
+        raise ConfigError(
+            f"{where}: agent.cluster-id = {raw!r} is set but agent.cluster-name "
+            "is not: set cluster-name too"
         )
-    if "k8s-kubeconfig-path" in options:
-        raw = options["k8s-kubeconfig-path"]
-        path = Path(raw.strip())
-        if not raw.strip() or not path.is_file():
-            what = "is not a file" if path.exists() else "does not exist"
-            raise ConfigError(
-                f"{where}: agent.k8s-kubeconfig-path = {raw!r}: {what} (write one "
-                "with `agent-supervisor kubeconfig render --out PATH`)"
-            )
-    return tuple(warnings)
+    if cluster_id != 0 and cluster_name == "default":
+        raise ConfigError(
+            f"{where}: agent.cluster-name = 'default' cannot be used with "
+            f"agent.cluster-id = {raw!r} (the agent refuses to start)"
+        )
+
+
+def _check_kubeconfig(options: Mapping[str, str], where: str) -> None:
+    """The agent exits at once without its kubeconfig: the path must be a file here."""
+    if "k8s-kubeconfig-path" not in options:
+        return
+    raw = options["k8s-kubeconfig-path"]
+    path = Path(raw.strip())
+    if not raw.strip() or not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
+        raise ConfigError(
+            f"{where}: agent.k8s-kubeconfig-path = {raw!r}: {what} (write one "
+            "with `agent-supervisor kubeconfig render --out PATH`)"
+        )
 
 
 # --- reading and comparing ---------------------------------------------------------------------
@@ -208,49 +232,76 @@ def _target(output: Path) -> Path:
     return Path(os.path.realpath(output))
 
 
+def read_option_files(
+    directory: Path, not_a_directory: str, refusal: Callable[[Path, str], Exception]
+) -> dict[str, bytes] | None:
+    """Every option file of ``directory`` and its bytes; None when the directory does not exist.
+
+    Raises ``ConfigError("<directory>: <not_a_directory>")`` when the path is something else,
+    ``refusal(path, why)`` for the first entry that is not an option file (a name the agent
+    would not read as its option, anything but a regular file, more than 1 MiB; a symlink to a
+    regular file counts as one, as the agent follows it), and :class:`StateError` (exit 74)
+    when the directory or a file cannot be read.
+    """
+    try:
+        st = directory.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"{directory}: cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{directory}: {not_a_directory}")
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as exc:
+        raise StateError(f"{directory}: cannot list: {exc.strerror or exc}") from None
+    found: dict[str, bytes] = {}
+    for name in names:
+        path = directory / name
+        why = _not_an_option(path)
+        if why is not None:
+            raise refusal(path, why)
+        try:
+            found[name] = path.read_bytes()
+        except OSError as exc:
+            raise StateError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return found
+
+
+def _not_an_option(path: Path) -> str | None:
+    """Why the directory entry ``path`` is not an option file, or None when it is one."""
+    if not is_option_name(path.name):
+        return OPTION_NAME_RULE
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return f"cannot stat: {exc.strerror or exc}"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_size > MAX_OPTION_BYTES:
+        return "larger than 1 MiB"
+    return None
+
+
 def _read_current(target: Path) -> dict[str, bytes] | None:
     """The options in the directory now (None when it does not exist).
 
     Refuses a directory holding anything that is not an option file: rendering into the wrong
     path (``--output /etc``) must fail, not delete what is there.
     """
-    try:
-        st = target.lstat()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise StateError(f"{target}: cannot read: {exc.strerror or exc}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"{target}: exists and is not a directory (agent_config_dir or --output)")
-    current: dict[str, bytes] = {}
-    try:
-        names = sorted(os.listdir(target))
-    except OSError as exc:
-        raise StateError(f"{target}: cannot list: {exc.strerror or exc}") from None
-    for name in names:
-        path = target / name
-        try:
-            est = path.stat()
-        except OSError:
-            est = None
-        if (
-            not OPTION_NAME.fullmatch(name)
-            or est is None
-            or not stat.S_ISREG(est.st_mode)
-            or est.st_size > MAX_OPTION_BYTES
-        ):
-            raise ConfigError(
-                f"{target}: holds {name!r}, which is not an agent option file; "
-                "refusing to replace this directory (is the output path right?)"
-            )
-        try:
-            current[name] = path.read_bytes()
-        except OSError as exc:
-            raise StateError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return current
+    return read_option_files(
+        target, "exists and is not a directory (agent_config_dir or --output)", _foreign
+    )
 
 
-def _same(old: bytes, new: str) -> bool:
+def _foreign(path: Path, why: str) -> ConfigError:
+    return ConfigError(
+        f"{path.parent}: holds {path.name!r}, which is not an agent option file; "
+        "refusing to replace this directory (is the output path right?)"
+    )
+
+
+def same_as_read(old: bytes, new: str) -> bool:
     """Equal as the agent reads them: it trims surrounding whitespace from every file."""
     return old.strip() == new.encode().strip()
 
@@ -264,6 +315,7 @@ def _diff(
     current: Mapping[str, bytes] | None,
     output: Path,
     warnings: tuple[str, ...],
+    prune: bool,
 ) -> RenderResult:
     have = current or {}
     added, changed, unchanged, changes = [], [], [], []
@@ -272,92 +324,74 @@ def _diff(
         if name not in have:
             added.append(name)
             changes.append(Change(name, "added", None, new))
-        elif _same(have[name], new):
+        elif same_as_read(have[name], new):
             unchanged.append(name)
         else:
             changed.append(name)
             changes.append(Change(name, "changed", _shown(have[name]), new))
-    removed = [n for n in sorted(have) if n not in options]
+    unmanaged = tuple(n for n in sorted(have) if n not in options)
+    removed = unmanaged if prune else ()
     changes += [Change(n, "removed", _shown(have[n]), None) for n in removed]
     return RenderResult(
         output=output,
         added=tuple(added),
         changed=tuple(changed),
-        removed=tuple(removed),
+        removed=removed,
         unchanged=tuple(unchanged),
         warnings=warnings,
         changes=tuple(changes),
+        kept=() if prune else unmanaged,
     )
 
 
 # --- public entry points -----------------------------------------------------------------------
 
 
-def plan(config: Config, output: Path | None = None) -> RenderResult:
+def plan(config: Config, output: Path | None = None, *, prune: bool = False) -> RenderResult:
     """What ``config render`` would change, without writing (``config diff``)."""
     options, warnings = agent_options(config)
-    return plan_options(options, Path(output or config.agent_config_dir), warnings)
+    return plan_options(options, Path(output or config.agent_config_dir), warnings, prune=prune)
 
 
-def render(config: Config, output: Path | None = None) -> RenderResult:
+def render(config: Config, output: Path | None = None, *, prune: bool = False) -> RenderResult:
     """Write the agent's config directory from the configuration (``config render``)."""
     options, warnings = agent_options(config)
-    return render_options(options, Path(output or config.agent_config_dir), warnings)
+    return render_options(options, Path(output or config.agent_config_dir), warnings, prune=prune)
 
 
 def plan_options(
-    options: Mapping[str, str], output: Path, warnings: tuple[str, ...] = ()
+    options: Mapping[str, str],
+    output: Path,
+    warnings: tuple[str, ...] = (),
+    *,
+    prune: bool = False,
 ) -> RenderResult:
     """The diff between ``options`` and the directory at ``output``; writes nothing."""
-    return _diff(options, _read_current(_target(output)), output, warnings)
+    return _diff(options, _read_current(_target(output)), output, warnings, prune)
 
 
 def render_options(
-    options: Mapping[str, str], output: Path, warnings: tuple[str, ...] = ()
+    options: Mapping[str, str],
+    output: Path,
+    warnings: tuple[str, ...] = (),
+    *,
+    prune: bool = False,
 ) -> RenderResult:
-    """Make the directory at ``output`` hold exactly ``options``, atomically.
+    """Make the directory at ``output`` hold ``options``, atomically.
 
-    Nothing is written when nothing changed. Raises :class:`ConfigError` for a wrong output
-    path, :class:`StateError` (exit 74) for I/O errors; in both cases the directory is untouched.
+    Option files already there that ``options`` does not name are kept as they are, or
+    deleted with ``prune``. Nothing is written when nothing changed. Raises
+    :class:`ConfigError` for a wrong output path, :class:`StateError` (exit 74) for I/O
+    errors; in both cases the directory is untouched.
     """
     target = _target(output)
     with _lock(target):
         _recover_locked(target)
         current = _read_current(target)
-        result = _diff(options, current, output, warnings)
+        result = _diff(options, current, output, warnings, prune)
         if current is not None and not result.any_change:
             return result
-        try:
-            old_mode = stat.S_IMODE(target.stat().st_mode) if current is not None else 0o755
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{_RENDER_TAG}", dir=target.parent))
-        except OSError as exc:
-            raise StateError(
-                f"{target.parent}: cannot write there: {exc.strerror or exc}"
-            ) from None
-        try:
-            _populate(tmp, target, options, set(result.unchanged))
-            os.chmod(tmp, old_mode)
-            fsync_dir(tmp)
-            old = _swap_in(tmp, target)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise StateError(
-                f"{target}: render failed, directory left as it was: {exc.strerror or exc}"
-            ) from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        # The new directory is in place; from here on only the old one is deleted.
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        try:
-            fsync_dir(target.parent)
-        except OSError as exc:
-            raise StateError(
-                f"{target}: rendered, but the rename may not survive a power "
-                f"loss: fsync of {target.parent} failed: "
-                f"{exc.strerror or exc}"
-            ) from None
+        _replace(target, options, set(result.unchanged) | set(result.kept), current is not None)
     get_logger().info(
         "config.rendered",
         output=str(output),
@@ -365,59 +399,78 @@ def render_options(
         changed=len(result.changed),
         removed=len(result.removed),
         unchanged=len(result.unchanged),
+        kept=len(result.kept),
     )
-    return RenderResult(
-        output=result.output,
-        added=result.added,
-        changed=result.changed,
-        removed=result.removed,
-        unchanged=result.unchanged,
-        warnings=result.warnings,
-        written=True,
-        changes=result.changes,
-    )
-
-
-def recover(output: Path) -> str | None:
-    """Finish what a crashed render left: put an old directory back if the path is missing,
-    and delete stale temp directories. Returns the path restored from, if any.
-
-    Renders call this first; the gate may call it before starting the agent so that a crash in
-    the fallback's one-instant window never starts the agent without its configuration.
-    """
-    target = _target(output)
-    if not target.parent.is_dir():
-        return None
-    with _lock(target):
-        return _recover_locked(target)
+    return dataclasses.replace(result, written=True)
 
 
 # --- the swap ----------------------------------------------------------------------------------
 
 
-def _populate(tmp: Path, target: Path, options: Mapping[str, str], unchanged: set[str]) -> None:
-    for name in sorted(options):
-        if name in unchanged:
-            # A hard link keeps inode, mtime and bytes: an unchanged option is the same file.
-            try:
-                os.link(target / name, tmp / name, follow_symlinks=False)
-                continue
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.EMLINK, errno.EXDEV, errno.ENOTSUP):
-                    raise
-            shutil.copy2(target / name, tmp / name, follow_symlinks=False)
+def _replace(target: Path, options: Mapping[str, str], link: set[str], exists: bool) -> None:
+    """Build the new directory beside ``target`` and swap it in; the old one is deleted after.
+
+    ``link`` names the files carried over from the old directory as they are (unchanged and
+    unmanaged options); every other option of ``options`` is written. Called under the lock.
+    """
+    try:
+        old_mode = stat.S_IMODE(target.stat().st_mode) if exists else 0o755
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{_RENDER_TAG}", dir=target.parent))
+    except OSError as exc:
+        raise StateError(f"{target.parent}: cannot write there: {exc.strerror or exc}") from None
+    try:
+        _populate(tmp, target, options, link)
+        os.chmod(tmp, old_mode)
+        fsync_dir(tmp)
+        old = _swap_in(tmp, target)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StateError(
+            f"{target}: render failed, directory left as it was: {exc.strerror or exc}"
+        ) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # The new directory is in place; from here on only the old one is deleted.
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        fsync_dir(target.parent)
+    except OSError as exc:
+        raise StateError(
+            f"{target}: rendered, but the rename may not survive a power "
+            f"loss: fsync of {target.parent} failed: "
+            f"{exc.strerror or exc}"
+        ) from None
+
+
+def _populate(tmp: Path, target: Path, options: Mapping[str, str], link: Collection[str]) -> None:
+    """Fill the new directory: files named in ``link`` are hard links to the old directory's
+    (a hard link keeps inode, mtime and bytes: an unchanged option is the same file); every
+    other option is a new file, with the mode of the file it replaces (0644 when new).
+
+    The new files are written whole and fsynced (:func:`~supervisor.base.files.write_new`),
+    not renamed one by one: the whole directory is what is swapped in atomically.
+    """
+    for name in sorted(set(options) | set(link)):
+        if name in link:
+            _carry_over(target / name, tmp / name)
             continue
         try:
             mode = stat.S_IMODE((target / name).stat().st_mode)
         except OSError:
             mode = 0o644
-        fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        try:
-            os.write(fd, options[name].encode())
-            os.fchmod(fd, mode)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_new(tmp / name, options[name].encode(), mode=mode)
+
+
+def _carry_over(old: Path, new: Path) -> None:
+    """Hard-link ``old`` at ``new``, or copy it (bytes, mode, times) where links cannot be."""
+    try:
+        os.link(old, new, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EMLINK, errno.EXDEV, errno.ENOTSUP):
+            raise
+        shutil.copy2(old, new, follow_symlinks=False)
 
 
 def _swap_in(new: Path, target: Path) -> Path | None:
@@ -430,7 +483,7 @@ def _swap_in(new: Path, target: Path) -> Path | None:
     aside = target.with_name(f".{target.name}{_OLD_TAG}{time.time_ns()}-{os.getpid()}")
     os.rename(target, aside)
     # The fallback's window: a crash here leaves ``target`` missing and the old directory at
-    # ``aside``; recover() renames it back before the next render does anything else.
+    # ``aside``; the next render renames it back (_recover_locked) before anything else.
     try:
         os.rename(new, target)
     except BaseException:
@@ -462,6 +515,9 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def _recover_locked(target: Path) -> str | None:
+    """Finish what a killed render left, under the lock: put the old directory back if the
+    path is missing (a kill between the fallback's two renames), and delete stale temp and
+    old directories. Returns the path restored from, if any."""
     prefix = f".{target.name}"
     try:
         names = os.listdir(target.parent)
@@ -471,9 +527,8 @@ def _recover_locked(target: Path) -> str | None:
     temps = [target.parent / n for n in names if n.startswith(prefix + _RENDER_TAG)]
     restored = None
     if olds and not os.path.lexists(target):
-        newest = olds[-1]  # names carry time_ns: the last one is the latest aside
+        newest = olds.pop()  # names carry time_ns: the last one is the latest aside
         os.rename(newest, target)
-        olds.remove(newest)
         restored = str(newest)
         get_logger().warning("config.recovered", output=str(target), restored_from=restored)
     for stale in olds + temps:
@@ -486,29 +541,18 @@ def _recover_locked(target: Path) -> str | None:
 @contextlib.contextmanager
 def _lock(target: Path) -> Iterator[None]:
     """Serialize renders of one directory: a second render would delete the first one's temp
-    directory as a stale leftover. The lock file is a sibling; flock dies with the process, so
-    a killed render never leaves the directory locked."""
-    import fcntl
-
+    directory as a stale leftover. The lock file is a sibling, never inside the directory (the
+    agent would read it as an option); see :func:`~supervisor.base.files.held_lock`."""
+    failed = f"{target.parent}: cannot write there"
     try:
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        fd = os.open(
-            target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
-        )
     except OSError as exc:
-        raise StateError(f"{target.parent}: cannot write there: {exc.strerror or exc}") from None
-    try:
-        deadline = time.monotonic() + LOCK_TIMEOUT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise StateError(
-                        f"{target}: another render holds the lock for more than {LOCK_TIMEOUT:g}s"
-                    ) from None
-                time.sleep(0.05)
+        raise StateError(f"{failed}: {exc.strerror or exc}") from None
+    with held_lock(
+        target.parent / f".{target.name}.lock",
+        timeout=LOCK_TIMEOUT,
+        mode=0o644,
+        busy=f"{target}: another render holds the lock for more than {LOCK_TIMEOUT:g}s",
+        failed=failed,
+    ):
         yield
-    finally:
-        os.close(fd)

@@ -1,4 +1,5 @@
-"""The agent's own identity: its client certificate, key and CA, checked before every start.
+"""The agent's own identity, as the gate checks it before every start: its client certificate,
+key and CA (``certs check``, ``status``, the gate's refusal with exit 78).
 
 Why the gate cares: each agent authenticates to kube-apiserver as its own user
 (``system:cilium-agent:<node>``) in a common group, so that API Priority and Fairness can queue
@@ -7,28 +8,26 @@ certificate naming another node does not fail gently: it crash-loops on 401s and
 a full resync. Checking on the node, before the start, turns that into one clear line and exit 78.
 
 Everything here reads files and never raises on bad ones: a missing, unreadable or broken file is
-a *problem* in the :class:`CertReport`, with a sentence that names the file. ``cryptography`` and
-``yaml`` are imported inside the functions that need them: the gate imports this module on every
-start of the agent and must stay fast when no identity is configured.
+a *problem* in the :class:`CertReport`, with a sentence that names the file. ``cryptography`` is
+imported inside the functions that need it: the gate imports this module (lazily) only when
+``[identity]`` is configured, and ``status``, ``certs check`` and the CLI's import of this
+module must not pay for it otherwise. Making credentials (key, CSR, kubeconfig) is
+:mod:`supervisor.node.credentials`; the cluster's APF objects are :mod:`supervisor.node.apf`.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import math
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
 
-from supervisor.base.errors import ConfigError, IdentityError, StateError, UsageError, one_line
-from supervisor.base.files import fsync_dir
+from supervisor.base.errors import one_line
 from supervisor.core.durations import format_duration
 from supervisor.core.state import iso_seconds
 from supervisor.storage.config import IdentityConfig
@@ -40,15 +39,8 @@ if TYPE_CHECKING:
 #: A PEM file larger than this is not a certificate or a key (a log or a core pointed at by
 #: mistake); reading it whole would only cost memory.
 MAX_PEM_BYTES: Final = 1024 * 1024
-#: The Kubernetes signer for client certificates that kube-apiserver accepts.
-K8S_CLIENT_SIGNER: Final = "kubernetes.io/kube-apiserver-client"
-#: Marks files written by ``kubeconfig render`` so a later render may replace them, and nothing
-#: else (the reference layout points ``k8s-kubeconfig-path`` at the kubelet's own kubeconfig).
-KUBECONFIG_MARKER: Final = "# Written by agent-supervisor kubeconfig render"
 
-KeyType = Literal["ec", "rsa"]
 _PROCESSING = re.compile(r"\s*\(encountered processing <Certificate\(.*?\)>\)")
-_DNS_LABEL = re.compile(r"[^a-z0-9.-]+")
 
 
 def render_user(template: str, node_name: str) -> str:
@@ -156,17 +148,6 @@ def _run_checks(
             f"{key_path}: the private key does not match the certificate "
             f"{cert_path} (a key of another certificate)"
         )
-
-
-def require_identity(identity: IdentityConfig, node_name: str, now: float) -> CertReport:
-    """:func:`check_identity`, raising :class:`IdentityError` (exit 78) when it finds problems.
-
-    The message is one line: the first problem, and how many more there are.
-    """
-    report = check_identity(identity, node_name, now)
-    if not report.ok:
-        raise IdentityError(identity_message(report))
-    return report
 
 
 def identity_message(report: CertReport) -> str:
@@ -475,373 +456,3 @@ def _verify_path(
     except Exception as exc:  # noqa: BLE001 - an unusable CA bundle is a problem, not a crash
         return one_line(exc)
     return None
-
-
-# --- writing: CSR, kubeconfig, APF -------------------------------------------------------------
-
-
-def write_file(path: Path, data: bytes, *, mode: int, overwrite: bool) -> None:
-    """Write ``data`` to ``path`` atomically with ``mode``.
-
-    A temp file in the same directory, fsync, then either ``os.replace`` (overwrite) or
-    ``os.link`` (no overwrite: link(2) fails with EEXIST atomically, so two racing writers never
-    clobber each other and a crash never leaves a half-written key). The temp file is created
-    0600 by mkstemp, so key material is never readable by others, not even for a moment.
-    Raises :class:`UsageError` when the file exists and ``overwrite`` is false,
-    :class:`StateError` (exit 74) on I/O errors.
-    """
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise StateError(f"{parent}: cannot write there: {exc.strerror or exc}") from None
-    try:
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fchmod(f.fileno(), mode)
-                os.fsync(f.fileno())
-            if overwrite:
-                os.replace(tmp, path)
-            else:
-                try:
-                    os.link(tmp, path)
-                except FileExistsError:
-                    raise UsageError(
-                        f"{path} already exists (pass --force to replace it)"
-                    ) from None
-            fsync_dir(parent)
-        except OSError as exc:
-            raise StateError(f"{path}: cannot write: {exc.strerror or exc}") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-@dataclass(frozen=True, slots=True)
-class CsrFiles:
-    """Where ``certs csr`` wrote the new key, the CSR and the Kubernetes CSR manifest."""
-
-    key: Path
-    csr: Path
-    manifest: Path
-    subject: str
-
-    def to_json(self) -> dict[str, Any]:
-        """Paths and subject, for ``certs csr --json``."""
-        return {
-            "key": str(self.key),
-            "csr": str(self.csr),
-            "manifest": str(self.manifest),
-            "subject": self.subject,
-        }
-
-
-def k8s_object_name(text: str) -> str:
-    """A DNS-subdomain name for a Kubernetes object made from free text (a node name)."""
-    name = _DNS_LABEL.sub("-", text.lower()).strip("-.")[:253].strip("-.")
-    return name or "agent"
-
-
-def make_csr(
-    out_dir: Path,
-    *,
-    user: str,
-    group: str,
-    node_name: str,
-    name: str = "cilium-agent",
-    key_type: KeyType = "ec",
-    rsa_bits: int = 3072,
-    expiration_seconds: int | None = None,
-    overwrite: bool = False,
-) -> CsrFiles:
-    """Make a new private key (0600) and a CSR with CN=user, O=group for this node.
-
-    Writes ``<name>.key``, ``<name>.csr`` (PEM, for a fleet PKI such as cfssl or openssl ca) and
-    ``<name>.csr.yaml`` (a ``certificates.k8s.io/v1`` CertificateSigningRequest for the signer
-    ``kubernetes.io/kube-apiserver-client``). EC P-256 by default: small, fast handshakes, and
-    accepted by every apiserver. Refuses to replace an existing key unless ``overwrite``: the
-    live key is often next door, and losing it strands the running agent.
-    """
-    if key_type not in ("ec", "rsa"):
-        raise UsageError(f"--key-type {key_type!r}: expected ec or rsa")
-    if key_type == "rsa" and rsa_bits not in (2048, 3072, 4096):
-        raise UsageError(f"--rsa-bits {rsa_bits}: expected 2048, 3072 or 4096")
-    if not user or not group:
-        raise ConfigError(
-            f"identity.user = {user!r}, identity.group = {group!r}: both must be "
-            "non-empty to make a CSR"
-        )
-    key_path = out_dir / f"{name}.key"
-    csr_path = out_dir / f"{name}.csr"
-    manifest_path = out_dir / f"{name}.csr.yaml"
-    if not overwrite:
-        for p in (key_path, csr_path, manifest_path):
-            if p.exists() or p.is_symlink():
-                raise UsageError(f"{p} already exists (pass --force to replace it)")
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-    if key_type == "ec":
-        key = ec.generate_private_key(ec.SECP256R1())
-    else:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, group),
-            x509.NameAttribute(NameOID.COMMON_NAME, user),
-        ]
-    )
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(subject)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    csr_pem = csr.public_bytes(serialization.Encoding.PEM)
-    usages = ["digital signature", "client auth"]
-    if key_type == "rsa":
-        usages.insert(1, "key encipherment")
-    spec: dict[str, Any] = {
-        "request": base64.b64encode(csr_pem).decode("ascii"),
-        "signerName": K8S_CLIENT_SIGNER,
-        "usages": usages,
-    }
-    if expiration_seconds is not None:
-        spec["expirationSeconds"] = expiration_seconds
-    object_name = k8s_object_name(f"{name}-{node_name}")
-    manifest = {
-        "apiVersion": "certificates.k8s.io/v1",
-        "kind": "CertificateSigningRequest",
-        "metadata": {"name": object_name},
-        "spec": spec,
-    }
-    import yaml
-
-    manifest_text = (
-        f"# CSR for {user} (group {group}). Submit with: kubectl apply -f {manifest_path.name}\n"
-        f"# then: kubectl certificate approve {object_name}\n"
-        + yaml.safe_dump(manifest, sort_keys=False)
-    )
-    # The key first: a crash after it leaves a key without a CSR (re-run with --force), never
-    # a CSR whose key was lost.
-    write_file(key_path, key_pem, mode=0o600, overwrite=overwrite)
-    write_file(csr_path, csr_pem, mode=0o644, overwrite=overwrite)
-    write_file(manifest_path, manifest_text.encode(), mode=0o644, overwrite=overwrite)
-    return CsrFiles(
-        key=key_path, csr=csr_path, manifest=manifest_path, subject=subject.rfc4514_string()
-    )
-
-
-def check_server_url(server: str, where: str) -> str:
-    """The apiserver URL must be https: a client certificate is pointless over plain HTTP."""
-    text = server.strip()
-    if not re.fullmatch(r"https://[^\s/?#]+(:\d+)?(/[^\s]*)?", text):
-        raise ConfigError(f"{where} = {server!r}: expected an https:// URL of the apiserver")
-    return text
-
-
-def render_kubeconfig(
-    identity: IdentityConfig,
-    node_name: str,
-    server: str,
-    *,
-    cluster: str = "kubernetes",
-) -> str:
-    """A kubeconfig for this agent: the apiserver, the CA, and the agent's cert and key *paths*.
-
-    Paths, not embedded data, so that renewing the certificate needs no new kubeconfig. They are
-    made absolute: client-go resolves relative paths against the kubeconfig's own directory,
-    not against the directory the supervisor was started in.
-    """
-    import yaml
-
-    user = render_user(identity.user, node_name)
-    cluster_entry: dict[str, Any] = {"server": server}
-    if identity.ca:
-        cluster_entry["certificate-authority"] = str(Path(identity.ca).absolute())
-    context = f"{user}@{cluster}"
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": cluster, "cluster": cluster_entry}],
-        "users": [
-            {
-                "name": user,
-                "user": {
-                    "client-certificate": str(Path(identity.cert).absolute()),
-                    "client-key": str(Path(identity.key).absolute()),
-                },
-            }
-        ],
-        "contexts": [{"name": context, "context": {"cluster": cluster, "user": user}}],
-        "current-context": context,
-        "preferences": {},
-    }
-    return (
-        f"{KUBECONFIG_MARKER} for {user}.\n"
-        f"# Point the agent's k8s-kubeconfig-path at this file.\n"
-        + yaml.safe_dump(doc, sort_keys=False)
-    )
-
-
-def write_kubeconfig(path: Path, text: str, *, force: bool) -> None:
-    """Write a rendered kubeconfig, replacing only one that ``kubeconfig render`` wrote.
-
-    Why the guard: the reference layout's ``k8s-kubeconfig-path`` is the kubelet's kubeconfig;
-    overwriting it by mistake would take the kubelet down with the agent.
-    """
-    if path.exists() and not path.is_file():
-        raise UsageError(f"{path} exists and is not a regular file")
-    if path.exists() and not force:
-        try:
-            with path.open("rb") as f:
-                head = f.read(len(KUBECONFIG_MARKER))
-        except OSError as exc:
-            raise StateError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        if head != KUBECONFIG_MARKER.encode():
-            raise UsageError(
-                f"{path} exists and was not written by kubeconfig render "
-                "(pass --force to replace it)"
-            )
-    write_file(path, text.encode(), mode=0o600, overwrite=True)
-
-
-@dataclass(frozen=True, slots=True)
-class ApfSettings:
-    """Queueing values of the agents' priority level (see ``apf render --help``)."""
-
-    name: str = "cilium-agents"
-    group: str = "cilium-agents"
-    nominal_concurrency_shares: int = 20
-    lendable_percent: int = 0
-    queues: int = 128
-    hand_size: int = 6
-    queue_length_limit: int = 50
-    matching_precedence: int = 1000
-
-    def validate(self) -> None:
-        """The apiserver's own validation rules, so a bad value fails here, not at apply."""
-        checks: list[tuple[bool, str]] = [
-            (
-                self.nominal_concurrency_shares >= 0,
-                f"--shares {self.nominal_concurrency_shares}: must be >= 0",
-            ),
-            (
-                0 <= self.lendable_percent <= 100,
-                f"--lendable-percent {self.lendable_percent}: must be 0..100",
-            ),
-            (1 <= self.queues <= 512, f"--queues {self.queues}: must be 1..512"),
-            (
-                1 <= self.hand_size <= self.queues,
-                f"--hand-size {self.hand_size}: must be 1..queues ({self.queues})",
-            ),
-            (
-                math.ceil(math.log2(self.queues) * self.hand_size) <= 60
-                if self.queues > 0
-                else True,
-                f"--hand-size {self.hand_size} with --queues {self.queues}: needs more than 60 "
-                "bits of entropy (the apiserver's limit)",
-            ),
-            (
-                self.queue_length_limit >= 1,
-                f"--queue-length-limit {self.queue_length_limit}: must be >= 1",
-            ),
-            (
-                2 <= self.matching_precedence <= 10000,
-                f"--matching-precedence {self.matching_precedence}: must be 2..10000",
-            ),
-            (bool(self.group), "identity.group is empty"),
-            (
-                k8s_object_name(self.name) == self.name,
-                f"--name {self.name!r}: must be a DNS subdomain name",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message)
-
-
-def render_apf(settings: ApfSettings) -> str:
-    """A PriorityLevelConfiguration and a FlowSchema for the agents' group, as YAML.
-
-    Every agent is its own flow (distinguisher ByUser), so fair queuing isolates agents from
-    each other: one agent in a resync loop queues behind itself, and a fleet-wide restart storm
-    is capped at this level's share of the apiserver instead of starving everyone else.
-    """
-    settings.validate()
-    import yaml
-
-    plc = {
-        "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
-        "kind": "PriorityLevelConfiguration",
-        "metadata": {"name": settings.name},
-        "spec": {
-            "type": "Limited",
-            "limited": {
-                "nominalConcurrencyShares": settings.nominal_concurrency_shares,
-                "lendablePercent": settings.lendable_percent,
-                "limitResponse": {
-                    "type": "Queue",
-                    "queuing": {
-                        "queues": settings.queues,
-                        "handSize": settings.hand_size,
-                        "queueLengthLimit": settings.queue_length_limit,
-                    },
-                },
-            },
-        },
-    }
-    fs = {
-        "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
-        "kind": "FlowSchema",
-        "metadata": {"name": settings.name},
-        "spec": {
-            "priorityLevelConfiguration": {"name": settings.name},
-            "matchingPrecedence": settings.matching_precedence,
-            "distinguisherMethod": {"type": "ByUser"},
-            "rules": [
-                {
-                    "subjects": [{"kind": "Group", "group": {"name": settings.group}}],
-                    "resourceRules": [
-                        {
-                            "verbs": ["*"],
-                            "apiGroups": ["*"],
-                            "resources": ["*"],
-                            "clusterScope": True,
-                            "namespaces": ["*"],
-                        }
-                    ],
-                    "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
-                }
-            ],
-        },
-    }
-    header = (
-        f"# API Priority and Fairness for the node agents in group {settings.group!r}.\n"
-        "# Each agent authenticates as its own user, and the FlowSchema distinguishes flows\n"
-        "# ByUser: fair queuing gives every agent its own queue share, so an agent stuck in a\n"
-        "# resync loop waits behind itself, and a fleet-wide restart storm is held to this\n"
-        "# priority level instead of starving the apiserver for everyone else.\n"
-        f"#   nominalConcurrencyShares={settings.nominal_concurrency_shares}: this level's "
-        "share of the apiserver's concurrency.\n"
-        f"#   queues={settings.queues}, handSize={settings.hand_size}: shuffle sharding; each "
-        "agent may use handSize of the queues.\n"
-        f"#   queueLengthLimit={settings.queue_length_limit}: requests a queue holds before "
-        "the apiserver answers 429.\n"
-        f"#   matchingPrecedence={settings.matching_precedence}: ahead of global-default "
-        "(9900), behind the system schemas.\n"
-        "# The group still needs RBAC (a ClusterRoleBinding to the agent's ClusterRole).\n"
-    )
-    return header + yaml.safe_dump_all([plc, fs], sort_keys=False, explicit_start=True)

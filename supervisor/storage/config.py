@@ -30,6 +30,7 @@ from typing import Any, Final, TypeVar
 
 from supervisor.base.errors import ConfigError
 from supervisor.core.durations import DurationError, parse_duration
+from supervisor.core.options import OPTION_NAME_RULE, is_option_name
 from supervisor.core.policy import (
     DEFAULT_MAX_MULTIPLIER,
     DEFAULT_STABLE_AFTER,
@@ -79,7 +80,6 @@ ENV_NOT_KEYS: Final[tuple[str, ...]] = (
 )
 
 _NODE_NAME: Final = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
-_OPTION_NAME: Final = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 
 class _Invalid(ValueError):
@@ -333,11 +333,8 @@ def _flatten(data: Mapping[str, Any], source: str) -> tuple[dict[str, object], d
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: [{name}] must be a table, got {value!r}")
             for opt, optval in value.items():
-                if not _OPTION_NAME.fullmatch(opt):
-                    raise ConfigError(
-                        f"{source}: agent.{opt}: option names are the agent's kebab-case "
-                        "names (lower case letters, digits, '-')"
-                    )
+                if not is_option_name(opt):
+                    raise ConfigError(f"{source}: agent.{opt}: {OPTION_NAME_RULE}")
                 try:
                     agent[opt] = _agent_value(optval)
                 except _Invalid as exc:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from supervisor.base.errors import StateError
-from supervisor.base.files import fsync_dir
+from supervisor.base.files import atomic_write, fsync_dir, held_lock, temp_prefix
 from supervisor.base.log import get_logger
 from supervisor.core.state import AgentState, StateFormatError, from_document, iso, to_document
 
@@ -145,29 +145,22 @@ class StateStore:
     @contextlib.contextmanager
     def transaction(self, agent: str, now: float | None = None) -> Iterator[Transaction]:
         """Lock the agent's state, read it, and yield a :class:`Transaction`."""
-        from filelock import FileLock, Timeout
-
         self.prepare()
         lock_path = self.lock_path(agent)
         # Check the state file before creating anything: a hostile entry is refused with the
         # directory exactly as we found it. _read checks it again under the lock.
         self._check_entry(self.state_path(agent), "state file")
         self._check_entry(lock_path, "lock file")
-        lock = FileLock(str(lock_path), mode=0o600, timeout=self.lock_timeout)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise StateError(
-                f"cannot lock {lock_path}: held by another process for {self.lock_timeout:g}s"
-            ) from None
-        except OSError as exc:
-            raise StateError(f"cannot lock {lock_path}: {exc.strerror or exc}") from None
-        try:
+        with held_lock(
+            lock_path,
+            timeout=self.lock_timeout,
+            mode=0o600,
+            busy=f"cannot lock {lock_path}: held by another process for {self.lock_timeout:g}s",
+            failed=f"cannot lock {lock_path}",
+        ):
             self._remove_stale_temps(agent)
             state, quarantined = self._read(agent, time.time() if now is None else now)
             yield Transaction(self, agent, state, quarantined)
-        finally:
-            lock.release()
 
     def read(self, agent: str, now: float | None = None) -> Transaction:
         """Read the agent's state under its lock (quarantining a corrupt file)."""
@@ -280,24 +273,17 @@ class StateStore:
         return str(target)
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
+        """Replace ``path`` with ``data`` (0600): a temp file in the state directory, fsync,
+        ``os.replace``, fsync of the directory (:func:`supervisor.base.files.atomic_write`).
+
+        The entry is checked first, so a hostile one (a symlink, a FIFO, another user's file) is
+        refused with the directory as found, as everywhere in this module; an ``OSError`` is
+        one :class:`StateError` line (exit 74) and a full disk says so in plain words.
+        """
         self._check_entry(path, "state file")
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
         try:
-            fd = os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            fsync_dir(self.directory)
+            atomic_write(path, data, mode=0o600)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             why = exc.strerror or str(exc)
             if exc.errno == errno.ENOSPC:
                 why = "no space left on device"
@@ -305,7 +291,7 @@ class StateStore:
 
     def _remove_stale_temps(self, agent: str) -> None:
         """Temp files of writers killed mid-write; we hold the lock, so none is in use."""
-        prefix = f".{agent}.json.tmp-"
+        prefix = temp_prefix(self.state_path(agent).name)
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.directory):
                 if entry.name.startswith(prefix) and entry.is_file(follow_symlinks=False):
