@@ -67,6 +67,34 @@ def _available(cmd: list[str]) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+def require_compose(cmd: list[str]) -> None:
+    """Skip (or fail under CI) when this compose implementation is missing."""
+    if _available(cmd) is None:
+        msg = f"{' '.join(cmd)} is not installed"
+        if REQUIRE_DOCKER:
+            pytest.fail(msg + " (.ci/docker.sh installs both)")
+        pytest.skip(msg)
+
+
+def service_container(client: Any, project: str, service: str) -> Any | None:
+    """A compose service's container, or None.
+
+    list() inspects each container it found, and compose may remove one in between
+    (regression: a flaky NotFound in CI): ignore_removed skips those.
+    """
+    found = client.containers.list(
+        all=True,
+        filters={
+            "label": [
+                f"com.docker.compose.project={project}",
+                f"com.docker.compose.service={service}",
+            ]
+        },
+        ignore_removed=True,
+    )
+    return found[0] if found else None
+
+
 @dataclass
 class Project:
     """One compose project of the shipped file, in its own directory and name."""
@@ -105,22 +133,8 @@ class Project:
         )
 
     def service(self, client: Any, service: str) -> Any | None:
-        """The service's container, or None.
-
-        list() inspects each container it found, and compose may remove one in between
-        (regression: a flaky NotFound in CI): ignore_removed skips those.
-        """
-        found = client.containers.list(
-            all=True,
-            filters={
-                "label": [
-                    f"com.docker.compose.project={self.name}",
-                    f"com.docker.compose.service={service}",
-                ]
-            },
-            ignore_removed=True,
-        )
-        return found[0] if found else None
+        """The service's container, or None."""
+        return service_container(client, self.name, service)
 
     def runs(self) -> Any:
         return StateStore(self.state_dir).read(AGENT).state.runs
@@ -139,11 +153,7 @@ def project(
     privileged off (this sandbox refuses privileged containers); nothing else is changed.
     """
     cmd: list[str] = request.param
-    if _available(cmd) is None:
-        msg = f"{' '.join(cmd)} is not installed"
-        if REQUIRE_DOCKER:
-            pytest.fail(msg + " (.ci/docker.sh installs both)")
-        pytest.skip(msg)
+    require_compose(cmd)
     standin = dockerutil.standin_image(docker_client)
     supervisor = dockerutil.supervisor_image(docker_client)
     root = tmp_path
@@ -360,10 +370,7 @@ def test_shipped_file_keeps_the_agent_restart_policy_no() -> None:
 @pytest.mark.parametrize("cmd", implementations())
 def test_compose_accepts_the_shipped_file(cmd: list[str], tmp_path: Path) -> None:
     """`config` of both compose implementations accepts the file with the shipped .env."""
-    if _available(cmd) is None:
-        if REQUIRE_DOCKER:
-            pytest.fail(f"{' '.join(cmd)} is not installed (.ci/docker.sh installs both)")
-        pytest.skip(f"{' '.join(cmd)} is not installed")
+    require_compose(cmd)
     proc = subprocess.run(
         [*cmd, "-f", str(SHIPPED), "config"],
         capture_output=True,

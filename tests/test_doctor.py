@@ -17,14 +17,14 @@ import yaml
 from conftest import clean_env
 
 from supervisor.base.errors import ConfigError
-from supervisor.containers.doctor import (
-    diagnose,
+from supervisor.containers.compose import (
     interpolate,
     load_compose,
     mounts,
     read_dotenv,
     restart_policy,
 )
+from supervisor.containers.doctor import diagnose
 from supervisor.storage.config import Config, load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,13 +89,18 @@ def doctor_cli(*args: str, cwd: Path | None = None) -> Any:
 
 @pytest.fixture
 def reference(tmp_path: Path) -> Path:
-    """A node directory in the reference layout, with its option files."""
+    """A node directory in the reference layout, with its option files and the kubeconfig
+    they name (doctor looks for it on the host: here in the test's directory, not /etc)."""
     node = tmp_path / "cilium-compose"
     (node / "mount" / "config-map").mkdir(parents=True)
     (node / "mount" / "config-map" / "k8s-kubeconfig-path").write_text(
         "/etc/kubernetes/kubelet.kubeconfig\n"
     )
-    (node / "docker-compose.yaml").write_text(REFERENCE)
+    kube = node / "host" / "etc" / "kubernetes"
+    kube.mkdir(parents=True)
+    (kube / "kubelet.kubeconfig").write_text("apiVersion: v1\nkind: Config\n")
+    text = REFERENCE.replace("- /etc/kubernetes:", f"- {kube}:")
+    (node / "docker-compose.yaml").write_text(text)
     return node / "docker-compose.yaml"
 
 
@@ -467,3 +472,120 @@ def test_service_is_found_by_its_command(tmp_path: Path) -> None:
     problems = diagnose(load_compose(f, env={}), mode="systemd", cfg=host_cfg(tmp_path))
     assert checks(problems) == ["agent-credentials"]
     assert problems[0].service == "agent"
+
+
+# --- the Python environment: is `supervisor` ours? ----------------------------------------------
+
+
+def _dist_info(site: Path, name: str, version: str, entry_points: str) -> None:
+    """A minimal installed distribution providing the top-level package ``supervisor``."""
+    info = site / f"{name}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "top_level.txt").write_text("supervisor\n")
+    (info / "entry_points.txt").write_text(entry_points)
+    (info / "RECORD").write_text("supervisor/__init__.py,,\n")
+
+
+SUPERVISORD_ENTRY_POINTS = "[console_scripts]\nsupervisord = supervisor.supervisord:main\n"
+OUR_ENTRY_POINTS = "[console_scripts]\nagent-supervisor = supervisor.cli.app:main\n"
+
+
+def test_supervisord_in_the_same_environment_is_named_with_the_fix(tmp_path: Path) -> None:
+    """supervisord's distribution beside ours, both providing `supervisor`: one problem line
+    naming it, with the fix (a virtual environment of its own)."""
+    from importlib import metadata
+
+    from supervisor.containers.doctor import shadowing
+
+    site = tmp_path / "site-packages"
+    _dist_info(site, "agent-start-gate", "0.1.0", OUR_ENTRY_POINTS)
+    _dist_info(site, "supervisor", "4.2.5", SUPERVISORD_ENTRY_POINTS)
+    problem = shadowing(metadata.distributions(path=[str(site)]), tmp_path / "pkg")
+    assert problem is not None
+    assert problem.check == "supervisor-shadowed"
+    assert f"supervisor 4.2.5 ({site})" in problem.problem
+    assert "\n" not in problem.problem + problem.fix
+    assert "python3 -m venv /opt/agent-supervisor" in problem.fix
+
+
+def test_supervisord_modules_in_our_package_directory_are_named(tmp_path: Path) -> None:
+    """supervisord installed over our package directory (its modules in it): named too."""
+    from importlib import metadata
+
+    from supervisor.containers.doctor import shadowing
+
+    site = tmp_path / "site-packages"
+    _dist_info(site, "agent-start-gate", "0.1.0", OUR_ENTRY_POINTS)
+    (site / "supervisor").mkdir()
+    (site / "supervisor" / "supervisord.py").write_text("")
+    problem = shadowing(metadata.distributions(path=[str(site)]), site / "supervisor")
+    assert problem is not None
+    assert "supervisord.py" in problem.problem
+
+
+def test_this_project_alone_is_not_a_problem(tmp_path: Path) -> None:
+    """Our own distribution, and this very environment, shadow nothing."""
+    from importlib import metadata
+
+    from supervisor.containers.doctor import shadowing
+
+    site = tmp_path / "site-packages"
+    _dist_info(site, "agent-start-gate", "0.1.0", OUR_ENTRY_POINTS)
+    assert shadowing(metadata.distributions(path=[str(site)]), tmp_path / "pkg") is None
+    assert shadowing() is None
+
+
+def test_report_lists_what_is_fine_before_the_verdict(reference: Path) -> None:
+    """The text report starts with what doctor checked and found fine (the agent's options
+    and kubeconfig here), then the problems, each with its fix."""
+    code, out, _ = doctor_cli("--compose-file", str(reference))
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0].startswith("ok: cilium-agent reads 1 option file from ")
+    assert lines[1].startswith("ok: cilium-agent's kubeconfig /etc/kubernetes/kubelet.kubeconfig")
+    assert lines[2].endswith("3 problems that would bypass or break the gate")
+
+
+def test_cluster_size_only_in_dotenv_is_a_problem_for_the_host(tmp_path: Path) -> None:
+    """The gate's size from .env while this host has none: the host's status and operator
+    commands would exit 78; the fix is the one config.toml both read."""
+    path = _write(tmp_path, _shipped_doc())
+    with (path.parent / ".env").open("a") as env:
+        env.write("AGENT_SUPERVISOR_CLUSTER_SIZE=1000\n")
+    problems = diagnose(load_compose(path, env={}), cfg=host_cfg(tmp_path))
+    assert checks(problems) == ["cluster-size"]
+    assert "status, override and hold here exit 78" in problems[0].problem
+    assert "config.toml" in problems[0].fix
+    assert diagnose(load_compose(path, env={}), cfg=host_cfg(tmp_path, cluster_size=1000)) == []
+
+
+def test_mounted_config_without_cluster_size_is_a_problem(tmp_path: Path) -> None:
+    """The gate's config.toml on this host sets no cluster_size: the gate would exit 78."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "config.toml").write_text('node_name = "n1"\n')
+    path = _write(tmp_path, _shipped_doc())
+    with (path.parent / ".env").open("a") as env:
+        env.write(f"AGENT_SUPERVISOR_CONFIG_DIR={etc}\n")
+    problems = diagnose(load_compose(path, env={}), cfg=host_cfg(tmp_path))
+    assert checks(problems) == ["cluster-size", "cluster-size"]
+    assert all("sets no cluster_size" in p.problem for p in problems)
+    (etc / "config.toml").write_text("cluster_size = 3\n")
+    assert diagnose(load_compose(path, env={}), cfg=host_cfg(tmp_path)) == []
+
+
+def test_the_shipped_file_is_for_compose_mode_only(tmp_path: Path) -> None:
+    """The README's files per mode: the shipped file is clean in compose mode; under systemd
+    or the host's daemon its supervisor service is one restarter too many, and without its
+    gate and supervisor services (mode 1 and 2's file) it is clean there."""
+    compose = load_compose(_write(tmp_path, _shipped_doc()), env={})
+    assert diagnose(compose, mode="compose", cfg=host_cfg(tmp_path)) == []
+    assert checks(diagnose(compose, mode="systemd", cfg=host_cfg(tmp_path))) == ["two-supervisors"]
+    assert checks(diagnose(compose, mode="daemon", cfg=host_cfg(tmp_path))) == ["two-supervisors"]
+    doc = _shipped_doc()
+    del doc["services"]["gate"], doc["services"]["supervisor"]
+    del doc["services"]["cilium-agent"]["depends_on"]["gate"]
+    plain = load_compose(_write(tmp_path, doc), env={})
+    assert diagnose(plain, mode="systemd", cfg=host_cfg(tmp_path)) == []
+    assert diagnose(plain, mode="daemon", cfg=host_cfg(tmp_path)) == []

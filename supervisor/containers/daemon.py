@@ -28,20 +28,18 @@ Docker is imported lazily, inside functions: the gate's import path must not pay
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
-import re
 import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import Any, Final, Literal
 
-from supervisor.base.errors import ConfigError, IdentityError, StateError, UsageError, one_line
+from supervisor.base.errors import IdentityError, StateError, one_line
 from supervisor.base.log import get_logger
+from supervisor.containers.compose import Target
 from supervisor.core.container import ContainerInfo, check_supervisable
 from supervisor.gate.inspect import connect_from_env
 from supervisor.gate.service import Gate, check_identity
@@ -50,10 +48,6 @@ from supervisor.storage.config import Config
 #: How often a daemon refused by a bad identity looks at the certificate again.
 IDENTITY_RECHECK_SECONDS: Final = 60.0
 
-PROJECT_LABEL: Final = "com.docker.compose.project"
-SERVICE_LABEL: Final = "com.docker.compose.service"
-ONEOFF_LABEL: Final = "com.docker.compose.oneoff"
-NUMBER_LABEL: Final = "com.docker.compose.container-number"
 #: Container events that can change what the daemon should do. ``kill`` comes before the
 #: ``die`` of ``docker stop``/``docker kill``/``compose stop``: an operator's stop, not a crash.
 WATCHED_EVENTS: Final = ("create", "start", "kill", "die", "destroy")
@@ -69,117 +63,15 @@ RESYNC_SECONDS: Final = 60.0
 #: A ``die`` this soon after a ``kill`` was the kill's doing.
 KILL_WINDOW: Final = 300.0
 
-_CONTAINER_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 
-
-# --- what to watch -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """The container to supervise: by name (or id), or by compose project and service."""
-
-    container: str | None = None
-    project: str | None = None
-    service: str | None = None
-
-    @classmethod
-    def by_name(cls, name: str) -> Target:
-        """A container by name or id; UsageError for something that cannot be one."""
-        if not _CONTAINER_NAME.fullmatch(name):
-            raise UsageError(
-                f"--container {name!r}: not a container name or id ([A-Za-z0-9][A-Za-z0-9_.-]*)"
-            )
-        return cls(container=name)
-
-    def describe(self) -> str:
-        """For logs and messages."""
-        if self.container is not None:
-            return f"container {self.container}"
-        return f"service {self.service} of compose project {self.project}"
-
-    def event_filters(self) -> dict[str, Any]:
-        """Filters for the event stream: this container's events that matter, nothing else."""
-        filters: dict[str, Any] = {"type": "container", "event": list(WATCHED_EVENTS)}
-        if self.container is not None:
-            filters["container"] = self.container
-        else:
-            filters["label"] = [
-                f"{PROJECT_LABEL}={self.project}",
-                f"{SERVICE_LABEL}={self.service}",
-            ]
-        return filters
-
-    def find(self, client: Any) -> Any | None:
-        """The container object (inspected), or None when there is none."""
-        import docker.errors
-
-        if self.container is not None:
-            try:
-                return client.containers.get(self.container)
-            except docker.errors.NotFound:
-                return None
-        found = [
-            c
-            for c in client.containers.list(
-                all=True,
-                filters={"label": self.event_filters()["label"]},
-                ignore_removed=True,
-            )
-            if (c.labels or {}).get(ONEOFF_LABEL, "False") != "True"
-        ]
-        if not found:
-            return None
-        return min(found, key=lambda c: _int_or((c.labels or {}).get(NUMBER_LABEL), 1))
-
-
-def _int_or(text: object, default: int) -> int:
-    try:
-        return int(str(text))
-    except ValueError:
-        return default
-
-
-def compose_project_name(compose_file: Path, explicit: str | None = None) -> str:
-    """The project name compose would use for ``compose_file``.
-
-    Same precedence as compose: ``-p``, then ``COMPOSE_PROJECT_NAME`` (environment, then the
-    ``.env`` beside the file), then the file's top-level ``name:``, then the directory's name,
-    lower-cased with everything but ``[a-z0-9_-]`` removed.
-    """
-    from supervisor.containers.doctor import load_compose
-
-    if explicit:
-        return _normalize_project(explicit)
-    compose = load_compose(compose_file)
-    env_name = os.environ.get("COMPOSE_PROJECT_NAME") or compose.dotenv.get("COMPOSE_PROJECT_NAME")
-    if env_name:
-        return _normalize_project(env_name)
-    if compose.name:
-        return _normalize_project(compose.name)
-    return _normalize_project(compose.path.resolve().parent.name)
-
-
-def _normalize_project(name: str) -> str:
-    return re.sub(r"[^-_a-z0-9]", "", name.lower()).lstrip("-_")
-
-
-def compose_target(compose_file: Path, service: str, project: str | None = None) -> Target:
-    """The target for a compose file's service; ConfigError (78) if the file or service is bad."""
-    from supervisor.containers.doctor import load_compose
-
-    compose = load_compose(compose_file)
-    if service not in compose.services:
-        raise ConfigError(
-            f"{compose_file}: no service {service!r} (services: "
-            f"{', '.join(sorted(compose.services)) or 'none'})"
-        )
-    name = compose_project_name(compose_file, project)
-    if not name:
-        raise ConfigError(
-            f"{compose_file}: cannot tell the compose project name; pass --project-name"
-        )
-    return Target(project=name, service=service)
+def event_filters(target: Target) -> dict[str, Any]:
+    """Filters for the event stream: the target's events that matter, nothing else."""
+    filters: dict[str, Any] = {"type": "container", "event": list(WATCHED_EVENTS)}
+    if target.container is not None:
+        filters["container"] = target.container
+    else:
+        filters["label"] = target.labels()
+    return filters
 
 
 # --- the daemon ----------------------------------------------------------------------------------
@@ -351,7 +243,7 @@ class Daemon:
         self._client = client
         try:
             try:
-                stream = client.events(decode=True, filters=self.target.event_filters())
+                stream = client.events(decode=True, filters=event_filters(self.target))
             except errors as exc:
                 raise _Disconnected(one_line(exc, 500)) from None
             reader = threading.Thread(
@@ -566,6 +458,5 @@ __all__ = [
     "Daemon",
     "Target",
     "check_supervisable",
-    "compose_target",
     "run",
 ]
