@@ -7,6 +7,7 @@ and ``--set KEY=VALUE`` options, so an operator never has to remember which comm
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -88,6 +89,14 @@ def check_agent(agent: str) -> str:
     if not AGENT_NAME.fullmatch(agent) or agent in (".", "..") or len(agent) > 100:
         raise UsageError(f"--agent {agent!r}: agent names are [a-z0-9._-]+ (at most 100)")
     return agent
+
+
+def config_path(config: str | None) -> Path:
+    """The config file the host's commands read (and the containers mount): ``--config``,
+    ``AGENT_SUPERVISOR_CONFIG``, or the default."""
+    from supervisor.storage.config import DEFAULT_CONFIG_PATH, ENV_CONFIG
+
+    return Path(config or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG_PATH)
 
 
 def load(

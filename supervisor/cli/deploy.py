@@ -7,7 +7,6 @@ other command's.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -25,6 +24,7 @@ from supervisor.cli.common import (
     SetOpt,
     StateDirOpt,
     check_agent,
+    config_path,
     emit_json,
     load,
 )
@@ -232,20 +232,20 @@ def migrate_command(
 
     checked_mode = _check_mode(mode)
     agent = check_agent(agent)
-    config_path = _config_path(config)
-    cfg = _load_maybe_missing(config_path, state_dir)
+    config_file = config_path(config)
+    cfg = _load_maybe_missing(config_file, state_dir)
     settings = migrate.Settings(
         mode=checked_mode,
         agent=agent,
         service=service,
         image=image or migrate.DEFAULT_IMAGE,
         state_dir=cfg.state_dir.absolute(),
-        config_file=config_path.absolute(),
+        config_file=config_file.absolute(),
         identity_dirs=migrate.identity_dirs(cfg),
     )
     plan = migrate.plan(compose_file, settings, out)
     warnings = [*plan.notes, *migrate.environment_only(cfg)]
-    size = _cluster_size_step(config_path, cluster_size, dry_run, warnings)
+    size = _cluster_size_step(config_file, cluster_size, dry_run, warnings)
     for w in warnings:
         sys.stderr.write(f"agent-supervisor: warning: {w}\n")
     sys.stdout.write(plan.diff() or "no change to what compose runs\n")
@@ -253,22 +253,15 @@ def migrate_command(
         verb = "would write" if plan.changed else "up to date:"
         lines = [f"dry run: {verb} {plan.out}"]
         if size is not None:
-            lines.append(f"dry run: would add cluster_size = {size} to {config_path}")
+            lines.append(f"dry run: would add cluster_size = {size} to {config_file}")
     else:
         lines = []
         if size is not None:
-            migrate.record_cluster_size(config_path, size)
-            lines.append(f"added cluster_size = {size} to {config_path}")
+            migrate.record_cluster_size(config_file, size)
+            lines.append(f"added cluster_size = {size} to {config_file}")
         lines.append(f"wrote {plan.out}" if migrate.write(plan) else f"up to date: {plan.out}")
     sys.stdout.write("\n".join(["", *lines, *plan.commands()]) + "\n")
     sys.stdout.flush()
-
-
-def _config_path(config: str | None) -> Path:
-    """The configuration file the host's commands read (and the containers will mount)."""
-    from supervisor.storage.config import DEFAULT_CONFIG_PATH, ENV_CONFIG
-
-    return Path(config or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG_PATH)
 
 
 def _load_maybe_missing(path: Path, state_dir: str | None) -> Config:

@@ -93,6 +93,26 @@ def simulate_command(
         ),
     ] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="seed of every random choice")] = 1,
+    capacity: Annotated[
+        float | None,
+        typer.Option(
+            "--capacity",
+            min=0.001,
+            help="full resyncs a minute the control plane serves once up: a start fails "
+            "after --fail-after when more start within that time than it serves in it "
+            "(default: unlimited)",
+            show_default=False,
+        ),
+    ] = None,
+    horizon: Annotated[
+        str | None,
+        typer.Option(
+            "--horizon",
+            help="simulate until (default: far past any recovery; with --capacity, an hour "
+            "past the outage and the longest backoff)",
+            show_default=False,
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     plot: Annotated[
         Path | None,
@@ -111,6 +131,8 @@ def simulate_command(
     restart: always, kubelet CrashLoopBackOff, systemd Restart=always and full-jitter backoff,
     and counts the starts the control plane has to serve. The window, stable_after and
     max_multiplier come from the configuration (--config, --set window.base=..., ...).
+    With --capacity the control plane is overloaded by a storm: the table says per policy
+    whether and when the fleet recovered.
     """
     from supervisor.fleet.simulate import (
         Fleet,
@@ -141,6 +163,7 @@ def simulate_command(
             boot_spread=duration_option(boot_spread, "--boot-spread"),
             rolling_interval=duration_option(interval, "--interval"),
             restart_at=duration_option(at if at is not None else DEFAULT_RESTART_AT, "--at"),
+            capacity=capacity,
         )
         fleet = Fleet(
             window=window_seconds(cfg.window, nodes),
@@ -153,7 +176,10 @@ def simulate_command(
         raise UsageError(str(exc)) from None
     if unused_addresses and slots != "address":
         raise UsageError("--unused-addresses goes with --slots address")
-    result = simulate(sc, fleet, seed=seed)
+    until = None if horizon is None else duration_option(horizon, "--horizon")
+    if until is not None and until <= 0:
+        raise UsageError(f"--horizon {horizon!r}: must be positive")
+    result = simulate(sc, fleet, seed=seed, horizon=until)
     if plot is not None:
         try:
             write_plot(result, plot)

@@ -27,6 +27,7 @@ from supervisor.cli.common import (
     NodeNameOpt,
     SetOpt,
     StateDirOpt,
+    config_path,
     emit_json,
     load,
 )
@@ -228,7 +229,7 @@ def config_import(
 
     cfg = load(config, state_dir, cluster_size, node_name, sets)
     imported = read_directory(directory)
-    path = cfg.config_file or _config_path(config)
+    path = cfg.config_file or config_path(config)
     addition = prepare(path, imported, cfg.agent if cfg.config_file else {})
     written = write and write_into(addition)
     if written:
@@ -263,13 +264,6 @@ def _import_lines(cfg: Config, addition: Addition) -> list[str]:
             "writes there"
         )
     return lines
-
-
-def _config_path(config: str | None) -> Path:
-    """The config file ``load`` reads: --config, AGENT_SUPERVISOR_CONFIG, or the default."""
-    from supervisor.storage.config import DEFAULT_CONFIG_PATH, ENV_CONFIG
-
-    return Path(config or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG_PATH)
 
 
 # --- certs -------------------------------------------------------------------------------------
