@@ -52,6 +52,17 @@ class GateResult:
     probe_healthy: bool | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """What one decision was asked for (see :meth:`Gate.decide`)."""
+
+    force: bool
+    reason: str | None
+    record: bool
+    cancelled: Callable[[], bool] | None
+    asked: bool  # the probe was asked (or need not be: a forced start)
+
+
 class _Default:
     """Marker: build the probe or the Docker inspector from the configuration."""
 
@@ -120,10 +131,8 @@ class Gate:
         asked = False
         while True:
             healthy = None if force else self._probe_if_it_matters(info, now, always=asked)
-            result = self._decide_locked(
-                info, healthy, asked=asked or force, force=force, reason=reason, record=record,
-                cancelled=cancelled, now=now,
-            )  # fmt: skip
+            ask = _Ask(force, reason, record, cancelled, asked or force)
+            result = self._decide_locked(ask, info, healthy, now)
             if result is not None:
                 break
             asked = True  # the slot came between the look and the lock: ask, then decide
@@ -135,76 +144,60 @@ class Gate:
         return result
 
     def _decide_locked(
-        self,
-        info: ContainerInfo | None,
-        healthy: bool | None,
-        *,
-        asked: bool,
-        force: bool,
-        reason: str | None,
-        record: bool,
-        cancelled: Callable[[], bool] | None,
-        now: float | None,
+        self, ask: _Ask, info: ContainerInfo | None, healthy: bool | None, now: float | None
     ) -> GateResult | None:
-        """The locked part of :meth:`_decide`; None when the probe matters but was not asked
+        """The locked part of :meth:`decide`; None when the probe matters but was not asked
         (the quick look before the lock said it did not), so the caller asks and comes back."""
         user = self.operator.display if self.operator else None
         try:
             tx_cm = self.store.transaction(self.agent, now)
             tx = tx_cm.__enter__()
         except StateError:
-            if not force:
+            if not ask.force:
                 raise
             self.log.error("gate.forced_unrecorded", agent=self.agent, why="state unavailable")
             at = self.clock() if now is None else now
             d = decide(
-                self.policy, AgentState(self.agent), at, force=True, reason=reason, user=user
+                self.policy, AgentState(self.agent), at, force=True, reason=ask.reason, user=user
             )
             return GateResult(d)
         try:
-            return self._decide_in(
-                tx, info, healthy, asked=asked, force=force, reason=reason, record=record,
-                cancelled=cancelled, now=self.clock() if now is None else now, user=user,
-            )  # fmt: skip
+            at = self.clock() if now is None else now
+            return self._decide_in(tx, ask, info, healthy, at, user)
         finally:
             tx_cm.__exit__(None, None, None)
 
     def _decide_in(
         self,
         tx: Transaction,
+        ask: _Ask,
         info: ContainerInfo | None,
         healthy: bool | None,
-        *,
-        asked: bool,
-        force: bool,
-        reason: str | None,
-        record: bool,
-        cancelled: Callable[[], bool] | None,
         now: float,
         user: str | None,
     ) -> GateResult | None:
         """The decision on the locked state; see :meth:`_decide_locked`."""
         state = self._observed(tx.state, info, now)
         matters = self.probe is not None and probe_matters(self.policy, state, now)
-        if healthy is None and matters and not asked:
+        if healthy is None and matters and not ask.asked:
             return None
         healthy = healthy if matters else None  # the state may have changed meanwhile
         d = decide(
             self.policy,
             state,
             now,
-            force=force,
-            reason=reason,
+            force=ask.force,
+            reason=ask.reason,
             user=user,
             control_plane_healthy=healthy,
             running=info is not None and info.running,
         )
         recorded = False
-        if d.start and record:
-            if cancelled is not None and cancelled():
+        if d.start and ask.record:
+            if ask.cancelled is not None and ask.cancelled():
                 # SIGTERM arrived while deciding (a probe can take seconds): record nothing.
                 raise Cancelled
-            recorded, state = self._record_start(tx, state, d, user, reason)
+            recorded, state = self._record_start(tx, state, d, user, ask.reason)
         else:
             # What Docker, the clock or the probe told us is kept: a probe's "not now"
             # becomes a fact of the state, so every later caller waits for the same slot.
