@@ -448,7 +448,9 @@ def test_wait_shows_a_countdown_on_a_terminal(state_dir: Path) -> None:
 def test_operators_group_applies_to_sudo_users(state_dir: Path) -> None:
     """With operators_group set, root through sudo counts as the sudo user: outsiders get 77."""
     if os.geteuid() != 0:
-        pytest.skip("sudo semantics need root")
+        from conftest import REQUIRE_ROOT_TESTS, skip_or_fail
+
+        skip_or_fail("sudo semantics need root", REQUIRE_ROOT_TESTS)
     group = ("--set", "operators_group=nogroup")  # nobody's primary group
     outsider = run_cli(
         "hold",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Callable
 from dataclasses import replace
+from fractions import Fraction
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from supervisor.core.policy import (
@@ -21,7 +23,7 @@ from supervisor.core.policy import (
     window_seconds,
 )
 from supervisor.core.slots import hash_offset, index_offset
-from supervisor.core.state import AgentState, OperatorFlag
+from supervisor.core.state import AgentState, OperatorFlag, from_document, to_document
 from supervisor.storage.config import load_config
 
 T0 = 1_800_000_000.0  # a fixed wall-clock time in 2027
@@ -249,36 +251,47 @@ def test_at_most_one_gated_start_per_window(
     assert all(b - a >= window for a, b in itertools.pairwise(gated))
 
 
+def exact_slot(not_before: float, window: float, offset: float) -> Fraction:
+    """The first grid time ``e*W + offset*W`` at or after ``not_before``, in exact arithmetic:
+    an oracle written independently of :func:`next_grid_slot` and free of float rounding."""
+    w = Fraction(window)
+    shift = Fraction(offset) * w
+    return math.ceil((Fraction(not_before) - shift) / w) * w + shift
+
+
 @invariant_cases
 def test_refusals_are_deterministic_and_in_their_window(
     evs: list[tuple[float, str]], window: float, offset: float, max_mult: int
 ) -> None:
     """Invariants 2, 3, 5: allowed iff the window (k = 0) or the slot S (k >= 1) has come;
-    a refusal names the slot in [last + W*m, last + W*m + W), the same on every asking."""
+    a refusal names S, the first slot at or after last + W*m with m = min(2**(k-1), cap), and
+    a fresh caller that reads the same state back from its file gets the very same answer."""
     p = policy(window=window, offset=offset, max_multiplier=max_mult)
     s = AgentState("cilium-agent")
-    now = T0
+    now_ms = int(T0) * 1000  # whole milliseconds, so the file keeps every time exactly
     for dt, what in evs:
-        now += dt
+        now_ms += round(dt * 1000)
+        now = now_ms / 1000
         if what.startswith("exit"):
             s = s.record_exit(now, int(what[-1]))
             continue
         d = decide(p, s, now)
-        assert d == decide(p, s, now)
+        fresh = from_document(json.loads(json.dumps(to_document(s, now))), s.agent)
+        assert decide(p, fresh, now) == d
         last = max((r.started_at for r in s.runs), default=None)
         k = d.backoff_level
-        m = multiplier(k, max_mult)
+        m = min(2 ** (k - 1), max_mult) if k >= 1 else 1
         if last is None or (k == 0 and now - last >= window):
             assert d.allowed
-        else:
-            slot = next_grid_slot(last + window * m, window, offset)
+            continue
+        slot = exact_slot(last + window * m, window, offset)
+        assert last + Fraction(window) * m <= slot < last + Fraction(window) * (m + 1)
+        if abs(Fraction(now) - slot) > Fraction(1, 10**6):  # not within float error of S
             assert d.allowed == (now >= slot)
-            if not d.allowed:
-                assert d.next_allowed_at == slot
-                assert last + window * m - 1e-6 <= slot < last + window * m + window + 1e-6
-                phase = (slot - offset * window) / window
-                assert abs(phase - round(phase)) < 1e-6
-        if d.allowed:
+        if not d.allowed:
+            assert d.next_allowed_at is not None
+            assert abs(Fraction(d.next_allowed_at) - slot) <= Fraction(1, 10**5)
+        else:
             s = s.record_start(now)
 
 
@@ -297,20 +310,41 @@ def test_index_slots_are_evenly_spaced(count: int, window: float) -> None:
     st.floats(min_value=1, max_value=1e5),
     st.floats(min_value=0, max_value=0.999999),
 )
+@example(965442166.7, 3.3, 1 / 3)  # float rounding puts e*W + offset*W a hair before t
 def test_grid_slot_is_first_at_or_after(t: float, window: float, offset: float) -> None:
-    """The grid slot is at or after the asked time and less than one window later."""
+    """The grid slot is on the grid, at or after the asked time, and, in exact arithmetic,
+    less than one window later: never the slot after the right one."""
     slot = next_grid_slot(t, window, offset)
-    assert t <= slot < t + window + 1e-3 * window
+    assert t <= slot
+    assert Fraction(slot) - Fraction(t) < Fraction(window)
+    w, shift = Fraction(window), Fraction(offset) * Fraction(window)
+    grid = w * round((Fraction(slot) - shift) / w) + shift  # the nearest grid time
+    assert abs(Fraction(slot) - grid) <= 8 * Fraction(math.ulp(abs(t) + window))
 
 
-@pytest.mark.parametrize("k", [0, 1, 2, 3, 4, 5, 40])
-def test_refusal_at_each_level_waits_w_times_m(k: int) -> None:
-    """At level k the next start is in window last + W*min(2**(k-1), 4)."""
+@pytest.mark.parametrize(
+    ("t", "window", "offset", "slot"),
+    [
+        (T0 + 300.0, 1200.0, 0.25, T0 + 300.0),  # exactly on a slot: that slot, not the next
+        (T0 + 300.001, 1200.0, 0.25, T0 + 1500.0),
+        (T0 + 299.999, 1200.0, 0.25, T0 + 300.0),
+        (T0, 1200.0, 0.0, T0),
+        (T0 + 0.1 + 0.2, 0.3, 0.0, T0 + 0.3),  # float noise around a slot does not skip it
+        (0.0, 60.0, 0.5, 30.0),
+    ],
+)
+def test_grid_slot_exact_values(t: float, window: float, offset: float, slot: float) -> None:
+    """Written-out slots: a time exactly on a slot is that slot; a hair after, the next one."""
+    assert next_grid_slot(t, window, offset) == pytest.approx(slot, abs=1e-6)
+
+
+@pytest.mark.parametrize(("k", "m"), [(0, 1), (1, 2), (2, 4), (3, 4), (4, 4), (5, 4), (40, 4)])
+def test_refusal_at_each_level_waits_w_times_m(k: int, m: int) -> None:
+    """After k earlier failures and a new start (level k + 1) the next start is in the window
+    last + W*m, m = min(2**k, 4) written out: 1, 2, 4, 4, ... (level 1 waits one window)."""
     p = policy(window=1000.0, offset=0.0, max_multiplier=4)
     s = crashed_runs(k, T0 - 10 * 86400, gap=2000) if k else AgentState("cilium-agent")
     s = s.record_start(T0)
     d = decide(p, s, T0 + 1)
     assert d.backoff_level == k + 1
-    m = multiplier(k + 1, 4)
-    assert d.next_allowed_at is not None
-    assert T0 + 1000 * m <= d.next_allowed_at < T0 + 1000 * m + 1000
+    assert d.next_allowed_at == T0 + 1000 * m

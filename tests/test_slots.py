@@ -157,3 +157,33 @@ def test_address_mode_uses_the_name_or_falls_back_to_hash() -> None:
 def test_auto_without_ordinals_is_hash() -> None:
     """auto mode with no slot_index is the hash of node and agent."""
     assert slot_offset("auto", node="n1", agent="a") == (hash_offset("n1", "a"), "hash")
+
+
+def test_an_invalid_embedded_address_is_skipped_for_a_later_valid_one() -> None:
+    """A four-number group that is not an address (an octet above 255) does not stop the search:
+    a later embedded address in the name is still found."""
+    assert node_id_from_name("x-999-0-0-1-10-0-0-7") == int(ipaddress.IPv4Address("10.0.0.7"))
+
+
+def test_index_mode_uses_the_ordinals() -> None:
+    """index mode with slot_index and slot_count is index/count exactly."""
+    assert slot_offset("index", node="n1", agent="a", slot_index=3, slot_count=8) == (
+        0.375,
+        "index",
+    )
+
+
+@pytest.mark.parametrize(
+    ("index", "count"),
+    [(3, 8), (None, 8), (3, None)],
+)
+def test_hash_mode_ignores_ordinals_and_auto_needs_both(
+    index: int | None, count: int | None
+) -> None:
+    """hash mode never uses ordinals, and auto uses them only when both index and count are set."""
+    expected = (hash_offset("n1", "a"), "hash")
+    assert slot_offset("hash", node="n1", agent="a", slot_index=index, slot_count=count) == expected
+    if index is None or count is None:
+        assert slot_offset("auto", node="n1", agent="a", slot_index=index, slot_count=count) == (
+            expected
+        )

@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import socket
 import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog
+from conftest import REQUIRE_ROOT_TESTS, skip_or_fail
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supervisor.base.errors import StateError
+import supervisor.base.files as files_module
+import supervisor.storage.store as store_module
+from supervisor.base.errors import EXIT_STATE_IO, StateError
 from supervisor.core.state import (
     SCHEMA_VERSION,
     AgentState,
     OperatorFlag,
+    Run,
     from_document,
+    iso,
     to_document,
 )
-from supervisor.storage.store import StateStore
+from supervisor.storage.store import MAX_STATE_BYTES, StateStore, Transaction
 
 T0 = 1_800_000_000.0
 
@@ -35,17 +50,23 @@ def test_directory_and_files_are_private(state_dir: Path) -> None:
 
 
 def test_state_round_trips(state_dir: Path) -> None:
-    """What is written reads back equal, hold and override included."""
+    """What is written reads back equal: every field of the runs, hold, override and deferral."""
     store = StateStore(state_dir)
-    s = (
-        AgentState("cilium-agent")
-        .record_start(T0)
-        .record_exit(T0 + 3, 137)
-        .record_start(T0 + 2000, via="force", user="alice", reason="urgent")
-        .with_hold(OperatorFlag("bob", "maint", T0, until=T0 + 60))
+    s = AgentState(
+        "cilium-agent",
+        runs=(
+            Run(T0, "gate", T0 + 3, 137, "record-exit", None, None),
+            Run(T0 + 2000, "force", T0 + 2100, 0, "docker", "alice", "urgent"),
+            Run(T0 + 4000, "docker", None, None, None, None, "started outside the gate"),
+            Run(T0 + 5000, "unknown", None, None, None, None, "lost"),
+        ),
+        hold=OperatorFlag("bob", "maint", T0, until=T0 + 60),
+        override=OperatorFlag("carol", "rollout", T0 + 1, None),
+        deferral=OperatorFlag("probe", "control plane unhealthy", T0 + 2, T0 + 1200),
     )
     with store.transaction("cilium-agent", T0) as tx:
         tx.write(s, T0)
+        assert tx.state == s
     assert store.read("cilium-agent", T0).state == s
 
 
@@ -131,7 +152,7 @@ def test_group_writable_directory_is_refused(state_dir: Path) -> None:
 def test_state_owned_by_another_user_is_refused(state_dir: Path) -> None:
     """A state file owned by another user is refused (only meaningful as root)."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to chown")
+        skip_or_fail("chown needs root", REQUIRE_ROOT_TESTS)
     store = StateStore(state_dir)
     store.prepare()
     p = state_dir / "cilium-agent.json"
@@ -193,33 +214,72 @@ def test_audit_log_appends_json_lines(state_dir: Path) -> None:
 
 
 timestamps = st.floats(min_value=0, max_value=4e9, allow_nan=False)
+texts = st.text(max_size=40)
+flags = st.one_of(
+    st.none(),
+    st.builds(
+        OperatorFlag,
+        user=st.text(min_size=1, max_size=20),
+        reason=texts,
+        set_at=timestamps,
+        until=st.one_of(st.none(), timestamps),
+    ),
+)
+
+
+@st.composite
+def runs(draw: st.DrawFn) -> Run:
+    """A run with every field drawn: any via, an end or none, any int32 exit code."""
+    started = draw(timestamps)
+    ended = draw(st.one_of(st.none(), st.floats(0, 1e5).map(lambda d: started + d)))
+    return Run(
+        started_at=started,
+        via=draw(st.sampled_from(["gate", "force", "override", "docker", "unknown"])),
+        ended_at=ended,
+        exit_code=draw(st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1))),
+        end_source=draw(st.sampled_from([None, "record-exit", "docker"])),
+        user=draw(st.one_of(st.none(), texts)),
+        reason=draw(st.one_of(st.none(), texts)),
+    )
+
+
+def assert_same_state(back: AgentState, s: AgentState) -> None:
+    """Every field equal, times to the microsecond the file keeps."""
+
+    def close(a: float | None, b: float | None) -> bool:
+        return (a is None and b is None) or (a is not None and b is not None and abs(a - b) < 1e-5)
+
+    assert back.agent == s.agent and len(back.runs) == len(s.runs)
+    for a, b in zip(back.runs, s.runs, strict=True):
+        assert close(a.started_at, b.started_at) and close(a.ended_at, b.ended_at)
+        assert (a.via, a.exit_code, a.end_source, a.user, a.reason) == (
+            b.via,
+            b.exit_code,
+            b.end_source,
+            b.user,
+            b.reason,
+        )
+    for fa, fb in [(back.hold, s.hold), (back.override, s.override), (back.deferral, s.deferral)]:
+        assert (fa is None) == (fb is None)
+        if fa is not None and fb is not None:
+            assert (fa.user, fa.reason) == (fb.user, fb.reason)
+            assert close(fa.set_at, fb.set_at) and close(fa.until, fb.until)
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            timestamps,
-            st.floats(0, 1e5),
-            st.one_of(st.none(), st.integers(-1, 255)),
-            st.sampled_from(["gate", "force", "override"]),
-        ),
-        max_size=60,
-    )
-)
-def test_document_round_trip_property(runs: list[tuple[float, float, int | None, str]]) -> None:
-    """Any state serializes to a document that parses back to the same state (to 1 µs)."""
-    s = AgentState("a")
-    for start, dur, code, via in runs:
-        s = s.record_start(start, via=via)  # type: ignore[arg-type]
-        if code is not None:
-            s = s.record_exit(start + dur, code)
+@given(st.lists(runs(), max_size=50), flags, flags, flags)
+def test_document_round_trip_property(
+    history: list[Run],
+    hold: OperatorFlag | None,
+    override: OperatorFlag | None,
+    deferral: OperatorFlag | None,
+) -> None:
+    """Any state serializes to a document that parses back to the same state: every field of
+    every run, of the hold, the override and the deferral (times to 1 µs)."""
+    s = AgentState("a", tuple(history), hold=hold, override=override, deferral=deferral)
     doc = json.loads(json.dumps(to_document(s, T0)))
     assert doc["schema"] == SCHEMA_VERSION
-    back = from_document(doc, "a")
-    assert len(back.runs) == len(s.runs)
-    for a, b in zip(back.runs, s.runs, strict=True):
-        assert abs(a.started_at - b.started_at) < 1e-5 and a.exit_code == b.exit_code
+    assert_same_state(from_document(doc, "a"), s)
 
 
 def test_cancelled_gate_records_nothing(state_dir: Path) -> None:
@@ -231,3 +291,880 @@ def test_cancelled_gate_records_nothing(state_dir: Path) -> None:
     with pytest.raises(Cancelled):
         Gate(cfg, "cilium-agent").decide(now=T0, cancelled=lambda: True)
     assert StateStore(state_dir).read("cilium-agent").state.runs == ()
+
+
+# --- exact messages, exit 74 ---------------------------------------------------------------------
+
+AGENT = "cilium-agent"
+
+
+def refused(excinfo: pytest.ExceptionInfo[StateError], message: str) -> None:
+    """The StateError says exactly ``message`` and maps to exit 74 (EX_IOERR)."""
+    assert str(excinfo.value) == message
+    assert excinfo.value.exit_code == EXIT_STATE_IO == 74
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` created as a private (0700) state directory."""
+    path.mkdir(mode=0o700)
+    path.chmod(0o700)
+    return path
+
+
+def test_a_missing_directory_is_not_created_when_asked_not_to(state_dir: Path) -> None:
+    """prepare(create=False) on a missing directory fails and creates nothing."""
+    with pytest.raises(StateError) as excinfo:
+        StateStore(state_dir).prepare(create=False)
+    refused(excinfo, f"state directory {state_dir} does not exist")
+    assert not state_dir.exists()
+
+
+def test_missing_parents_of_the_state_directory_are_created(tmp_path: Path) -> None:
+    """A state directory several levels below an existing one is created, itself 0700."""
+    deep = tmp_path / "a" / "b" / "state"
+    StateStore(deep).prepare()
+    assert deep.is_dir() and stat.S_IMODE(deep.stat().st_mode) == 0o700
+
+
+def test_a_directory_that_cannot_be_created_is_an_io_error() -> None:
+    """mkdir failing (here: inside /proc) is a StateError naming the directory and why."""
+    d = Path(f"/proc/agent-supervisor-test-{os.getpid()}/state")
+    with pytest.raises(StateError) as excinfo:
+        StateStore(d).prepare()
+    refused(excinfo, f"cannot create state directory {d}: No such file or directory")
+
+
+def test_a_directory_below_a_file_cannot_be_used(tmp_path: Path) -> None:
+    """A state directory whose parent is a regular file is an I/O error, not a traceback."""
+    (tmp_path / "file").write_text("x")
+    d = tmp_path / "file" / "state"
+    with pytest.raises(StateError) as excinfo:
+        StateStore(d).prepare()
+    refused(excinfo, f"cannot use state directory {d}: Not a directory")
+
+
+def test_a_state_directory_that_is_a_file_is_refused(state_dir: Path) -> None:
+    """A regular file where the state directory should be is refused."""
+    state_dir.write_text("x")
+    with pytest.raises(StateError) as excinfo:
+        StateStore(state_dir).prepare()
+    refused(excinfo, f"state directory {state_dir} is not a directory")
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o770, 0o702, 0o720, 0o722])
+def test_a_directory_writable_by_group_or_others_is_refused(state_dir: Path, mode: int) -> None:
+    """Write permission for the group, for others only, or both: refused, with the fix."""
+    private_dir(state_dir).chmod(mode)
+    with pytest.raises(StateError) as excinfo:
+        StateStore(state_dir).prepare()
+    refused(
+        excinfo,
+        f"state directory {state_dir} is writable by group or others (mode {mode:04o}); "
+        f"run: chmod 700 {state_dir}",
+    )
+
+
+@pytest.mark.parametrize("mode", [0o700, 0o711, 0o750, 0o755])
+def test_a_directory_others_can_only_read_or_search_is_accepted(state_dir: Path, mode: int) -> None:
+    """Read and search bits for group and others are no threat: such a directory is used."""
+    private_dir(state_dir).chmod(mode)
+    store = StateStore(state_dir)
+    with store.transaction(AGENT, T0) as tx:
+        tx.write(tx.state.record_start(T0), T0)
+    assert store.read(AGENT, T0).state.runs == (Run(T0),)
+
+
+def test_a_state_directory_owned_by_another_user_is_refused(state_dir: Path) -> None:
+    """A directory someone else owns could be swapped under us: refused, naming both uids."""
+    if os.geteuid() != 0:
+        skip_or_fail("chown needs root", REQUIRE_ROOT_TESTS)
+    private_dir(state_dir)
+    os.chown(state_dir, 65534, 65534)
+    with pytest.raises(StateError) as excinfo:
+        StateStore(state_dir).prepare()
+    refused(
+        excinfo,
+        f"state directory {state_dir} is owned by uid 65534, not by this user (uid 0); "
+        "refusing to use it",
+    )
+
+
+def _make(kind: str, path: Path) -> None:
+    """Put a ``kind`` of entry at ``path``."""
+    if kind == "a symlink":
+        path.symlink_to(path.parent / "elsewhere")
+    elif kind == "a FIFO":
+        os.mkfifo(path, 0o600)
+    elif kind == "a directory":
+        path.mkdir()
+    elif kind == "a socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        sock.close()
+    else:
+        if os.geteuid() != 0:
+            skip_or_fail("mknod needs root", REQUIRE_ROOT_TESTS)
+        kind_bit = stat.S_IFCHR if kind == "a character device" else stat.S_IFBLK
+        os.mknod(path, kind_bit | 0o600, os.makedev(1, 3))
+
+
+@pytest.mark.parametrize(
+    ("kind", "said"),
+    [
+        ("a symlink", "a symlink"),
+        ("a FIFO", "a FIFO"),
+        ("a directory", "a directory"),
+        ("a socket", "a socket"),
+        ("a character device", "a device"),
+        ("a block device", "a device"),
+    ],
+)
+@pytest.mark.parametrize("name", ["cilium-agent.json", "cilium-agent.lock"])
+def test_an_entry_that_is_not_a_regular_file_is_refused(
+    state_dir: Path, kind: str, said: str, name: str
+) -> None:
+    """Whatever stands where the state or lock file should be, the message says what it is."""
+    store = StateStore(private_dir(state_dir))
+    _make(kind, state_dir / name)
+    what = "state file" if name.endswith(".json") else "lock file"
+    with pytest.raises(StateError) as excinfo, store.transaction(AGENT, T0):
+        pass
+    refused(excinfo, f"{what} {state_dir / name} is {said}; refusing to read or write through it")
+
+
+def test_a_state_path_that_cannot_be_examined_is_an_io_error(state_dir: Path) -> None:
+    """lstat failing (here: a name too long for the file system) is a StateError."""
+    store = StateStore(state_dir)
+    agent = "a" * 300
+    with pytest.raises(StateError) as excinfo, store.transaction(agent, T0):
+        pass
+    refused(excinfo, f"cannot stat state file {state_dir / (agent + '.json')}: File name too long")
+
+
+# --- the lock ---------------------------------------------------------------------------------
+
+HOLD_LOCK = """
+import sys
+from filelock import FileLock
+lock = FileLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+sys.stdin.read()
+lock.release()
+"""
+
+
+def test_a_lock_held_by_another_process_times_out_with_exit_74(state_dir: Path) -> None:
+    """While another process holds the agent's lock, a store with a short lock_timeout gives up
+    with a StateError naming the lock and the timeout, and changes nothing; once the holder
+    lets go the same store goes ahead."""
+    store = StateStore(state_dir, lock_timeout=0.2)
+    with store.transaction(AGENT, T0) as tx:
+        tx.write(tx.state.record_start(T0), T0)
+    before = (state_dir / f"{AGENT}.json").read_bytes()
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(state_dir / f"{AGENT}.lock")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+            started = time.monotonic()
+            with pytest.raises(StateError) as excinfo, store.transaction(AGENT, T0 + 5) as tx:
+                tx.write(tx.state.record_start(T0 + 5), T0 + 5)
+            waited = time.monotonic() - started
+            assert 0.2 <= waited < 10  # gave up after its own timeout, not the default 10 s
+            refused(
+                excinfo,
+                f"cannot lock {state_dir / (AGENT + '.lock')}: held by another process for 0.2s",
+            )
+            assert (state_dir / f"{AGENT}.json").read_bytes() == before
+        finally:
+            assert holder.stdin is not None
+            holder.stdin.close()
+            holder.wait(timeout=30)
+    assert holder.returncode == 0
+    with store.transaction(AGENT, T0 + 5) as tx:
+        tx.write(tx.state.record_start(T0 + 5), T0 + 5)
+    assert [r.started_at for r in store.read(AGENT, T0 + 5).state.runs] == [T0, T0 + 5]
+
+
+def test_a_symlink_planted_while_waiting_for_the_lock_is_refused(
+    state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state file is checked again under the lock: a symlink put in its place after the
+    first look, while the caller waited for the lock, is refused and nothing is read through it."""
+    import filelock
+
+    store = StateStore(state_dir)
+    store.prepare()
+    victim = tmp_path / "victim.json"
+    victim.write_text('{"schema": 2, "agent": "cilium-agent", "runs": []}')
+    real = filelock.FileLock
+
+    class PlantingLock(real):  # type: ignore[misc, valid-type]
+        def acquire(self, *args: object, **kwargs: object) -> object:
+            (state_dir / f"{AGENT}.json").symlink_to(victim)
+            return super().acquire(*args, **kwargs)
+
+    monkeypatch.setattr(filelock, "FileLock", PlantingLock)
+    with pytest.raises(StateError) as excinfo:
+        store.read(AGENT, T0)
+    refused(
+        excinfo,
+        f"state file {state_dir / (AGENT + '.json')} is a symlink; "
+        "refusing to read or write through it",
+    )
+
+
+def test_a_symlink_planted_before_a_write_is_refused(state_dir: Path, tmp_path: Path) -> None:
+    """A symlink put in place of the state file during a transaction is not written through."""
+    store = StateStore(state_dir)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    with pytest.raises(StateError) as excinfo, store.transaction(AGENT, T0) as tx:
+        (state_dir / f"{AGENT}.json").symlink_to(victim)
+        tx.write(tx.state.record_start(T0), T0)
+    refused(
+        excinfo,
+        f"state file {state_dir / (AGENT + '.json')} is a symlink; "
+        "refusing to read or write through it",
+    )
+    assert victim.read_text() == "precious"
+
+
+def lying_lstat(monkeypatch: pytest.MonkeyPatch, path: Path, decoy: Path) -> None:
+    """Make lstat of ``path`` describe ``decoy``: the entry changes between check and open."""
+    real = os.lstat
+
+    def fake(p: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        return real(decoy if Path(p) == path else p, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", fake)
+
+
+def test_a_symlink_swapped_in_after_the_check_is_not_followed(
+    state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state file is opened O_NOFOLLOW: a symlink swapped in after lstat is refused."""
+    store = StateStore(state_dir)
+    store.prepare()
+    decoy = state_dir / "decoy"
+    decoy.write_text("{}")
+    target = tmp_path / "target.json"
+    target.write_text('{"schema": 2, "agent": "cilium-agent", "runs": []}')
+    path = state_dir / f"{AGENT}.json"
+    path.symlink_to(target)
+    lying_lstat(monkeypatch, path, decoy)
+    with pytest.raises(StateError) as excinfo:
+        store.read(AGENT, T0)
+    refused(excinfo, f"cannot read state file {path}: Too many levels of symbolic links")
+
+
+def test_a_fifo_swapped_in_after_the_check_does_not_hang(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state file is opened O_NONBLOCK: a FIFO swapped in after lstat reads as empty
+    (and is moved aside) instead of blocking the gate forever."""
+    store = StateStore(state_dir)
+    store.prepare()
+    decoy = state_dir / "decoy"
+    decoy.write_text("{}")
+    path = state_dir / f"{AGENT}.json"
+    os.mkfifo(path, 0o600)
+    lying_lstat(monkeypatch, path, decoy)
+    done: list[Transaction] = []
+    reader = threading.Thread(target=lambda: done.append(store.read(AGENT, T0)))
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))  # let the blocked open return
+        reader.join(10)
+        pytest.fail("opening a FIFO in place of the state file blocked")
+    assert len(done) == 1 and done[0].state.runs[0].via == "unknown"
+
+
+def test_a_temp_name_taken_by_a_symlink_is_not_written_through(
+    state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The temp file is created O_EXCL | O_NOFOLLOW: a symlink squatting on its name is refused
+    and its target is untouched."""
+    store = StateStore(state_dir)
+    store.prepare()
+    monkeypatch.setattr(os, "urandom", lambda n: bytes(range(n)))
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (state_dir / f".{AGENT}.json.tmp-{os.getpid()}-00010203").symlink_to(victim)
+    with pytest.raises(StateError) as excinfo:
+        store.write_state(AgentState(AGENT).record_start(T0), T0)
+    refused(excinfo, f"cannot write state file {state_dir / (AGENT + '.json')}: File exists")
+    assert victim.read_text() == "precious"
+    assert not (state_dir / f"{AGENT}.json").exists()
+
+
+# --- writes: fsync, errors, format ------------------------------------------------------------
+
+
+def test_a_write_is_fsynced_then_renamed_then_the_directory_fsynced(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Durability in order: fsync of the temp file, os.replace onto the state file, fsync of the
+    directory; a quarantine's rename is followed by a directory fsync too; the audit log is
+    fsynced after each append."""
+    store = StateStore(state_dir)
+    store.prepare()
+    events: list[tuple[str, ...]] = []
+    real_fsync, real_replace, real_rename = os.fsync, os.replace, os.rename
+    real_fsync_dir = files_module.fsync_dir
+
+    def fsync(fd: int) -> None:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            events.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")).name))
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        events.append(("replace", Path(src).name, Path(dst).name))
+        real_replace(src, dst)
+
+    def rename(src: Any, dst: Any) -> None:
+        events.append(("rename", Path(src).name, Path(dst).name))
+        real_rename(src, dst)
+
+    def fsync_dir(path: Any) -> None:
+        events.append(("fsync_dir", str(path)))
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(store_module, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(files_module, "fsync_dir", fsync_dir)
+    store.write_state(AgentState(AGENT).record_start(T0), T0)
+    store.audit(T0, user="alice", command="hold")
+    tmp = events[0][1]
+    assert re.fullmatch(rf"\.{AGENT}\.json\.tmp-{os.getpid()}-[0-9a-f]{{8}}", tmp)
+    assert events == [
+        ("fsync", tmp),
+        ("replace", tmp, f"{AGENT}.json"),
+        ("fsync_dir", str(state_dir)),
+        ("fsync", "audit.jsonl"),
+    ]
+    events.clear()
+    (state_dir / f"{AGENT}.json").write_bytes(b"garbage")
+    store.read(AGENT, T0)
+    tmp = events[2][1]
+    assert events == [
+        ("rename", f"{AGENT}.json", f"{AGENT}.json.corrupt-20270115T080000Z"),
+        ("fsync_dir", str(state_dir)),
+        ("fsync", tmp),
+        ("replace", tmp, f"{AGENT}.json"),
+        ("fsync_dir", str(state_dir)),
+    ]
+
+
+def test_the_state_file_is_sorted_indented_json(state_dir: Path) -> None:
+    """The file is JSON with sorted keys, one-space indent and a final newline (diffable)."""
+    store = StateStore(state_dir)
+    store.prepare()
+    store.write_state(
+        AgentState(AGENT).record_start(T0, user="alice").record_exit(T0 + 5, 1), T0 + 10
+    )
+    assert (state_dir / f"{AGENT}.json").read_text() == (
+        "{\n"
+        ' "agent": "cilium-agent",\n'
+        ' "deferral": null,\n'
+        ' "hold": null,\n'
+        ' "override": null,\n'
+        ' "runs": [\n'
+        "  {\n"
+        '   "end_source": "record-exit",\n'
+        '   "ended_at": "2027-01-15T08:00:05.000000Z",\n'
+        '   "exit_code": 1,\n'
+        '   "reason": null,\n'
+        '   "started_at": "2027-01-15T08:00:00.000000Z",\n'
+        '   "user": "alice",\n'
+        '   "via": "gate"\n'
+        "  }\n"
+        " ],\n"
+        ' "schema": 2,\n'
+        ' "updated_at": "2027-01-15T08:00:10.000000Z"\n'
+        "}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "why"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "no space left on device"),
+        (OSError(errno.EIO, "Input/output error"), "Input/output error"),
+        (OSError("replace refused"), "replace refused"),
+    ],
+)
+def test_a_failed_write_leaves_the_old_state_and_no_temp(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch, error: OSError, why: str
+) -> None:
+    """A write that fails is a StateError saying why (ENOSPC in words); the old file is intact
+    and the temp file is gone."""
+    store = StateStore(state_dir)
+    with store.transaction(AGENT, T0) as tx:
+        tx.write(tx.state.record_start(T0), T0)
+    before = (state_dir / f"{AGENT}.json").read_bytes()
+
+    def fail(*_: object) -> None:
+        raise error
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(StateError) as excinfo:
+        store.write_state(AgentState(AGENT).record_start(T0 + 5000), T0 + 5000)
+    refused(excinfo, f"cannot write state file {state_dir / (AGENT + '.json')}: {why}")
+    assert (state_dir / f"{AGENT}.json").read_bytes() == before
+    assert [p.name for p in state_dir.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_a_write_into_a_vanished_directory_is_an_io_error(tmp_path: Path) -> None:
+    """Writing where the directory no longer exists is a StateError, not a traceback."""
+    d = tmp_path / "gone"
+    with pytest.raises(StateError) as excinfo:
+        StateStore(d).write_state(AgentState(AGENT), T0)
+    refused(excinfo, f"cannot write state file {d / (AGENT + '.json')}: No such file or directory")
+
+
+def test_a_transaction_keeps_what_it_wrote(state_dir: Path) -> None:
+    """After tx.write the transaction's state is the state written."""
+    store = StateStore(state_dir)
+    with store.transaction(AGENT, T0) as tx:
+        new = tx.state.record_start(T0)
+        tx.write(new, T0)
+        assert tx.state == new
+
+
+# --- reading: sizes, hand-written files -----------------------------------------------------------
+
+
+def test_a_state_file_of_exactly_the_size_limit_is_read(state_dir: Path) -> None:
+    """A valid file of exactly MAX_STATE_BYTES (leading blanks) is read whole, not quarantined."""
+    store = StateStore(state_dir)
+    store.prepare()
+    body = b'{"schema": 2, "agent": "cilium-agent", "runs": []}'
+    path = state_dir / f"{AGENT}.json"
+    path.write_bytes(b" " * (MAX_STATE_BYTES - len(body)) + body)
+    tx = store.read(AGENT, T0)
+    assert tx.quarantined == [] and tx.state == AgentState(AGENT)
+
+
+def test_a_state_file_over_the_size_limit_is_quarantined(state_dir: Path) -> None:
+    """One byte over MAX_STATE_BYTES: moved aside, and the reason says the size."""
+    store = StateStore(state_dir)
+    store.prepare()
+    path = state_dir / f"{AGENT}.json"
+    body = b'{"schema": 2, "agent": "cilium-agent", "runs": []}'
+    path.write_bytes(b" " * (MAX_STATE_BYTES + 1 - len(body)) + body)
+    tx = store.read(AGENT, T0)
+    moved = state_dir / f"{AGENT}.json.corrupt-20270115T080000Z"
+    assert tx.quarantined == [str(moved)]
+    assert tx.state == AgentState.history_lost(
+        AGENT, T0, f"state file moved aside to {moved}: 1048577 bytes, larger than 1048576"
+    )
+
+
+SCHEMA_1 = """{
+  "schema": 1,
+  "agent": "cilium-agent",
+  "updated_at": "2027-01-15T09:00:00Z",
+  "hold": {"user": "alice", "reason": "maintenance", "set_at": "2027-01-15T08:30:00Z",
+           "until": "2027-01-15T10:00:00+00:00"},
+  "override": null,
+  "runs": [
+    {"started_at": "2027-01-15T08:00:00Z", "ended_at": "2027-01-15T08:00:05Z",
+     "exit_code": 1, "end_source": "record-exit"},
+    {"started_at": "2027-01-15T08:20:00Z", "ended_at": "2027-01-15T08:40:00Z",
+     "end_source": "inferred"},
+    {"started_at": "2027-01-15T08:40:00Z", "via": "force", "user": "bob", "reason": "hotfix"}
+  ]
+}
+"""
+
+SCHEMA_2 = """{
+ "agent": "cilium-agent",
+ "deferral": {"reason": "control plane unhealthy", "set_at": "2027-01-15T08:41:00.000000Z",
+              "until": "2027-01-15T09:05:00.000000Z", "user": "probe"},
+ "hold": null,
+ "override": {"reason": "rollout", "set_at": "2027-01-15T08:00:00.000000Z", "until": null,
+              "user": "carol"},
+ "runs": [
+  {"end_source": "docker", "ended_at": "2027-01-15T08:00:05.500000Z", "exit_code": 137,
+   "reason": "started outside the gate", "started_at": "2027-01-15T08:00:00.000000Z",
+   "user": null, "via": "docker"},
+  {"end_source": null, "ended_at": null, "exit_code": null, "reason": "lost",
+   "started_at": "2027-01-15T08:40:00.000000Z", "user": null, "via": "unknown"}
+ ],
+ "schema": 2,
+ "updated_at": "2027-01-15T08:41:00.000000Z"
+}
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            SCHEMA_1,
+            AgentState(
+                AGENT,
+                runs=(
+                    Run(T0, ended_at=T0 + 5, exit_code=1, end_source="record-exit"),
+                    Run(T0 + 1200),
+                    Run(T0 + 2400, via="force", user="bob", reason="hotfix"),
+                ),
+                hold=OperatorFlag("alice", "maintenance", T0 + 1800, T0 + 7200),
+            ),
+        ),
+        (
+            SCHEMA_2,
+            AgentState(
+                AGENT,
+                runs=(
+                    Run(T0, "docker", T0 + 5.5, 137, "docker", None, "started outside the gate"),
+                    Run(T0 + 2400, "unknown", reason="lost"),
+                ),
+                override=OperatorFlag("carol", "rollout", T0),
+                deferral=OperatorFlag("probe", "control plane unhealthy", T0 + 2460, T0 + 3900),
+            ),
+        ),
+    ],
+    ids=["schema-1", "schema-2"],
+)
+def test_a_hand_written_state_file_is_read_exactly(
+    state_dir: Path, text: str, expected: AgentState
+) -> None:
+    """A valid file as an operator or an older version wrote it reads as exactly this state
+    (schema 1: an inferred end becomes unknown) and is not quarantined."""
+    store = StateStore(state_dir)
+    store.prepare()
+    (state_dir / f"{AGENT}.json").write_text(text)
+    tx = store.read(AGENT, T0 + 3000)
+    assert tx.quarantined == [] and store.quarantined_files(AGENT) == []
+    assert tx.state == expected
+
+
+# --- quarantine ---------------------------------------------------------------------------------
+
+
+def test_quarantine_names_are_stamped_and_never_reused(state_dir: Path) -> None:
+    """Three corrupt files found within one second go to .corrupt-<stamp>, .1 and .2, each with
+    its own bytes, and each is logged as state.quarantined with where it went and why."""
+    store = StateStore(state_dir)
+    store.prepare()
+    path = state_dir / f"{AGENT}.json"
+    stamp = "20270115T080000Z"
+    names = [f"{AGENT}.json.corrupt-{stamp}", f"{AGENT}.json.corrupt-{stamp}.1"]
+    names.append(f"{AGENT}.json.corrupt-{stamp}.2")
+    with structlog.testing.capture_logs() as logs:
+        for i, now in enumerate([T0, T0 + 0.3, T0 + 0.9]):
+            path.write_bytes(b"bad %d" % i)
+            tx = store.read(AGENT, now)
+            assert tx.quarantined == [str(state_dir / names[i])]
+    assert [(state_dir / n).read_bytes() for n in names] == [b"bad 0", b"bad 1", b"bad 2"]
+    assert store.quarantined_files(AGENT) == [str(state_dir / n) for n in names]
+    assert logs == [
+        {
+            "event": "state.quarantined",
+            "log_level": "error",
+            "path": str(path),
+            "moved_to": str(state_dir / n),
+            "why": "Expecting value: line 1 column 1 (char 0)",
+            "effect": "history unknown: the next start waits for this node's slot",
+        }
+        for n in names
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"{", "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+        (b"\xff", "'utf-8' codec can't decode byte 0xff in position 0: invalid start byte"),
+        (b'{"schema": 3, "agent": "cilium-agent"}', "schema version is 3, this version reads 1, 2"),
+        (
+            b'{"schema": 2, "agent": "' + b"x" * 300 + b'"}',
+            ("the state is for agent '" + "x" * 300)[:200],
+        ),
+    ],
+    ids=["json", "utf-8", "newer-schema", "long-reason"],
+)
+def test_the_quarantine_reason_is_the_first_200_characters_of_the_error(
+    state_dir: Path, content: bytes, why: str
+) -> None:
+    """The lost-history run says where the file went and why, cut at 200 characters."""
+    store = StateStore(state_dir)
+    store.prepare()
+    (state_dir / f"{AGENT}.json").write_bytes(content)
+    tx = store.read(AGENT, T0)
+    moved = f"{state_dir / AGENT}.json.corrupt-20270115T080000Z"
+    assert tx.state.runs == (
+        Run(T0, "unknown", reason=f"state file moved aside to {moved}: {why}"),
+    )
+
+
+def test_a_corrupt_file_that_cannot_be_moved_aside_stays_and_is_an_io_error(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the rename fails the file stays where it was, untouched, and the error says why."""
+    store = StateStore(state_dir)
+    store.prepare()
+    path = state_dir / f"{AGENT}.json"
+    path.write_bytes(b"garbage")
+
+    def fail(*_: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(os, "rename", fail)
+    with pytest.raises(StateError) as excinfo:
+        store.read(AGENT, T0)
+    refused(
+        excinfo,
+        f"state file {path} is corrupt (Expecting value: line 1 column 1 (char 0)) and cannot "
+        "be moved aside: Read-only file system",
+    )
+    assert path.read_bytes() == b"garbage"
+
+
+@pytest.mark.parametrize("put_back_fails", [False, True])
+def test_a_lost_history_that_cannot_be_written_puts_the_file_back(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch, put_back_fails: bool
+) -> None:
+    """If the history-lost state cannot be written, the corrupt file is put back (so the next
+    caller finds the same problem) and the caller gets the write error; if even that fails the
+    write error is still what is reported."""
+    store = StateStore(state_dir)
+    store.prepare()
+    path = state_dir / f"{AGENT}.json"
+    path.write_bytes(b"garbage")
+    renames: list[str] = []
+    real_rename = os.rename
+
+    def rename(src: Any, dst: Any) -> None:
+        renames.append(Path(dst).name)
+        if put_back_fails and len(renames) == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        real_rename(src, dst)
+
+    def no_space(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "replace", no_space)
+    with pytest.raises(StateError) as excinfo:
+        store.read(AGENT, T0)
+    refused(excinfo, f"cannot write state file {path}: no space left on device")
+    assert renames == [f"{AGENT}.json.corrupt-20270115T080000Z", f"{AGENT}.json"]
+    if not put_back_fails:
+        assert path.read_bytes() == b"garbage"
+        assert store.quarantined_files(AGENT) == []
+
+
+# --- backup, temp files, descriptors ------------------------------------------------------------
+
+
+def test_backup_copies_the_state_file_aside(state_dir: Path) -> None:
+    """reset's backup is a private copy named with the time; without a state there is none."""
+    store = StateStore(state_dir)
+    store.prepare()
+    assert store.backup(AGENT, T0) is None
+    store.write_state(AgentState(AGENT).record_start(T0), T0)
+    target = store.backup(AGENT, T0 + 61)
+    expected = state_dir / f"{AGENT}.json.reset-20270115T080101Z"
+    assert target == str(expected)
+    assert expected.read_bytes() == (state_dir / f"{AGENT}.json").read_bytes()
+    assert stat.S_IMODE(expected.stat().st_mode) == 0o600
+
+
+def test_backup_refuses_a_hostile_or_unreadable_state(
+    state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """backup refuses a symlinked state file, and a read failure is an I/O error."""
+    store = StateStore(state_dir)
+    store.prepare()
+    path = state_dir / f"{AGENT}.json"
+    path.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(StateError) as excinfo:
+        store.backup(AGENT, T0)
+    refused(excinfo, f"state file {path} is a symlink; refusing to read or write through it")
+    path.unlink()
+    path.mkdir()
+    decoy = state_dir / "decoy"
+    decoy.write_text("{}")
+    lying_lstat(monkeypatch, path, decoy)
+    with pytest.raises(StateError) as excinfo:
+        store.backup(AGENT, T0)
+    refused(excinfo, f"cannot read state file {path}: Is a directory")
+
+
+def test_only_regular_stale_temp_files_are_removed(state_dir: Path, tmp_path: Path) -> None:
+    """A symlink that looks like a temp file is not ours: it is left alone."""
+    store = StateStore(state_dir)
+    store.prepare()
+    link = state_dir / f".{AGENT}.json.tmp-1-deadbeef"
+    link.symlink_to(tmp_path / "target")
+    (tmp_path / "target").write_text("x")
+    stale = state_dir / f".{AGENT}.json.tmp-2-deadbeef"
+    stale.write_text("{")
+    with store.transaction(AGENT, T0):
+        pass
+    assert link.is_symlink() and not stale.exists()
+
+
+@pytest.mark.parametrize("failing", ["unlink", "scandir"])
+def test_a_stale_temp_that_cannot_be_removed_does_not_block(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """Failing to list the directory or to remove a stale temp file is not an error: the
+    transaction goes ahead."""
+    store = StateStore(state_dir)
+    store.prepare()
+    (state_dir / f".{AGENT}.json.tmp-1-deadbeef").write_text("{")
+
+    def fail(*_: object, **__: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, failing, fail)
+    with store.transaction(AGENT, T0) as tx:
+        tx.write(tx.state.record_start(T0), T0)
+    monkeypatch.undo()
+    assert store.read(AGENT, T0).state.runs == (Run(T0),)
+    if failing == "scandir":
+        monkeypatch.setattr(os, "scandir", fail)
+        assert store.quarantined_files(AGENT) == []
+
+
+def open_fds() -> int:
+    """How many file descriptors this process has open."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_no_descriptor_leaks_over_many_calls(state_dir: Path) -> None:
+    """A long-running daemon reads and writes the state thousands of times: after 200 rounds of
+    transaction, read, audit, tail, backup and a quarantine, the process has exactly the
+    descriptors it had before."""
+    store = StateStore(state_dir)
+    store.prepare()
+    store.read(AGENT, T0)  # first use may import and configure things that keep a descriptor
+    store.audit(T0, user="alice", command="hold")
+    before = open_fds()
+    for i in range(200):
+        now = T0 + i
+        with store.transaction(AGENT, now) as tx:
+            tx.write(tx.state.record_start(now), now)
+        store.read(AGENT, now)
+        store.audit(now, user="alice", command="hold")
+        store.audit_tail()
+        store.check_audit()
+        if i % 50 == 0:
+            store.backup(AGENT, now)
+            (state_dir / f"{AGENT}.json").write_bytes(b"garbage")
+            store.read(AGENT, now)
+    assert open_fds() == before
+
+
+# --- the audit log ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_umask() -> Iterator[None]:
+    """umask 0 for the test, so that a file's mode is exactly what the code asked for."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.usefixtures("no_umask")
+def test_the_audit_log_is_private_sorted_json_lines(state_dir: Path) -> None:
+    """Each operator action is one sorted JSON line with its time; the log is created 0600
+    whatever the umask."""
+    store = StateStore(state_dir)
+    store.prepare()
+    store.audit(T0, user="alice", uid=1000, command="hold", reason="r")
+    store.check_audit()
+    path = state_dir / "audit.jsonl"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == (
+        '{"command": "hold", "reason": "r", "time": "2027-01-15T08:00:00.000000Z", '
+        '"uid": 1000, "user": "alice"}\n'
+    )
+
+
+def test_a_hostile_audit_log_is_refused(state_dir: Path, tmp_path: Path) -> None:
+    """A symlinked audit log is refused before a change and by audit, and read as empty."""
+    store = StateStore(state_dir)
+    store.prepare()
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (state_dir / "audit.jsonl").symlink_to(victim)
+    message = (
+        f"audit log {state_dir / 'audit.jsonl'} is a symlink; refusing to read or write through it"
+    )
+    for call in (store.check_audit, lambda: store.audit(T0, user="alice")):
+        with pytest.raises(StateError) as excinfo:
+            call()
+        refused(excinfo, message)
+    assert store.audit_tail() == []
+    assert victim.read_text() == "precious\n"
+
+
+def test_an_audit_log_swapped_for_a_symlink_after_the_check_is_not_followed(
+    state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audit log is opened O_NOFOLLOW: a symlink swapped in after lstat is not appended
+    through."""
+    store = StateStore(state_dir)
+    store.prepare()
+    decoy = state_dir / "decoy"
+    decoy.write_text("")
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    path = state_dir / "audit.jsonl"
+    path.symlink_to(victim)
+    lying_lstat(monkeypatch, path, decoy)
+    with pytest.raises(StateError) as excinfo:
+        store.audit(T0, user="alice")
+    refused(excinfo, f"cannot append to audit log {path}: Too many levels of symbolic links")
+    assert victim.read_text() == "precious\n"
+
+
+def test_an_audit_append_that_fails_is_an_io_error(tmp_path: Path) -> None:
+    """An append that cannot be made is a StateError naming the log and why."""
+    d = tmp_path / "gone"
+    with pytest.raises(StateError) as excinfo:
+        StateStore(d).audit(T0, user="alice")
+    refused(excinfo, f"cannot append to audit log {d / 'audit.jsonl'}: No such file or directory")
+
+
+def test_audit_tail_returns_the_last_ten_entries_that_parse(state_dir: Path) -> None:
+    """By default the last ten parseable entries, oldest first; torn, non-object and invalid
+    UTF-8 lines are skipped, the first line of a small log included."""
+    store = StateStore(state_dir)
+    store.prepare()
+    for i in range(12):
+        store.audit(T0 + i, n=i)
+    assert [e["n"] for e in store.audit_tail()] == list(range(2, 12))
+    assert [e["n"] for e in store.audit_tail(100)] == list(range(12))
+    with (state_dir / "audit.jsonl").open("ab") as fh:
+        fh.write(b'[1]\n\xff\xfe\n{"n": 12}\n{"n": 13, "tor')
+    assert [e["n"] for e in store.audit_tail(4)] == [12]
+    assert [e["n"] for e in store.audit_tail(5)] == [11, 12]
+
+
+@pytest.mark.parametrize(("size", "kept"), [(1024, 64), (1025, 63)])
+def test_audit_tail_reads_only_the_last_64_kib(state_dir: Path, size: int, kept: int) -> None:
+    """Only the last 64 KiB are read: with lines of ``size`` bytes that is ``kept`` whole lines
+    (a line cut by the start of the window is dropped)."""
+    store = StateStore(state_dir)
+    store.prepare()
+    stem = len(json.dumps({"n": 0, "pad": "", "time": iso(T0)}, sort_keys=True)) + 1
+    for i in range(100):
+        store.audit(T0, n=i % 10, pad="x" * (size - stem))
+    assert (state_dir / "audit.jsonl").stat().st_size == 100 * size
+    assert len(store.audit_tail(1000)) == kept

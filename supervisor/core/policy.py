@@ -354,15 +354,19 @@ def remember(state: AgentState, d: Decision) -> AgentState:
 def run_failed(run: Run, stable_after: float) -> bool:
     """Whether a run counts as failed for the control-plane probe.
 
-    Failed: it exited non-zero, or its end was never reported (no record-exit, no Docker
-    State: a node crash or a power loss, exactly when the control plane may be down too, and
-    one probe request is cheap), or it ended before ``stable_after`` other than on purpose.
+    Failed: its end was never reported (no record-exit, no Docker State: a node crash or a
+    power loss, exactly when the control plane may be down too, and one probe request is
+    cheap), or it exited non-zero, or it ended before ``stable_after``. Never a run stopped on
+    purpose (exit 0, TERM, INT: an upgrade, ``systemctl restart``), which invariant 2 never
+    delays, probe or not.
     """
     if run.ended_at is None:
         return True
+    if run.stopped_on_purpose:
+        return False
     if run.exit_code is not None and run.exit_code != 0:
         return True
-    return run.ended_at - run.started_at < stable_after and not run.stopped_on_purpose
+    return run.ended_at - run.started_at < stable_after
 
 
 def probe_applies(state: AgentState, level: int, stable_after: float) -> bool:

@@ -154,14 +154,31 @@ state_docs = st.fixed_dictionaries(
 @FUZZ
 @given(state_docs)
 def test_fuzzed_state_documents_parse_or_are_refused(doc: dict[str, Any]) -> None:
-    """Random state documents give an AgentState the policy can decide on, or a format error."""
+    """Random state documents give a format error, or an AgentState on which decide answers
+    consistently: a hold refuses, an empty history starts, a refusal names a later time at
+    which the same state is allowed, an indefinite hold names none."""
     try:
         state = from_document(doc, "a")
     except StateFormatError:
         return
     p = Policy(agent="a", node="n", cluster_size=10, window=600.0, offset=0.5, slot_mode="hash")
-    d = decide(p, state, 1.8e9)
-    assert d.allowed or d.next_allowed_at is not None or state.hold is not None
+    now = 1.8e9
+    d = decide(p, state, now)
+    assert (d.agent, d.node, d.window_seconds, d.decided_at) == ("a", "n", 600.0, now)
+    hold = state.hold
+    held = hold is not None and hold.active(now)
+    if held:
+        assert not d.allowed and d.event == "gate.held"
+    elif not state.runs:
+        assert d.allowed and d.start  # nothing ran, nothing holds it: a first start
+    if d.allowed:
+        assert d.next_allowed_at is None and d.start and not held
+    elif d.next_allowed_at is None:
+        assert held and hold is not None and hold.until is None  # held until released
+    else:
+        # A refusal names a later time, and at that time the same state is let through.
+        assert d.next_allowed_at > now
+        assert decide(p, state, d.next_allowed_at).allowed
 
 
 @FUZZ

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import REQUIRE_ROOT_TESTS, run_cli, skip_or_fail
 
 COMMANDS = [
     ("gate", "--cluster-size", "100"),
@@ -38,6 +38,11 @@ def group_writable(sd: Path, _outside: Path) -> None:
     sd.chmod(0o770)
 
 
+def others_writable(sd: Path, _outside: Path) -> None:
+    """The state directory is writable by others only (not by its group)."""
+    sd.chmod(0o702)
+
+
 def foreign_owner(sd: Path, _outside: Path) -> None:
     """The state file belongs to another user."""
     p = sd / "cilium-agent.json"
@@ -55,6 +60,7 @@ SETUPS: list[tuple[Callable[[Path, Path], None], str]] = [
     (symlinked_lock, "symlink"),
     (fifo_state, "FIFO"),
     (group_writable, "writable by group or others"),
+    (others_writable, "writable by group or others"),
     (foreign_owner, "owned by uid 65534"),
     (foreign_directory, "owned by uid 65534"),
 ]
@@ -67,7 +73,7 @@ def test_hostile_state_dir_is_refused(
 ) -> None:
     """Each hostile layout exits 74 with one line saying why, and nothing is written."""
     if os.geteuid() != 0 and setup in (foreign_owner, foreign_directory):
-        pytest.skip("chown needs root")
+        skip_or_fail("chown needs root", REQUIRE_ROOT_TESTS)
     sd = tmp_path / "state"
     sd.mkdir(mode=0o700)
     outside = tmp_path / "precious"
