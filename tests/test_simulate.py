@@ -18,6 +18,7 @@ from supervisor.base.errors import UsageError
 from supervisor.cli.fleet import register
 from supervisor.core.policy import next_grid_slot
 from supervisor.core.slots import SlotMode, index_offset
+from supervisor.fleet.plan import plan
 from supervisor.fleet.simulate import (
     DEFAULT_EPOCH,
     POLICY_NAMES,
@@ -526,6 +527,182 @@ def test_restart_cancels_the_old_process_pending_attempt() -> None:
         ("attempt", 1000.0),
         ("attempt", 2060.0),
     ]
+
+
+# --- overload feedback: --capacity ---------------------------------------------------------
+
+#: The scaled fleet of the targets above against a control plane that works through 150 full
+#: resyncs a minute: above the gate's busiest minute (107 with hashed slots), far below a wave
+#: of the whole fleet.
+CAPACITY = 150.0
+
+
+@pytest.fixture(scope="module")
+def overloaded() -> SimulationResult:
+    """Every policy through the scaled outage with a capacity below the storm."""
+    return simulate(
+        Scenario(nodes=N, outage=OUTAGE, fail_after=FAIL, capacity=CAPACITY),
+        Fleet(window=W),
+        seed=11,
+    )
+
+
+def test_no_capacity_is_todays_model() -> None:
+    """Without a capacity nothing changes: no capacity keys, and the same starts and
+    recoveries as with a capacity no storm comes near."""
+    sc = Scenario(nodes=300, outage=600.0, fail_after=FAIL)
+    plain = simulate(sc, Fleet(window=W), seed=2)
+    doc = plain.to_json()
+    assert "capacity_per_minute" not in doc
+    assert all("recovered" not in p for p in doc["policies"].values())
+    ample = simulate(replace(sc, capacity=1e9), Fleet(window=W), seed=2, horizon=plain.horizon)
+    for a, b in zip(plain.policies, ample.policies, strict=True):
+        assert (a.total_starts, a.starts_per_minute) == (b.total_starts, b.starts_per_minute)
+        assert a.never_healthy == b.never_healthy == 0
+        assert a.all_healthy_at == pytest.approx(b.all_healthy_at)
+        assert b.overloaded == 0
+
+
+def test_restart_loops_never_recover_below_capacity(overloaded: SimulationResult) -> None:
+    """Docker and systemd restart the whole fleet in waves far beyond what is worked through
+    in one wait: nothing is served after the first, the queue only grows, the fleet never
+    recovers within the horizon."""
+    for name in ("docker-always", "systemd"):
+        o = overloaded.outcome(name)
+        assert not o.recovered, name
+        assert o.all_healthy_at is None, name
+        assert o.never_healthy >= 0.8 * N, name
+        assert o.overloaded >= 50 * N, name
+    assert overloaded.horizon >= OUTAGE + 7 * W + 3600
+
+
+def test_kubelet_recovers_late_below_capacity(overloaded: SimulationResult) -> None:
+    """kubelet's waves are 5 minutes apart at most: the queue drains between them, so a few
+    hundred are served per wave and the fleet recovers, hours after the gate, with ten times
+    the resyncs."""
+    kubelet = overloaded.outcome("kubelet")
+    gate = overloaded.outcome("agent-supervisor+probe")
+    assert kubelet.recovered and gate.recovered
+    assert kubelet.all_healthy_at is not None and gate.all_healthy_at is not None
+    assert kubelet.all_healthy_at >= gate.all_healthy_at + 3600
+    assert kubelet.starts_after_outage >= 5 * gate.starts_after_outage
+
+
+def test_gate_recovers_at_outage_plus_window_below_capacity(
+    overloaded: SimulationResult,
+) -> None:
+    """The gate with a probe spreads the fleet over W: one served resync per node, every node
+    healthy by D + W (a minute more for hashed slots), nothing refused by the capacity."""
+    o = overloaded.outcome("agent-supervisor+probe")
+    assert o.recovered
+    assert o.all_healthy_at is not None and o.all_healthy_at <= OUTAGE + W + 60
+    assert (o.starts_after_outage, o.overloaded) == (N, 0)
+    plain = overloaded.outcome("agent-supervisor")
+    assert plain.recovered and plain.overloaded == 0
+
+
+def test_gate_with_the_planned_window_recovers_at_outage_plus_n_over_c() -> None:
+    """With W from ``plan`` for the capacity (exact slots: W = N/C), the gate recovers by
+    D + N/C (and one resync's service), and no start is refused."""
+    nodes, capacity, outage = 500, 100.0, 600.0
+    window = plan(nodes, capacity, slots="index").window
+    assert window == nodes * 60 / capacity
+    result = simulate(
+        Scenario(nodes=nodes, outage=outage, fail_after=FAIL, capacity=capacity),
+        Fleet(window=window, slots="index"),
+        policies=("agent-supervisor+probe", "systemd"),
+    )
+    gate, loop = result.policies
+    assert gate.all_healthy_at is not None
+    assert outage + window - 60 <= gate.all_healthy_at <= outage + window + 60 / capacity
+    assert gate.overloaded == 0
+    assert not loop.recovered
+
+
+def test_a_burst_beyond_twice_one_wait_never_recovers() -> None:
+    """The lab's finding: 20 agents resyncing at once from an etcd that works through 115 a
+    minute (9.6 in a 5 s wait) time out, and the restart loop keeps it so, although 20 is far
+    below 115; the gate's 20 starts over a minute are all served."""
+    result = simulate(
+        Scenario(nodes=20, outage=30.0, fail_after=5.0, capacity=115.0),
+        Fleet(window=60.0, slots="index", stable_after=30.0),
+        policies=("systemd", "agent-supervisor+probe"),
+        horizon=210.0,
+    )
+    loop, gate = result.policies
+    assert not loop.recovered
+    assert loop.starts_after_outage >= 10 * 20
+    assert gate.recovered and (gate.starts_after_outage, gate.overloaded) == (20, 0)
+
+
+def test_abandoned_resyncs_are_worked_through() -> None:
+    """A resync whose client gave up still costs the control plane: a wave just under twice
+    what it serves in one wait recovers (each round leaves room for a few), one just over it
+    never does (each round leaves more than it serves)."""
+    sc = Scenario(nodes=19, outage=60.0, fail_after=5.0, capacity=120.0)  # 10 a wait
+    under = simulate(sc, Fleet(window=600.0), policies=("systemd",), horizon=900.0)
+    assert under.policies[0].recovered
+    assert under.policies[0].overloaded > 0
+    over = simulate(
+        replace(sc, nodes=21), Fleet(window=600.0), policies=("systemd",), horizon=900.0
+    )
+    assert not over.policies[0].recovered
+    assert over.policies[0].never_healthy == 21 - 10
+
+
+def test_capacity_must_be_positive() -> None:
+    """A capacity of zero, below zero or not a number is refused, naming the value."""
+    for bad in (0.0, -5.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="capacity"):
+            Scenario(capacity=bad)
+    with pytest.raises(ValueError, match="horizon"):
+        simulate(Scenario(nodes=1), Fleet(window=60.0), horizon=0.0)
+
+
+def test_capacity_json_and_table_say_whether_and_when(overloaded: SimulationResult) -> None:
+    """--json gives the capacity, the horizon and per policy whether it recovered; the table
+    says "not by" the horizon for a fleet that did not."""
+    doc = overloaded.to_json()
+    assert doc["capacity_per_minute"] == CAPACITY
+    assert doc["horizon_seconds"] == overloaded.horizon
+    gate = doc["policies"]["agent-supervisor+probe"]
+    assert (gate["recovered"], gate["failed_on_capacity"]) == (True, 0)
+    assert gate["starts_after_outage_per_node"] == 1.0
+    assert doc["policies"]["systemd"]["recovered"] is False
+    lines = render_table(overloaded).splitlines()
+    assert "works through 150 full resyncs/min" in lines[0]
+    assert "after outage" in lines[2]
+    row = next(ln for ln in lines if ln.startswith("systemd "))
+    never = overloaded.outcome("systemd").never_healthy
+    assert f"not by {table_hm(overloaded.horizon)}: {never:,} nodes not healthy" in row
+
+
+def table_hm(seconds: float) -> str:
+    """The table's "0h30m (1,800 s)" form."""
+    minutes = seconds / 60
+    return f"{int(minutes // 60)}h{int(minutes % 60):02d}m ({seconds:,.0f} s)"
+
+
+def test_cli_simulate_capacity_and_horizon() -> None:
+    """simulate --capacity --horizon: the JSON carries both; a bad value is a usage error."""
+    res = CliRunner().invoke(
+        fleet_app(),
+        [
+            *("simulate", "--nodes", "20", "--outage", "30s", "--fail-after", "5s"),
+            *("--capacity", "115", "--horizon", "210s", "--slots", "index", "--json"),
+            *("--set", "window.base=60s", "--set", "window.per_node=0s"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert (doc["capacity_per_minute"], doc["horizon_seconds"]) == (115.0, 210.0)
+    assert doc["policies"]["systemd"]["recovered"] is False
+    assert doc["policies"]["agent-supervisor+probe"]["recovered"] is True
+    res = CliRunner().invoke(fleet_app(), ["simulate", "--nodes", "10", "--horizon", "never"])
+    assert isinstance(res.exception, UsageError)
+    assert "--horizon 'never'" in str(res.exception)
+    res = CliRunner().invoke(fleet_app(), ["simulate", "--nodes", "10", "--capacity", "0"])
+    assert res.exit_code == 2
 
 
 # --- presentation ---------------------------------------------------------------------------

@@ -98,9 +98,8 @@ def simulate_command(
         typer.Option(
             "--capacity",
             min=0.001,
-            help="full resyncs a minute the control plane serves once up: a start fails "
-            "after --fail-after when more start within that time than it serves in it "
-            "(default: unlimited)",
+            help="full resyncs a minute the control plane works through once up, in order: "
+            "a start whose resync is not done within --fail-after fails (default: unlimited)",
             show_default=False,
         ),
     ] = None,

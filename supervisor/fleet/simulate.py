@@ -15,6 +15,22 @@ The model of the world is deliberately small. The control plane is down during
 do not interact, so the figures are exact consequences of each policy's timing, not of a load
 model one could argue with.
 
+Overload feedback (``capacity`` C, full resyncs a minute; off by default): every start once
+the control plane is up is a full resync, queued at the control plane, which works through
+C a minute, first come first served. Its client waits ``fail_after`` seconds: a start whose
+resync is worked through by then is served (the agent is healthy from that moment); one
+that is not fails ``fail_after`` after it was made, like a start during the outage. Served
+or not, a resync stays in the queue: a real etcd completes every Range request, also those
+whose client has given up (``bench/lab.py`` counts them in etcd's own metrics). That is the
+whole feedback, and it is what makes a storm metastable: a fleet that restarts together puts
+more in the queue each round than is worked through in one wait (more than twice
+``C * fail_after / 60`` at once), so nothing is served again and the queue only grows;
+below that, a few are served each round. Neither a sliding minute nor minute bins: a minute
+hides what the lab shows, 20 agents resyncing at once from an etcd that serves 115 a minute
+all timing out after 5 s and never recovering, although 20 is far below 115 (20 is more
+than twice the 9.6 it serves in 5 s). The nodes then interact (through the control plane
+only), so no two nodes are simulated as one group; the engine stays exact.
+
 Why event-driven: a tick loop at the 100 ms resolution Docker needs would cost 36,000 ticks an
 hour for every node. Here each node only has events when something happens to it (a trigger,
 an attempt to start, an exit), kept in one heap ordered by virtual time, so 100,000 nodes take
@@ -64,6 +80,11 @@ AGENT: Final = "cilium-agent"
 FIRST_ADDRESS: Final = int(ipaddress.IPv4Address("10.0.0.0"))
 #: Width of the bins the rates are counted in.
 BIN_SECONDS: Final = 60.0
+#: The span ``capacity`` is given for: full resyncs the control plane serves a minute.
+CAPACITY_SPAN: Final = 60.0
+#: With ``capacity``, how far past the outage and the longest backoff the default horizon
+#: reaches: a storm that never recovers is simulated up to it (one day without capacity).
+CAPACITY_HORIZON_MARGIN: Final = 3600.0
 
 # Docker's restart manager (moby ``restartmanager``): the first delay is 100 ms, each further
 # restart doubles it up to one minute, and a run of at least 10 s resets it.
@@ -108,6 +129,10 @@ class Scenario:
     the same instant (a fleet-wide upgrade of the supervisor, or every node's management plane
     restarted): whatever it was waiting for is forgotten, the agents keep running. In all four
     the control plane is down during ``[0, outage)``.
+
+    ``capacity`` (full resyncs a minute, None for unlimited): once up, the control plane works
+    through this many a minute, in order, and a start whose resync is not done within
+    ``fail_after`` fails; see the module's docstring.
     """
 
     kind: ScenarioKind = "outage"
@@ -117,8 +142,13 @@ class Scenario:
     boot_spread: float = 60.0
     rolling_interval: float = 1.0
     restart_at: float = 2700.0
+    capacity: float | None = None
 
     def __post_init__(self) -> None:
+        if self.capacity is not None and not (math.isfinite(self.capacity) and self.capacity > 0):
+            raise ValueError(
+                f"capacity = {self.capacity!r}: expected a positive number of full resyncs a minute"
+            )
         if self.kind not in SCENARIOS:
             raise ValueError(f"scenario {self.kind!r} is not one of {', '.join(SCENARIOS)}")
         if self.nodes < 1:
@@ -174,6 +204,15 @@ class PolicyOutcome:
     start_times: tuple[float, ...] = ()
     #: With ``start_times``: which node made each start (its index in the fleet).
     start_nodes: tuple[int, ...] = ()
+    #: Starts made once the control plane was up: each a full resync it had to serve.
+    starts_after_outage: int = 0
+    #: Of those, the ones that failed because the control plane was over its capacity.
+    overloaded: int = 0
+
+    @property
+    def recovered(self) -> bool:
+        """Whether every node was healthy by the end of the simulation."""
+        return self.never_healthy == 0 and self.all_healthy_at is not None
 
     @property
     def peak_starts_per_minute(self) -> int:
@@ -193,6 +232,8 @@ class SimulationResult:
     fleet: Fleet
     seed: int | None
     policies: tuple[PolicyOutcome, ...]
+    #: Seconds from t=0 the simulation ran for: a node not healthy by then never was.
+    horizon: float = math.inf
 
     @property
     def ideal_starts_per_minute(self) -> float:
@@ -214,10 +255,10 @@ class SimulationResult:
         raise KeyError(name)
 
     def to_json(self) -> dict[str, Any]:
-        """The ``simulate --json`` object."""
+        """The ``simulate --json`` object (the capacity keys only when a capacity is set)."""
         ideal = round(self.ideal_starts_per_minute, 3)
         restart = self.restart_minute
-        return {
+        doc: dict[str, Any] = {
             "scenario": self.scenario.kind,
             "nodes": self.scenario.nodes,
             "window_seconds": self.fleet.window,
@@ -244,6 +285,22 @@ class SimulationResult:
                 for o in self.policies
             },
         }
+        capacity = self.scenario.capacity
+        if capacity is not None:
+            doc["capacity_per_minute"] = capacity
+            doc["horizon_seconds"] = self.horizon
+            for o in self.policies:
+                doc["policies"][o.name].update(
+                    {
+                        "recovered": o.recovered,
+                        "starts_after_outage": o.starts_after_outage,
+                        "starts_after_outage_per_node": round(
+                            o.starts_after_outage / self.scenario.nodes, 3
+                        ),
+                        "failed_on_capacity": o.overloaded,
+                    }
+                )
+        return doc
 
 
 # --- the fleet ----------------------------------------------------------------------------
@@ -547,8 +604,11 @@ def run_model(
 
     One heap of (time, sequence, node, event) on the virtual clock: a node's scenario begins,
     its policy attempts a start, or its agent fails ``fail_after`` after a start made while
-    the control plane was down. ``horizon`` (seconds from t=0) bounds the run; nodes not
-    healthy by then count as never healthy. ``restart_at`` (seconds from t=0): every node's
+    the control plane was down. With ``scenario.capacity``, a start once the control plane is
+    up joins its queue, and fails so too when the queue would not be worked through to it
+    within ``fail_after`` (a weighted start is served whole or not at all); a served one is
+    healthy once it is worked through. ``horizon`` (seconds from t=0) bounds the run; nodes
+    not healthy by then count as never healthy. ``restart_at`` (seconds from t=0): every node's
     supervisor process is restarted then, before anything else happens at that instant.
 
     Every node has at most one event in the heap (its next one), which is what makes the
@@ -557,6 +617,12 @@ def run_model(
     """
     up_at = epoch + scenario.outage
     fail_after = scenario.fail_after
+    capacity = scenario.capacity
+    # The control plane's queue: full resyncs asked for and not yet worked through, as of
+    # ``queued_at``; it works through ``rate`` a second, first come first served.
+    rate = math.inf if capacity is None else capacity / CAPACITY_SPAN
+    queue = 0.0
+    queued_at = -math.inf
     end = epoch + horizon
     heap: list[tuple[float, int, int, int]] = [
         (epoch + trig.at, i, i, _BEGIN) for i, trig in enumerate(trigs)
@@ -575,6 +641,8 @@ def run_model(
     times: list[float] = []
     nodes_started: list[int] = []
     total = 0
+    after = 0
+    overloaded = 0
     healthy = 0
     last_healthy = -math.inf
     while heap:
@@ -602,12 +670,26 @@ def run_model(
                     if record_starts:
                         times.append(t - epoch)
                         nodes_started.append(node)
-                    if t < up_at:
+                    served = t >= up_at
+                    done = t
+                    if served:
+                        after += w
+                    if served and capacity is not None:
+                        # This resync is done once the queue ahead of it and itself are
+                        # worked through; its client waits fail_after for that. Served or
+                        # not, it joins the queue: the control plane works through it anyway.
+                        queue = max(0.0, queue - (t - queued_at) * rate) + w
+                        queued_at = t
+                        done = t + queue / rate
+                        served = done <= t + fail_after
+                        if not served:
+                            overloaded += w
+                    if served:
+                        healthy += w
+                        last_healthy = max(last_healthy, done)
+                    else:
                         started[node] = t
                         wake, event = t + fail_after, _EXIT
-                    else:
-                        healthy += w
-                        last_healthy = t
                     break
             elif event == _EXIT:
                 nxt = model.exited(node, t, t - started[node])
@@ -634,6 +716,8 @@ def run_model(
         never_healthy=never,
         start_times=tuple(times),
         start_nodes=tuple(nodes_started),
+        starts_after_outage=after,
+        overloaded=overloaded,
     )
 
 
@@ -699,7 +783,9 @@ def simulate(
     Randomness (boot times, unused addresses, full jitter) comes from ``rng`` (default
     ``random.Random(seed)``), the virtual clock starts at ``epoch``: the same arguments give
     the same result. ``record_starts`` keeps every start time and node (for tests on a few
-    nodes; it simulates the deterministic policies node by node).
+    nodes; it simulates the deterministic policies node by node). ``horizon`` (seconds from
+    t=0) ends the simulation; by default far beyond any recovery: a day past the outage and
+    the longest backoff, or with a capacity (where a storm may never end) an hour.
     """
     unknown = [p for p in policies if p not in POLICY_NAMES]
     if unknown:
@@ -715,7 +801,10 @@ def simulate(
     last_event = last_trigger if restart_at is None else max(last_trigger, restart_at)
     if horizon is None:
         # Far beyond any recovery: the outage, then the longest backoff a few times over.
-        horizon = last_event + scenario.outage + (fleet.max_multiplier + 3) * w + 86400.0
+        margin = 86400.0 if scenario.capacity is None else CAPACITY_HORIZON_MARGIN
+        horizon = last_event + scenario.outage + (fleet.max_multiplier + 3) * w + margin
+    elif not math.isfinite(horizon) or horizon <= 0:
+        raise ValueError(f"horizon = {horizon!r}: expected a positive duration")
     grouped, weights = _group(trigs)
     singles = [1] * n
     outcomes = []
@@ -743,7 +832,8 @@ def simulate(
             model = FullJitterModel(n, rng)
         else:
             anchor = _ANCHORS[name]
-            if anchor.deterministic and not record_starts:
+            # With a capacity, nodes of a group may be served or not as they come: no groups.
+            if anchor.deterministic and not record_starts and scenario.capacity is None:
                 node_trigs, node_weights = grouped, weights
             model = anchor(len(node_trigs))
         outcomes.append(
@@ -759,7 +849,9 @@ def simulate(
                 restart_at=restart_at,
             )
         )
-    return SimulationResult(scenario, fleet, seed if given_rng is None else None, tuple(outcomes))
+    return SimulationResult(
+        scenario, fleet, seed if given_rng is None else None, tuple(outcomes), horizon
+    )
 
 
 def _with_slot(base: Policy, node: str, offset: float) -> Policy:
@@ -811,11 +903,23 @@ def _hm(seconds: float | None) -> str:
     return f"{int(minutes // 60)}h{int(minutes % 60):02d}m ({seconds:,.0f} s)"
 
 
+def _recovery(result: SimulationResult, o: PolicyOutcome) -> str:
+    """When every node was healthy; with a capacity, "not by" the horizon when it never was."""
+    if result.scenario.capacity is None or o.recovered:
+        return _hm(o.all_healthy_at) + (f", {o.never_healthy} never" if o.never_healthy else "")
+    return f"not by {_hm(result.horizon)}: {o.never_healthy:,} nodes not healthy"
+
+
 def render_table(result: SimulationResult, *, width: int = 60) -> str:
-    """The default output: one row per policy, then a sparkline per policy."""
+    """The default output: one row per policy, then a sparkline per policy.
+
+    With a capacity, two columns more: the starts made once the control plane was up (each a
+    full resync it had to serve, per node) and how many of them failed on the capacity.
+    """
     sc, fl = result.scenario, result.fleet
     ideal = result.ideal_starts_per_minute
     restart = result.restart_minute
+    cap = sc.capacity
     head = (
         f"{sc.kind}: {sc.nodes} nodes, window {_hm(fl.window)}, ideal {ideal:.1f} starts/min "
         f"(N/W); control plane down {sc.outage:g} s, a start while it is down fails after "
@@ -826,6 +930,13 @@ def render_table(result: SimulationResult, *, width: int = 60) -> str:
             if restart is None
             else f"; every supervisor restarted at {sc.restart_at:g} s (minute {restart})"
         )
+        + (
+            ""
+            if cap is None
+            else f"; the control plane works through {cap:g} full resyncs/min in order, "
+            f"and a start whose resync is not done within {sc.fail_after:g} s fails "
+            f"(served or not, it is worked through); simulated until {_hm(result.horizon)}"
+        )
     )
     rows = [
         head,
@@ -833,6 +944,7 @@ def render_table(result: SimulationResult, *, width: int = 60) -> str:
         f"{'policy':<24}{'starts':>10}{'x N':>7}{'peak/min':>10}{'x ideal':>9}"
         f"{'after 1st min':>15}"
         + ("" if restart is None else f"{'from restart':>14}{'x ideal':>9}")
+        + ("" if cap is None else f"{'after outage':>14}{'x N':>8}{'failed':>12}")
         + "  all healthy at",
     ]
     for o in result.policies:
@@ -845,8 +957,13 @@ def render_table(result: SimulationResult, *, width: int = 60) -> str:
                 if restart is None
                 else f"{o.peak_after(restart):>14,}{o.peak_after(restart) / ideal:>9.2f}"
             )
-            + f"  {_hm(o.all_healthy_at)}"
-            + (f", {o.never_healthy} never" if o.never_healthy else "")
+            + (
+                ""
+                if cap is None
+                else f"{o.starts_after_outage:>14,}{o.starts_after_outage / sc.nodes:>8.2f}"
+                f"{o.overloaded:>12,}"
+            )
+            + f"  {_recovery(result, o)}"
         )
     length = max((len(o.starts_per_minute) for o in result.policies), default=0)
     rows += [
@@ -908,6 +1025,14 @@ def write_plot(result: SimulationResult, path: Path) -> None:
         linewidth=1,
         label=f"N/W = {result.ideal_starts_per_minute:.1f}/min (the start budget)",
     )
+    if sc.capacity is not None:
+        ax.axhline(
+            sc.capacity,
+            color="red",
+            linestyle=":",
+            linewidth=1.2,
+            label=f"capacity: {sc.capacity:g} full resyncs/min",
+        )
     if sc.outage > 0:
         ax.axvspan(0, sc.outage / 60, color="red", alpha=0.08, label="control plane down")
     if result.restart_minute is not None:
