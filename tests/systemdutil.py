@@ -132,26 +132,63 @@ def docker_socket() -> Path:
     return Path(os.path.realpath(host.removeprefix("unix://")))
 
 
+#: The directories the namespace gets fresh tmpfs on: whatever lives there must be carried.
+HIDDEN: Final = (Path("/tmp"), Path("/var/tmp"), Path("/run"))
+
+
+def carried_paths(base: Path) -> list[str]:
+    """``base``, and this checkout and the imported package's root when they live where the
+    namespace mounts fresh tmpfs (a CI clone under /tmp): visible inside at the same paths."""
+    import supervisor
+
+    candidates = [
+        base.resolve(),
+        Path(__file__).resolve().parent.parent,
+        Path(supervisor.__file__).resolve().parent.parent,
+    ]
+    out: list[Path] = []
+    for path in candidates:
+        hidden = any(path.is_relative_to(h) for h in HIDDEN)
+        covered = any(path.is_relative_to(o) or o.is_relative_to(path) for o in out)
+        if hidden and not covered:
+            out.append(path)
+    return [str(p) for p in out]
+
+
 def boot_scripts(base: Path, files: Path, socket: Path | None, cgroup: Path) -> tuple[str, str]:
     """The host side (join the cgroup, unshare) and the namespace side (mounts, exec systemd).
     ``socket``: the Docker engine's, or None for none."""
     q = shlex.quote
     journal = ["mount -t tmpfs -o mode=2755 as-test-journal /var/log/journal"]
+    carried = carried_paths(base)
     staged = files / "docker.sock"
     inner = [
         "set -eu",
         "mount --make-rprivate /",
         *([f"mount --bind {q(str(socket))} {q(str(staged))}"] if socket else []),
-        # A fresh /run first; the test's directory waits there while /tmp and /var/tmp get
+        # A fresh /run first; the test's directory (and the checkout, when it lives under
+        # /tmp, /var/tmp or /run, as a CI clone may) waits there while /tmp and /var/tmp get
         # theirs, then moves back to its own path.
         "mount -t tmpfs -o mode=0755,nosuid,nodev as-test-run /run",
-        "mkdir /run/as-test-stage",
-        f"mount --rbind {q(str(base))} /run/as-test-stage",
+        *(
+            line
+            for i, path in enumerate(carried)
+            for line in (
+                f"mkdir /run/as-test-stage-{i}",
+                f"mount --rbind {q(path)} /run/as-test-stage-{i}",
+            )
+        ),
         "mount -t tmpfs -o mode=1777,nosuid,nodev as-test-tmp /tmp",
         "mount -t tmpfs -o mode=1777,nosuid,nodev as-test-var-tmp /var/tmp",
-        f"mkdir -p {q(str(base))}",
-        f"mount --move /run/as-test-stage {q(str(base))}",
-        "rmdir /run/as-test-stage",
+        *(
+            line
+            for i, path in enumerate(carried)
+            for line in (
+                f"mkdir -p {q(path)}",
+                f"mount --move /run/as-test-stage-{i} {q(path)}",
+                f"rmdir /run/as-test-stage-{i}",
+            )
+        ),
         *(
             [": >/run/docker.sock", f"mount --bind {q(str(staged))} /run/docker.sock"]
             if socket
