@@ -44,13 +44,27 @@ structlog = _import_structlog_without_rich()
 _configured = False
 
 
+class _Stderr:
+    """``sys.stderr`` as it is at each write, not as it was when logging was configured.
+
+    A caller that swaps ``sys.stderr`` for a while (a test runner invoking the CLI in-process)
+    must not leave the logger writing to a stream it has since closed.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(
     stream: TextIO | None = None, *, json: bool | None = None, level: int = logging.INFO
 ) -> None:
     """Configure structlog once. ``json`` None means: JSON unless ``stream`` is a terminal."""
     global _configured
-    out = stream if stream is not None else sys.stderr
-    use_json = (not out.isatty()) if json is None else json
+    out: Any = stream if stream is not None else _Stderr()
+    use_json = (not (stream or sys.stderr).isatty()) if json is None else json
     renderer: Any
     if use_json:
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
