@@ -40,9 +40,7 @@ def main() -> None:
     """Measure and print."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    ap.add_argument(
-        "--scenario", default="outage", choices=list(SCENARIOS)
-    )
+    ap.add_argument("--scenario", default="outage", choices=list(SCENARIOS))
     ap.add_argument("--runs", type=int, default=1)
     args = ap.parse_args()
     how = "whole process"

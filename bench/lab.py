@@ -41,7 +41,8 @@ must cost nothing (it blocks in ``recv`` on its watch) and a start must cost lit
 etcdctl would cost a Go start and its output formatting per resync). The restart loop and
 kubelet are coroutines of this process (they cost nothing, as on a node they are another
 process's work); the gate is the real CLI, a process per agent (about 150 ms of CPU per call,
-30 MB per waiting gate), as on a node.
+30 MB per waiting gate), as on a node. Agents and gates run at nice 10: on a fleet they run on
+other machines than etcd, so here they take the CPU etcd leaves.
 
 Safety: etcd listens on 127.0.0.1 only, on ports the OS picked free, with its data in a
 temporary directory; every process the lab starts is stopped by its own pid (and dies with the
@@ -127,6 +128,10 @@ ETCD_MEMORY: Final = 4.5 * 2**30
 ETCD_RESTART_DELAY: Final = 2.0
 #: At most so many restarts of a dying etcd per run (then the run ends).
 ETCD_MAX_RESTARTS: Final = 30
+#: The highest finite bucket of etcd's gRPC latency histograms (Prometheus' defaults).
+ETCD_TOP_BUCKET: Final = 10.0
+#: The niceness of every agent, gate and record-exit (etcd and the lab run at 0).
+NODE_NICE: Final = 10
 #: How often etcd's /metrics is read.
 SCRAPE_EVERY: Final = 2.0
 
@@ -178,6 +183,17 @@ def dies_with_lab(argv: Sequence[str], sig: str = "TERM") -> list[str]:
     """
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", sig, "--", *argv] if setpriv else list(argv)
+
+
+def on_a_node(argv: Sequence[str], sig: str = "TERM") -> list[str]:
+    """``argv`` as a node's process: it dies with the lab, and runs at nice :data:`NODE_NICE`.
+
+    On a real fleet the agents and their supervisors run on other machines than etcd; here
+    they share two cores with it. At a lower priority they take what etcd leaves, so etcd
+    serves about as it would on a machine of its own, whatever the policy costs on the nodes
+    (200 gates deciding at the crash, or 200 agents starting every 5 s).
+    """
+    return dies_with_lab(["nice", "-n", str(NODE_NICE), *argv], sig)
 
 
 def child_env() -> dict[str, str]:
@@ -700,8 +716,9 @@ class PolicyResult:
     recovered: bool
     gate_errors: int
     timeline: dict[str, list[float | None]] = field(default_factory=dict)
-    #: How often etcd died (out of its memory) after the outage and was started again.
+    #: How often etcd died (out of its memory) after the outage and was started again, and when.
     etcd_deaths: int = 0
+    etcd_died_at: list[float] = field(default_factory=list)
     #: The most memory etcd held during the run (its VmHWM, MiB).
     etcd_peak_rss_mib: float | None = None
 
@@ -815,8 +832,8 @@ class Fleet:
         """What the node's supervisor runs for agent ``i``."""
         if self.policy in GATED:
             gate = [*self.setup.cli, "gate", "--wait", *self.gate_options(i), "--"]
-            return dies_with_lab([*gate, *self.agent_argv()])
-        return dies_with_lab(self.agent_argv(), "KILL")
+            return on_a_node([*gate, *self.agent_argv()])
+        return on_a_node(self.agent_argv(), "KILL")
 
     # -- supervision
 
@@ -867,7 +884,7 @@ class Fleet:
         """``agent-supervisor record-exit``, as systemd's ExecStopPost= or the daemon does."""
         text = str(code) if code >= 0 else signal.Signals(-code).name.removeprefix("SIG")
         proc = await asyncio.create_subprocess_exec(
-            *dies_with_lab([*self.setup.cli, "record-exit", "--code", text, *self.gate_options(i)]),
+            *on_a_node([*self.setup.cli, "record-exit", "--code", text, *self.gate_options(i)]),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=self.errlog,
@@ -1054,6 +1071,7 @@ async def run_policy(
     result = replace(
         result,
         etcd_deaths=len(deaths),
+        etcd_died_at=[round(t - t0, 1) for t, _ in deaths],
         etcd_peak_rss_mib=round(peak / 2**20) if peak else None,
     )
     return [result, *inner_results]
@@ -1240,7 +1258,8 @@ def summarize(
         starts=sum(1 for e in after if e[2] == "start"),
         requests=sum(requests),
         synced=sum(1 for e in after if e[2] == "synced"),
-        failed=sum(1 for e in after if e[2] == "failed"),
+        # Resyncs that reached etcd and failed (a timeout, an error), not attempts to reach it.
+        failed=sum(1 for e in after if e[2] == "failed" and not e[3].startswith("unreachable")),
         peak_requests_per_10s=max(requests[first_bin:], default=0),
         client_p99=_round(client_p99),
         etcd_started=None if totals is None else totals.started,
@@ -1344,10 +1363,12 @@ def _s(x: float | None, unit: str = " s", digits: int = 1) -> str:
 def render_table(results: Sequence[PolicyResult]) -> str:
     """One row per policy: what etcd served after recovery, and when the fleet was healthy.
 
-    ``down``: how long etcd was down (D, and longer under ``--nested`` for the outer fleets);
+    ``down``: how long etcd was down, until it answered again (D and its start, longer under
+    ``--nested`` for the outer fleets);
     ``resyncs``: full resyncs the agents sent after it was back; ``etcd Range``: Range
     requests etcd handled (served or abandoned by their client), ``OK`` those it completed;
-    ``failed``: resyncs that timed out or failed; ``CPU s``: etcd's CPU time after it was
+    ``failed``: resyncs sent that timed out or failed; ``etcd p99``: of its gRPC Range handling
+    time (its histogram ends at 10 s); ``CPU s``: etcd's CPU time after it was
     back (none when it died on the way); ``MiB``: etcd's peak memory; ``died``: how often it
     died of its memory cap and was started again; times are from the moment etcd went down.
     """
@@ -1365,15 +1386,22 @@ def render_table(results: Sequence[PolicyResult]) -> str:
                 "" if r.recovered else f" (after the {r.bound:.0f} s bound)"
             )
         rows.append(
-            f"{r.policy:<24}{r.etcd_restarted_at:>5.0f}s{r.requests:>9,}"
+            f"{r.policy:<24}{r.etcd_healthy_at:>5.0f}s{r.requests:>9,}"
             f"{r.requests_per_agent:>8.2f}"
             f"{_num(r.etcd_handled):>12}{_per(r.served_per_agent):>8}{_num(r.etcd_ok):>7}"
-            f"{r.peak_requests_per_10s:>10}{_s(r.etcd_p99, ' s', 2):>10}"
+            f"{r.peak_requests_per_10s:>10}{_p99(r.etcd_p99):>10}"
             f"{_s(r.client_p99, ' s', 2):>12}{r.failed:>8,}"
             f"{_mib(r.etcd_sent_bytes):>10}{_num(r.etcd_cpu_seconds):>7}"
             f"{_num(r.etcd_peak_rss_mib):>7}{r.etcd_deaths:>5}  {healthy}"
         )
     return "\n".join(rows) + "\n"
+
+
+def _p99(x: float | None) -> str:
+    """etcd's histogram ends at 10 s: a p99 there is beyond it."""
+    if x is None:
+        return "-"
+    return f">={x:.0f} s" if x >= ETCD_TOP_BUCKET else f"{x:.2f} s"
 
 
 def _num(x: float | None) -> str:
@@ -1429,12 +1457,14 @@ def write_plot(
         style = {"linewidth": 2.2 if ours else 1.3, "zorder": 3 if ours else 2}
         reqs = [float(v or 0.0) for v in tl["requests"]]
         axes[0].step([*xs, xs[-1] + BIN], [*reqs, 0.0], where="post", label=f"{r.policy}", **style)
-        hx = [x + BIN for x, v in zip(xs, tl["healthy"], strict=True) if v is not None]
-        hy = [float(v) for v in tl["healthy"] if v is not None]
-        axes[1].plot(hx, hy, **style)
-        px = [x + BIN / 2 for x, v in zip(xs, tl["etcd_p99"], strict=True) if v is not None]
-        py = [float(v) for v in tl["etcd_p99"] if v is not None]
-        axes[2].plot(px, py, marker=".", **style)
+        # None (no read, or after the run) is a gap in the line, not a zero.
+        hy = [math.nan if v is None else float(v) for v in tl["healthy"]]
+        (line,) = axes[1].plot([x + BIN for x in xs], hy, **style)
+        py = [math.nan if v is None else float(v) for v in tl["etcd_p99"]]
+        axes[2].plot([x + BIN / 2 for x in xs], py, marker=".", **style)
+        for t in r.etcd_died_at:
+            for ax in axes:
+                ax.axvline(t, color=line.get_color(), linestyle=":", linewidth=1.0, alpha=0.8)
     for ax in axes:
         ax.axvspan(0, outage, color="red", alpha=0.08)
         ax.grid(True, which="both", alpha=0.3)
@@ -1444,7 +1474,9 @@ def write_plot(
     axes[1].set_ylabel("agents healthy (synced, watching)")
     axes[2].set_yscale("log")
     axes[2].set_ylabel("etcd Range p99 per 10 s (s)")
-    axes[2].set_xlabel("seconds since etcd was stopped (shaded: down)")
+    axes[2].set_xlabel(
+        "seconds since etcd was stopped (shaded: down for D; dotted: etcd died of its memory cap)"
+    )
     axes[0].set_title(title, fontsize="medium")
     fig.text(0.01, 0.005, footer, fontsize="x-small", family="monospace")
     fig.tight_layout(rect=(0, 0.02, 1, 1))
