@@ -631,3 +631,17 @@ class PrivateDockerd:
         for point in self._mounts():
             subprocess.run(["umount", "-l", point], check=False, capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def assert_untouched(engine: PrivateDockerd, pid: int) -> None:
+    """``engine`` is the same process as before and answers ``docker info`` on its socket."""
+    assert engine.pid == pid
+    assert process_running(pid)
+    info = subprocess.run(
+        ["docker", "-H", engine.host, "info", "--format", "{{.ID}}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert info.returncode == 0 and info.stdout.strip(), info.stderr

@@ -19,20 +19,6 @@ from conftest import clean_env
 CI_SCRIPT = dockerutil.REPO / ".ci" / "docker.sh"
 
 
-def assert_untouched(engine: dockerutil.PrivateDockerd, pid: int) -> None:
-    """``engine`` is the same process as before and answers ``docker info`` on its socket."""
-    assert engine.pid == pid
-    assert dockerutil.process_running(pid)
-    info = subprocess.run(
-        ["docker", "-H", engine.host, "info", "--format", "{{.ID}}"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert info.returncode == 0 and info.stdout.strip(), info.stderr
-
-
 def ci_env(tmp_path: Path, docker_host: str, **extra: str) -> dict[str, str]:
     """The environment for .ci/docker.sh: no installation, its pid file and log in tmp_path."""
     return clean_env(
@@ -70,7 +56,7 @@ def test_restarting_an_own_engine_leaves_a_bystander_running(
     started = private_dockerd.start()
     assert private_dockerd.pid != before
     assert private_dockerd.answers()
-    assert_untouched(bystander_dockerd, bystander)
+    dockerutil.assert_untouched(bystander_dockerd, bystander)
     print(f"\nown engine: stopped in {stopped:.2f}s, started in {started:.2f}s")
 
 
@@ -96,7 +82,7 @@ def test_ci_script_uses_an_engine_it_did_not_start_and_leaves_it_running(
     assert "already answers" in r.stderr
     assert not (tmp_path / "ci-dockerd.pid").exists()
     assert not (tmp_path / "ci-dockerd.log").exists()  # no dockerd was started
-    assert_untouched(bystander_dockerd, bystander)
+    dockerutil.assert_untouched(bystander_dockerd, bystander)
 
 
 @pytest.mark.docker
@@ -124,7 +110,7 @@ def test_ci_script_stops_the_engine_it_started_and_no_other(
         assert not dockerutil.process_running(pid)
         assert not pidfile.exists()
         assert not layout.answers()
-        assert_untouched(bystander_dockerd, bystander)
+        dockerutil.assert_untouched(bystander_dockerd, bystander)
     finally:
         # The script's dockerd is this test's own: if the script left it running, stop it.
         if pid and dockerutil.process_running(pid):
