@@ -1,4 +1,4 @@
-"""Slot offsets: exact ordinals, low-discrepancy addresses, hashes, and how names become ids."""
+"""Slot offsets: exact ordinals, low-discrepancy addresses, hashes, and which names give an id."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from supervisor.core.slots import (
+    SlotError,
     address_offset,
     hash_offset,
     index_offset,
+    no_address_message,
     node_id_from_name,
     slot_offset,
 )
@@ -129,29 +131,63 @@ def test_contiguous_block_peak_beats_hash() -> None:
         ("10.1.2.3", int(ipaddress.IPv4Address("10.1.2.3"))),
         ("ip-10-1-2-3.ec2.internal", int(ipaddress.IPv4Address("10.1.2.3"))),
         ("ip-10-1-2-3", int(ipaddress.IPv4Address("10.1.2.3"))),
-        ("node-0042", 42),
-        ("node-0042.dc1.example.com", 42),
-        ("worker7", 7),
-        ("ip-10-1-2-300.x", 300),
+        ("10-1-2-3.nodes.example", int(ipaddress.IPv4Address("10.1.2.3"))),
+        ("node-0042", None),
+        ("node-0042.dc1.example.com", None),
+        ("worker7", None),
+        ("bm-dc2-rack07-u12", None),
+        ("ip-10-1-2-300.x", None),
+        ("ip-10-01-02-03.x", None),
         ("control-plane", None),
     ],
 )
 def test_node_id_from_name(name: str, expected: int | None) -> None:
-    """Names give their IPv4 address, else the last number of the host label, else None."""
+    """A name gives the IPv4 address it is or holds, and nothing else: no number from a name."""
     assert node_id_from_name(name) == expected
 
 
-def test_address_mode_uses_the_name_or_falls_back_to_hash() -> None:
-    """address mode reads the id from the name, prefers a configured id, else hashes."""
+def test_address_mode_uses_the_configured_id_or_the_name_address() -> None:
+    """address mode prefers a configured node_id, else reads the IPv4 address in the name."""
     assert slot_offset("address", node="10.0.0.7", agent="a") == (
         address_offset(BLOCK + 7),
         "address",
     )
     assert slot_offset("address", node="x", agent="a", node_id=9) == (address_offset(9), "address")
-    assert slot_offset("address", node="gateway", agent="a") == (
-        hash_offset("gateway", "a"),
-        "hash",
+    assert slot_offset("address", node="bm-dc2-rack07-u12", agent="a", node_id=9) == (
+        address_offset(9),
+        "address",
     )
+
+
+@pytest.mark.parametrize("name", ["gateway", "bm-dc2-rack07-u12", "node-0042.dc1.example.com"])
+def test_address_mode_without_an_address_is_a_slot_error(name: str) -> None:
+    """address mode never falls back (to a number in the name, or to the hash): a name without
+    an IPv4 address and no node_id is a SlotError naming the node and the fix."""
+    with pytest.raises(SlotError) as info:
+        slot_offset("address", node=name, agent="a")
+    assert str(info.value) == no_address_message(name)
+    assert isinstance(info.value, ValueError)
+    assert f"node name {name!r} holds no IPv4 address" in str(info.value)
+    for fix in ("set node_id", "slot_mode = index", "slot_mode = hash"):
+        assert fix in str(info.value)
+
+
+def test_rack_names_sharing_a_last_number_are_not_slotted_together() -> None:
+    """Regression (issue 15): bm-dc2-rack07-u12 and bm-dc3-rack31-u12 used to get one slot (the
+    number 12); now neither gets any slot from its name in address mode, and both hash apart."""
+    for name in ("bm-dc2-rack07-u12", "bm-dc3-rack31-u12"):
+        with pytest.raises(SlotError):
+            slot_offset("address", node=name, agent="a")
+    assert hash_offset("bm-dc2-rack07-u12", "a") != hash_offset("bm-dc3-rack31-u12", "a")
+
+
+def test_distinct_ids_never_share_an_address_slot() -> None:
+    """Fibonacci hashing by an odd constant is a bijection modulo 2**64: 100,000 consecutive ids
+    and, past them, 100,000 ids a /24 apart give 200,000 distinct offsets."""
+    past = BLOCK + 100_000
+    ids = [BLOCK + i for i in range(100_000)] + [past + 256 * i for i in range(100_000)]
+    assert len(set(ids)) == 200_000
+    assert len({address_offset(i) for i in ids}) == 200_000
 
 
 def test_auto_without_ordinals_is_hash() -> None:
