@@ -58,6 +58,11 @@ class Result:
         return [ln for ln in self.stderr.splitlines() if ln.strip() and not ln.startswith("{")]
 
 
+#: A short admission grid for tests whose subject is not the first start: a first start waits
+#: for the node's admission slot (invariant 2), at most J, which this makes 300 ms.
+QUICK_ADMISSION = ("--set", "window.admission=300ms")
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The test process's environment without any AGENT_SUPERVISOR_* leaking in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_SUPERVISOR_")}

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import Result, clean_env, run_cli
+from conftest import QUICK_ADMISSION, Result, clean_env, run_cli
 
 SIZE = ("--cluster-size", "5000")
 
@@ -28,6 +28,14 @@ def gate(state_dir: Path, *args: str, env: dict[str, str] | None = None) -> Resu
     return run_cli("gate", "--json", "--state-dir", str(state_dir), *args, env=env)
 
 
+def first(state_dir: Path, *args: str, env: dict[str, str] | None = None) -> Result:
+    """The agent's first start through the real gate: ``gate --wait`` on a short admission
+    grid (a first start waits for the node's admission slot)."""
+    return run_cli(
+        "gate", "--wait", "--json", "--state-dir", str(state_dir), *QUICK_ADMISSION, *args, env=env
+    )
+
+
 def state_doc(state_dir: Path) -> dict[str, object]:
     """The agent's state file, parsed."""
     doc = json.loads((state_dir / "cilium-agent.json").read_text())
@@ -35,16 +43,20 @@ def state_doc(state_dir: Path) -> dict[str, object]:
     return doc
 
 
-def test_done_when_example(state_dir: Path) -> None:
-    """Issue 2's acceptance: allowed once with W=3600, then 75 with a stable next slot."""
+def test_a_first_start_waits_for_its_admission_slot_and_re_asking_names_the_same(
+    state_dir: Path,
+) -> None:
+    """Invariant 2 through the console script: a first start with W = 3600 is refused (75)
+    until the node's admission slot, within J = W of the ask; asking again names the same slot
+    and the same ask, which the state keeps."""
     env = clean_env(AGENT_SUPERVISOR_CLUSTER_SIZE="5000")
     exe = shutil.which("agent-supervisor")
     assert exe, "the console script is installed"
     cmd = [exe, "gate", "--json", "--state-dir", str(state_dir)]
-    first = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    assert first.returncode == 0, first.stderr
-    d1 = json.loads(first.stdout)
-    assert d1["allowed"] is True and d1["window_seconds"] == 3600
+    first_ask = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    assert first_ask.returncode == 75, first_ask.stderr
+    d1 = json.loads(first_ask.stdout)
+    assert d1["allowed"] is False and d1["window_seconds"] == 3600
     assert set(d1) >= {
         "allowed",
         "reason",
@@ -55,20 +67,25 @@ def test_done_when_example(state_dir: Path) -> None:
         "backoff_level",
         "next_allowed_at",
         "forced",
+        "run_id",
+        "grid",
+        "asked_at",
     }
-    start = ts(d1["decided_at"])
+    asked = ts(d1["asked_at"])
+    assert d1["grid"] == "admission" and asked <= ts(d1["next_allowed_at"]) < asked + 3600
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    third = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    assert second.returncode == 75 and third.returncode == 75
-    d2, d3 = json.loads(second.stdout), json.loads(third.stdout)
-    assert d2["allowed"] is False and d2["next_allowed_at"] == d3["next_allowed_at"]
-    assert start + 3600 <= ts(d2["next_allowed_at"]) < start + 7200
+    assert second.returncode == 75
+    d2 = json.loads(second.stdout)
+    assert (d2["next_allowed_at"], d2["asked_at"]) == (d1["next_allowed_at"], d1["asked_at"])
+    assert state_doc(state_dir)["ask"]["until"] == d1["next_allowed_at"]  # type: ignore[index]
 
 
 def test_python_dash_m_is_the_same_program(state_dir: Path) -> None:
-    """``python -m supervisor`` gates like the console script."""
-    r = gate(state_dir, *SIZE)
-    assert r.code == 0 and json.loads(r.stdout)["allowed"]
+    """``python -m supervisor`` gates like the console script, and names the run it allows."""
+    r = first(state_dir, *SIZE)
+    d = json.loads(r.stdout)
+    assert r.code == 0 and d["allowed"] and d["run_id"]
+    assert state_doc(state_dir)["runs"][-1]["id"] == d["run_id"]  # type: ignore[index]
 
 
 def test_missing_cluster_size_exits_78_and_says_how(state_dir: Path) -> None:
@@ -90,21 +107,28 @@ def test_bad_agent_name_is_a_usage_error(state_dir: Path) -> None:
 
 
 def test_gate_execs_the_command_in_place(state_dir: Path, tmp_path: Path) -> None:
-    """Once allowed the gate execs the command: same PID, its exit code is the process's."""
+    """Once allowed the gate execs the command: same PID, its exit code is the process's, and
+    the run's id in its environment (AGENT_SUPERVISOR_RUN_ID) is the one recorded."""
     out = tmp_path / "pid"
+    code = (
+        f"import os; open({str(out)!r}, 'w').write("
+        "str(os.getpid()) + ' ' + os.environ['AGENT_SUPERVISOR_RUN_ID']); raise SystemExit(3)"
+    )
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "supervisor",
             "gate",
+            "--wait",
             "--state-dir",
             str(state_dir),
             *SIZE,
+            *QUICK_ADMISSION,
             "--",
             sys.executable,
             "-c",
-            f"import os; open({str(out)!r}, 'w').write(str(os.getpid())); raise SystemExit(3)",
+            code,
         ],
         env=clean_env(),
         stdout=subprocess.PIPE,
@@ -112,14 +136,24 @@ def test_gate_execs_the_command_in_place(state_dir: Path, tmp_path: Path) -> Non
     )
     proc.communicate(timeout=60)
     assert proc.returncode == 3
-    assert int(out.read_text()) == proc.pid
+    pid, run_id = out.read_text().split()
+    assert int(pid) == proc.pid
     runs = state_doc(state_dir)["runs"]
-    assert isinstance(runs, list) and len(runs) == 1
+    assert isinstance(runs, list) and len(runs) == 1 and runs[0]["id"] == run_id
 
 
 def test_exec_of_missing_command_records_the_end(state_dir: Path) -> None:
     """A command that cannot be exec'd is reported in one line and its run is closed."""
-    r = run_cli("gate", "--state-dir", str(state_dir), *SIZE, "--", "/nonexistent/agent")
+    r = run_cli(
+        "gate",
+        "--wait",
+        "--state-dir",
+        str(state_dir),
+        *SIZE,
+        *QUICK_ADMISSION,
+        "--",
+        "/nonexistent/agent",
+    )
     assert r.code == 127 and r.stderr_lines == [
         "agent-supervisor: error: cannot exec '/nonexistent/agent': No such file or directory"
     ]
@@ -129,7 +163,7 @@ def test_exec_of_missing_command_records_the_end(state_dir: Path) -> None:
 
 def test_force_is_recorded_with_user_and_reason(state_dir: Path) -> None:
     """--force allows inside the window and records who and why, in state and audit log."""
-    assert gate(state_dir, *SIZE).code == 0
+    assert first(state_dir, *SIZE).code == 0
     r = gate(state_dir, *SIZE, "--force", "--reason", "hotfix rollout")
     assert r.code == 0
     d = json.loads(r.stdout)
@@ -152,7 +186,7 @@ def test_hold_blocks_release_unblocks(state_dir: Path) -> None:
     r = gate(state_dir, *SIZE)
     assert r.code == 75 and "held by" in json.loads(r.stdout)["reason"]
     assert run_cli("release", "--state-dir", str(state_dir)).code == 0
-    assert gate(state_dir, *SIZE).code == 0
+    assert first(state_dir, *SIZE).code == 0
     commands = [
         json.loads(x)["command"] for x in (state_dir / "audit.jsonl").read_text().splitlines()
     ]
@@ -161,7 +195,7 @@ def test_hold_blocks_release_unblocks(state_dir: Path) -> None:
 
 def test_override_lets_starts_through(state_dir: Path) -> None:
     """During an override every start is allowed; they are marked as operator starts."""
-    assert gate(state_dir, *SIZE).code == 0
+    assert first(state_dir, *SIZE).code == 0
     assert (
         run_cli(
             "override", "--for", "10m", "--reason", "testing", "--state-dir", str(state_dir)
@@ -184,7 +218,7 @@ def test_operator_commands_require_a_reason(state_dir: Path) -> None:
 def test_record_exit_and_stable_reset(state_dir: Path) -> None:
     """A run that lasted stable_after resets the level; a short one raises it."""
     fast = ("--set", "stable_after=2s", "--set", "window.base=1h")
-    assert gate(state_dir, *SIZE, *fast).code == 0
+    assert first(state_dir, *SIZE, *fast).code == 0
     r = run_cli("record-exit", "--code", "1", "--state-dir", str(state_dir))
     assert r.code == 0 and "recorded exit 1" in r.stdout
     d = json.loads(gate(state_dir, *SIZE, *fast).stdout)
@@ -203,15 +237,38 @@ def test_record_exit_and_stable_reset(state_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("code", "stored"), [("0", 0), ("137", 137), ("KILL", 137), ("SIGSEGV", 139), ("", None)]
+    ("code", "stored"), [("0", 0), ("137", 137), ("KILL", 137), ("SIGSEGV", 139)]
 )
 def test_record_exit_accepts_systemd_exit_status(
     state_dir: Path, code: str, stored: int | None
 ) -> None:
     """$EXIT_STATUS may be a number or a signal name; both are recorded."""
-    assert gate(state_dir, *SIZE).code == 0
+    assert first(state_dir, *SIZE).code == 0
     assert run_cli("record-exit", "--code", code, "--state-dir", str(state_dir)).code == 0
     assert state_doc(state_dir)["runs"][-1]["exit_code"] == stored  # type: ignore[index]
+
+
+def test_record_exit_without_a_status_records_nothing(state_dir: Path) -> None:
+    """Invariant 12: systemd's empty $EXIT_STATUS (the agent never ran) records nothing."""
+    assert first(state_dir, *SIZE).code == 0
+    before = state_doc(state_dir)["runs"]
+    r = run_cli("record-exit", "--code=", "--state-dir", str(state_dir))
+    assert r.code == 0 and "nothing recorded" in r.stdout
+    assert state_doc(state_dir)["runs"] == before
+
+
+def test_record_exit_closes_only_the_run_it_names(state_dir: Path) -> None:
+    """Invariant 12: a report for another run, or a second one, changes nothing."""
+    d = json.loads(first(state_dir, *SIZE).stdout)
+    sd = ("--state-dir", str(state_dir))
+    other = run_cli("record-exit", "--code", "0", "--run-id", "not-this-one", *sd)
+    assert other.code == 0 and "not in the history" in other.stdout
+    assert state_doc(state_dir)["runs"][-1]["ended_at"] is None  # type: ignore[index]
+    ok = run_cli("record-exit", "--code", "1", "--run-id", d["run_id"], *sd)
+    assert ok.code == 0 and f"run {d['run_id']}" in ok.stdout
+    again = run_cli("record-exit", "--code", "0", "--run-id", d["run_id"], *sd)
+    assert again.code == 0 and "ended already" in again.stdout
+    assert state_doc(state_dir)["runs"][-1]["exit_code"] == 1  # type: ignore[index]
 
 
 def test_record_exit_rejects_garbage(state_dir: Path) -> None:
@@ -222,18 +279,19 @@ def test_record_exit_rejects_garbage(state_dir: Path) -> None:
 
 def test_reset_keeps_a_backup(state_dir: Path) -> None:
     """reset empties the history and keeps the old file beside it."""
-    assert gate(state_dir, *SIZE).code == 0
+    assert first(state_dir, *SIZE).code == 0
     before = (state_dir / "cilium-agent.json").read_text()
     r = run_cli("reset", "--reason", "fresh start", "--state-dir", str(state_dir))
     assert r.code == 0 and "backup at" in r.stdout
     backups = list(state_dir.glob("cilium-agent.json.reset-*"))
     assert len(backups) == 1 and backups[0].read_text() == before
-    assert gate(state_dir, *SIZE).code == 0
+    assert state_doc(state_dir)["runs"] == []
+    assert first(state_dir, *SIZE).code == 0
 
 
 def test_status_json_explains_the_decision(state_dir: Path) -> None:
     """status --json has the decision plus slot, runs, hold and override, and writes nothing."""
-    assert gate(state_dir, *SIZE).code == 0
+    assert first(state_dir, *SIZE).code == 0
     before = (state_dir / "cilium-agent.json").read_bytes()
     r = run_cli("status", "--json", "--state-dir", str(state_dir), *SIZE)
     assert r.code == 0
@@ -260,7 +318,7 @@ def test_window_command_prints_window_and_rate() -> None:
 
 def test_wait_wakes_on_override(state_dir: Path) -> None:
     """A waiting gate notices an override within about a second and starts."""
-    assert gate(state_dir, *SIZE).code == 0
+    assert first(state_dir, *SIZE).code == 0
     proc = _waiting_gate(state_dir, "--json")
     assert run_cli("override", "--reason", "go", "--state-dir", str(state_dir)).code == 0
     out, _ = proc.communicate(timeout=30)
@@ -269,15 +327,17 @@ def test_wait_wakes_on_override(state_dir: Path) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_wait_ends_on_signal_without_recording(state_dir: Path, sig: signal.Signals) -> None:
-    """SIGTERM/SIGINT end a wait at once with exit 75, and no start is recorded."""
-    assert gate(state_dir, *SIZE).code == 0
-    before = (state_dir / "cilium-agent.json").read_bytes()
+    """SIGTERM/SIGINT end a wait at once with exit 75, and no start is recorded (the ask the
+    refusal left stays: a fresh gate waits for the same slot)."""
+    assert first(state_dir, *SIZE).code == 0
+    before = state_doc(state_dir)["runs"]
     proc = _waiting_gate(state_dir)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 75
     assert "Traceback" not in err and "gate.wait_interrupted" in err
-    assert (state_dir / "cilium-agent.json").read_bytes() == before
+    assert state_doc(state_dir)["runs"] == before
+    assert state_doc(state_dir)["ask"] is not None
 
 
 def test_wait_allows_at_the_slot(state_dir: Path) -> None:
@@ -296,7 +356,7 @@ def test_wait_allows_at_the_slot(state_dir: Path) -> None:
         "--set",
         "slot_count=1",
     )
-    assert gate(state_dir, *small).code == 0
+    assert first(state_dir, *small).code == 0
     r = run_cli("gate", "--wait", "--json", "--state-dir", str(state_dir), *small)
     assert r.code == 0 and json.loads(r.stdout)["allowed"] is True
     runs = state_doc(state_dir)["runs"]
@@ -328,7 +388,7 @@ def test_non_operator_is_refused_with_77(tmp_path: Path, nobody: int) -> None:
     base = Path(tempfile.mkdtemp(prefix="as-77-", dir="/tmp"))
     base.chmod(0o711)
     sd = base / "state"
-    assert gate(sd, *SIZE).code == 0
+    assert first(sd, *SIZE).code == 0
     before = (sd / "cilium-agent.json").read_bytes()
     for args in (
         ["hold", "--reason", "x"],
@@ -409,7 +469,7 @@ def test_wait_shows_a_countdown_on_a_terminal(state_dir: Path) -> None:
     """On a terminal a waiting gate shows a countdown and readable (not JSON) log lines."""
     import pty
 
-    assert gate(state_dir, *SIZE).code == 0
+    assert first(state_dir, *SIZE).code == 0
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
         [
@@ -504,7 +564,7 @@ def test_operator_action_with_broken_audit_log_changes_nothing(
     state_dir: Path, tmp_path: Path
 ) -> None:
     """Regression: a hold that cannot be audited is refused (74) before the state changes."""
-    assert gate(state_dir, *SIZE).code == 0
+    assert first(state_dir, *SIZE).code == 0
     before = (state_dir / "cilium-agent.json").read_bytes()
     (state_dir / "audit.jsonl").symlink_to(tmp_path / "elsewhere")
     r = run_cli("hold", "--reason", "x", "--state-dir", str(state_dir))
@@ -522,7 +582,13 @@ def test_set_state_dir_beats_the_environment(tmp_path: Path) -> None:
     """Regression: --set state_dir (command line) wins over AGENT_SUPERVISOR_STATE_DIR."""
     a, b = tmp_path / "a", tmp_path / "b"
     r = run_cli(
-        "gate", *SIZE, "--set", f"state_dir={b}", env=clean_env(AGENT_SUPERVISOR_STATE_DIR=str(a))
+        "gate",
+        "--wait",
+        *SIZE,
+        *QUICK_ADMISSION,
+        "--set",
+        f"state_dir={b}",
+        env=clean_env(AGENT_SUPERVISOR_STATE_DIR=str(a)),
     )
     assert r.code == 0 and (b / "cilium-agent.json").exists() and not a.exists()
 
@@ -530,7 +596,7 @@ def test_set_state_dir_beats_the_environment(tmp_path: Path) -> None:
 @pytest.mark.parametrize("code", ["99999", "-1", "256", "1.5", "SIGNOPE"])
 def test_record_exit_refuses_codes_no_process_can_have(state_dir: Path, code: str) -> None:
     """An exit status is 0-255 or a signal name: anything else is one usage line (2)."""
-    assert gate(state_dir, *SIZE).code == 0
+    assert first(state_dir, *SIZE).code == 0
     before = (state_dir / "cilium-agent.json").read_bytes()
     r = run_cli("record-exit", f"--code={code}", "--state-dir", str(state_dir))
     assert r.code == 2 and len(r.stderr_lines) == 1 and "--code" in r.stderr_lines[0]

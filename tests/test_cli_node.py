@@ -403,4 +403,4 @@ def test_gate_refuses_a_bad_identity_unless_forced(tmp_path: Path, issued: certg
     assert forced.code == 0, forced.stderr
     issued.key.chmod(0o600)
     fresh = cli("gate", "--config", str(cfg), "--state-dir", str(tmp_path / "state2"))
-    assert fresh.code == 0, fresh.stderr
+    assert fresh.code == 75 and "admission slot" in fresh.stdout, fresh.stderr

@@ -106,10 +106,10 @@ def test_every_key_has_an_environment_variable() -> None:
         ("cluster_size = true", "expected a whole number"),
         ("cluster_size = 99999999999", "must be at most"),
         ("clustersize = 5", "unknown key 'clustersize'"),
-        ('[window]\nbse = "1m"', "unknown key 'window.bse' (known: window.base"),
+        ('[window]\nbse = "1m"', "unknown key 'window.bse' (known: window.admission, window.base"),
         ('[window]\nbase = "10x"', "window.base = '10x'"),
         ('[window]\nmin = "2h"\nmax = "1h"', "window.min"),
-        ('[window]\nmax = "0"', "window.max = 0.0s must be positive"),
+        ('[window]\nmax = "0"', "window.max = '0': must be longer than 0s"),
         ("slot_index = 3", "slot_index and slot_count go together"),
         ("slot_index = 3\nslot_count = 3", "must be below slot_count"),
         ('node_name = "bad name!"', "node_name = 'bad name!'"),
@@ -119,6 +119,19 @@ def test_every_key_has_an_environment_variable() -> None:
         ("[agent]\ncluster-name = {a = 1}", "agent.cluster-name"),
         ("cluster_size = ", "not valid TOML"),
         ("agent = 5", "[agent] must be a table"),
+        # Bounds (issue 16): a config that loads must give times the calendar can hold, and
+        # a backoff that is not silently off.
+        ('[window]\nbase = "3650d"\nmax = "3650d"', "window.base = '3650d': must be at most 30d"),
+        ('[window]\nmax = "31d"', "window.max = '31d': must be at most 30d"),
+        ('stable_after = "0"', "stable_after = '0': must be longer than 0s"),
+        ('stable_after = "500ms"', "stable_after = '500ms': must be at least 1s"),
+        ("max_multiplier = 1025", "max_multiplier = 1025: must be at most 1024"),
+        ('[window]\nadmission = "0s"', "window.admission = '0s': must be longer than 0s"),
+        ('[docker]\ngrace = "2d"', "docker.grace = '2d': must be at most 1d"),
+        (
+            '[probe]\ntimeout = "1s"\nmax_latency = "1s"',
+            "probe.max_latency = 1s must be shorter than probe.timeout = 1s",
+        ),
     ],
 )
 def test_bad_config_names_file_key_and_value(tmp_path: Path, text: str, needle: str) -> None:
@@ -210,3 +223,31 @@ def test_bad_docker_grace_exits_78_in_one_line(
     source = {"file": str(cfg), "environment": "AGENT_SUPERVISOR_DOCKER_GRACE"}
     assert source.get(where, "command line") in line
     assert not (tmp_path / "state").exists()
+
+
+def test_an_admission_period_longer_than_the_window_is_refused(tmp_path: Path) -> None:
+    """window.admission is at most W: a longer J is refused when the policy is built (78)."""
+    p = write(tmp_path, 'cluster_size = 1000\n[window]\nadmission = "2h"')
+    cfg = load_config(p, env={})
+    with pytest.raises(ConfigError) as info:
+        cfg.policy("cilium-agent")
+    assert str(info.value) == (
+        f"{p}: window.admission = 7200s is longer than the window (1200s for 1000 nodes): "
+        "the admission grid's period is at most W"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "admission", "explicit"),
+    [
+        ("cluster_size = 5000", 3600.0, False),
+        ('cluster_size = 5000\n[probe]\nurls = ["https://a:6443/x"]', 300.0, False),
+        ('cluster_size = 5000\n[window]\nadmission = "10m"', 600.0, True),
+    ],
+)
+def test_the_admission_period_defaults_to_w_without_a_probe_and_a_fraction_with_one(
+    tmp_path: Path, text: str, admission: float, explicit: bool
+) -> None:
+    """J is W without a probe, W/12 with one, and what the operator set when set."""
+    p = load_config(write(tmp_path, text), env={}).policy("cilium-agent")
+    assert (p.admission, p.admission_explicit) == (admission, explicit)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import certgen
-from conftest import clean_env, run_cli
+from conftest import QUICK_ADMISSION, clean_env, run_cli
 
 NODE = "node-7"
 USER = f"system:cilium-agent:{NODE}"
@@ -28,11 +28,13 @@ def test_good_identity_lets_the_gate_decide(tmp_path: Path) -> None:
     issued = certgen.issue("cryptography", tmp_path / "pki", now=time.time(), cn=USER)
     r = run_cli(
         "gate",
+        "--wait",
         "--json",
         "--config",
         str(config(tmp_path, issued)),
         "--state-dir",
         str(tmp_path / "s"),
+        *QUICK_ADMISSION,
     )
     assert r.code == 0 and json.loads(r.stdout)["allowed"] is True
 

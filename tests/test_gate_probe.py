@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Result, run_cli
@@ -64,20 +65,161 @@ SMALL = [
 ]
 
 
-def run_gate(state_dir: Path, url: str, *extra: str) -> Result:
-    """One gate process with a one-second window and the probe on ``url``."""
+def run_gate(state_dir: Path, url: str, *extra: str, wait: bool = False) -> Result:
+    """One gate process with a one-second window (J = W/12 with a probe) and the probe on
+    ``url``; ``wait``: ``gate --wait``."""
     r = run_cli(
         "gate",
+        *(["--wait"] if wait else []),
         "--json",
         "--state-dir",
         str(state_dir),
         *SMALL,
         "--set",
         f"probe.urls={url}",
+        "--set",
+        "probe.timeout=2s",
         *extra,
+        timeout=120,
     )
     assert r.code in (0, 75), r.stderr
     return r
+
+
+def gate(state_dir: Path, url: str, *extra: str, wait: bool = False) -> tuple[int, dict[str, Any]]:
+    """One gate decision, as (exit code, decision JSON)."""
+    r = run_gate(state_dir, url, *extra, wait=wait)
+    return r.code, json.loads(r.stdout)
+
+
+def record_exit(state_dir: Path, code: str, *extra: str) -> None:
+    """The end of the run, as ExecStopPost reports it."""
+    assert run_cli("record-exit", "--code", code, "--state-dir", str(state_dir), *extra).code == 0
+
+
+def test_a_first_start_asks_the_probe_at_its_admission_slot(
+    state_dir: Path, health: Health
+) -> None:
+    """Invariant 11: a first start with a probe waits for its admission slot and needs the
+    probe's "ready" there: one request, then the start."""
+    code, d = gate(state_dir, health.url, wait=True)
+    assert code == 0 and d["allowed"] is True and d["grid"] == "admission"
+    assert d["probe"] == "ready" and health.hits == 1
+
+
+def test_a_crash_loop_waits_while_the_control_plane_is_down_then_starts_at_a_slot(
+    state_dir: Path, health: Health
+) -> None:
+    """Invariant 3: after a failed run, "down" at S moves the start to the next window slot;
+    a waiting gate asks once per slot and starts at the first slot where the answer is ready."""
+    assert gate(state_dir, health.url, wait=True)[0] == 0
+    record_exit(state_dir, "1")
+    health.status = 500
+    code, d = gate(state_dir, health.url, "--set", "max_multiplier=64", wait=False)
+    assert code == 75 and d["grid"] == "window"
+    before = health.hits
+    health.status = 200
+    code, d = gate(state_dir, health.url, wait=True)
+    assert code == 0 and d["allowed"] is True and d["probe"] == "ready"
+    assert health.hits == before + 1  # asked once, at the slot, not in a loop
+
+
+def test_a_probe_that_says_down_for_ever_cannot_hold_a_start_past_its_cap(
+    state_dir: Path, health: Health
+) -> None:
+    """Invariant 11's liveness against a real server: a probe that answers 500 at every ask
+    holds the start at most W * max_multiplier (here 4 s) past its slot, then the start comes."""
+    health.status = 500
+    code, d = gate(state_dir, health.url, wait=True)
+    assert code == 0 and d["allowed"] is True
+    assert "the probe has held this start" in str(d["reason"]) and health.hits >= 2
+
+
+def test_an_unknown_end_waits_too_while_the_probe_says_down(
+    state_dir: Path, health: Health
+) -> None:
+    """A run whose end nobody reported (a power loss) is a failed run: while the probe says
+    down the start is refused at its slot."""
+    assert gate(state_dir, health.url, wait=True)[0] == 0
+    health.status = 503
+    code, d = gate(state_dir, health.url, wait=False)
+    if code == 75:
+        assert d["backoff_level"] == 1
+    code, d = gate(state_dir, health.url, "--set", "max_multiplier=64", wait=False)
+    assert code == 75
+
+
+def test_an_unreachable_probe_is_down(state_dir: Path) -> None:
+    """A probe URL nobody listens on answers "down", and the gate says so in its reason."""
+    dead = f"http://127.0.0.1:{free_port()}/readyz"
+    assert gate(state_dir, dead, "--set", "window.admission=1ms", wait=False)[0] in (0, 75)
+    s = json.loads((state_dir / "cilium-agent.json").read_text())
+    until = s["ask"]["until"]
+    time.sleep(max(0.0, _ts(until) - time.time()))  # the slot: a wait, not a timing assertion
+    code, d = gate(state_dir, dead, "--set", "window.admission=1ms", "--set", "max_multiplier=64")
+    assert code == 75 and d["probe"] == "down" and "control plane is down" in str(d["reason"])
+
+
+def test_a_broken_probe_is_loud_and_ignored(state_dir: Path, health: Health) -> None:
+    """Invariant 11: a 403 means the probe itself cannot succeed ("broken"): an error log line
+    and the start as if no probe were configured."""
+    health.status = 403
+    r = run_gate(state_dir, health.url, wait=True)
+    d = json.loads(r.stdout)
+    assert r.code == 0 and d["allowed"] is True and d["probe"] == "broken"
+    assert '"event": "probe.broken"' in r.stderr and '"level": "error"' in r.stderr
+
+
+def test_credentials_in_probe_urls_never_reach_the_log(state_dir: Path, health: Health) -> None:
+    """A password written into a probe URL is redacted in every log line."""
+    url = health.url.replace("http://", "http://probe:s3cret-pw@")
+    health.status = 500
+    r = run_gate(state_dir, url, "--set", "window.admission=1ms", wait=True)
+    assert r.code == 0 and "probe.down" in r.stderr
+    assert "s3cret-pw" not in r.stderr and "***@127.0.0.1" in r.stderr
+
+
+def test_a_hanging_probe_does_not_hold_the_lock(state_dir: Path, health: Health) -> None:
+    """While the gate waits on a slow probe, record-exit (ExecStopPost) and operators are not
+    held up: the probe is asked outside the state's lock."""
+    import subprocess
+    import sys
+
+    from conftest import clean_env
+
+    health.status, health.delay = 500, 4.0
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "supervisor",
+            "gate",
+            "--wait",
+            "--state-dir",
+            str(state_dir),
+            *SMALL,
+            "--set",
+            f"probe.urls={health.url}",
+            "--set",
+            "probe.timeout=5s",
+            "--set",
+            "probe.max_latency=1s",
+        ],
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while health.hits == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert health.hits == 1  # the gate is now inside its probe
+        r = run_cli("hold", "--reason", "during a probe", "--state-dir", str(state_dir))
+        still_probing = proc.poll() is None
+        assert r.code == 0 and still_probing  # the operator was not queued behind the probe
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def _ts(value: object) -> float:
@@ -87,129 +229,10 @@ def _ts(value: object) -> float:
     return datetime.fromisoformat(str(value)).timestamp()
 
 
-def pass_the_slot() -> None:
-    """Sleep past the node's slot after a failed run: S < last + 2W with a one-second W.
+def free_port() -> int:
+    """A loopback port nobody listens on (bound, then closed)."""
+    import socket
 
-    A wait for the state to be where the test needs it, not a timing assertion.
-    """
-    time.sleep(2.1)
-
-
-def gate(state_dir: Path, url: str) -> tuple[int, dict[str, object]]:
-    """One gate decision, as (exit code, decision JSON)."""
-    r = run_gate(state_dir, url, "--set", "probe.timeout=2s")
-    return r.code, json.loads(r.stdout)
-
-
-def test_failed_run_waits_while_the_control_plane_is_down(state_dir: Path, health: Health) -> None:
-    """After a failed run, an unhealthy probe refuses past the window; a healthy one allows."""
-    assert gate(state_dir, health.url)[0] == 0
-    assert health.hits == 0  # a first start never probes
-    assert run_cli("record-exit", "--code", "1", "--state-dir", str(state_dir)).code == 0
-    pass_the_slot()
-    health.status = 500
-    code, d = gate(state_dir, health.url)
-    assert code == 75 and "control plane unhealthy" in str(d["reason"])
-    assert health.hits == 1  # one request per decision
-    health.status = 200
-    # The deferral is a fact of the state: before the slot a fresh gate waits for the same
-    # slot, unprobed; from the slot on it asks again and starts (W = 1 s: either may happen).
-    code, again = gate(state_dir, health.url)
-    if _ts(again["decided_at"]) < _ts(d["next_allowed_at"]):
-        assert code == 75 and again["next_allowed_at"] == d["next_allowed_at"]
-        assert "deferred" in str(again["reason"]) and health.hits == 1
-        time.sleep(1.1)  # past the deferred slot (W = 1 s): a wait, not a timing assertion
-        code, again = gate(state_dir, health.url)
-    assert code == 0 and again["allowed"] is True and health.hits == 2
-
-
-def test_unknown_end_counts_as_failed_for_the_probe(state_dir: Path, health: Health) -> None:
-    """A run whose end nobody reported (a power loss) waits too while the probe says down."""
-    assert gate(state_dir, health.url)[0] == 0
-    pass_the_slot()
-    health.status = 503
-    code, _ = gate(state_dir, health.url)
-    assert code == 75
-
-
-def test_clean_exit_after_a_stable_run_does_not_probe(state_dir: Path, health: Health) -> None:
-    """A clean exit after a stable run restarts at once without asking the control plane."""
-    assert gate(state_dir, health.url)[0] == 0
-    time.sleep(1.1)
-    assert (
-        run_cli(
-            "record-exit", "--code", "0", "--state-dir", str(state_dir), "--set", "stable_after=1s"
-        ).code
-        == 0
-    )
-    health.status = 500
-    r = run_gate(state_dir, health.url, "--set", "stable_after=1s")
-    assert r.code == 0 and health.hits == 0
-
-
-def test_unreachable_probe_counts_as_unhealthy(state_dir: Path) -> None:
-    """A probe URL nobody listens on is unhealthy, and the gate says so in one decision."""
-    dead = "http://127.0.0.1:9/readyz"
-    assert gate(state_dir, dead)[0] == 0
-    assert run_cli("record-exit", "--code", "137", "--state-dir", str(state_dir)).code == 0
-    pass_the_slot()
-    code, d = gate(state_dir, dead)
-    assert code == 75 and "control plane unhealthy" in str(d["reason"])
-
-
-def test_credentials_in_probe_urls_never_reach_the_log(state_dir: Path, health: Health) -> None:
-    """A password written into a probe URL is redacted in every log line."""
-    url = health.url.replace("http://", "http://probe:s3cret-pw@")
-    assert gate(state_dir, url)[0] == 0
-    assert run_cli("record-exit", "--code", "1", "--state-dir", str(state_dir)).code == 0
-    pass_the_slot()
-    health.status = 500
-    r = run_gate(state_dir, url)
-    assert r.code == 75 and "probe.unhealthy" in r.stderr
-    assert "s3cret-pw" not in r.stderr and "***@127.0.0.1" in r.stderr
-
-
-def test_a_hanging_probe_does_not_hold_the_lock(state_dir: Path, health: Health) -> None:
-    """While the gate waits on a slow probe, record-exit (ExecStopPost) is not held up."""
-    import subprocess
-    import sys
-
-    from conftest import clean_env
-
-    assert gate(state_dir, health.url)[0] == 0
-    assert run_cli("record-exit", "--code", "1", "--state-dir", str(state_dir)).code == 0
-    pass_the_slot()
-    health.status, health.delay = 500, 4.0
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "supervisor",
-            "gate",
-            "--state-dir",
-            str(state_dir),
-            "--cluster-size",
-            "1",
-            "--set",
-            "window.base=1s",
-            "--set",
-            "window.per_node=0",
-            "--set",
-            "window.min=1s",
-            "--set",
-            f"probe.urls={health.url}",
-            "--set",
-            "probe.timeout=4s",
-        ],
-        env=clean_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while health.hits == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert health.hits == 1  # the gate is now inside its probe
-    r = run_cli("hold", "--reason", "during a probe", "--state-dir", str(state_dir))
-    still_probing = proc.poll() is None
-    assert r.code == 0 and still_probing  # the operator was not queued behind the probe
-    assert proc.wait(timeout=30) == 75
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

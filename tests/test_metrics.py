@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import run_cli
+from conftest import QUICK_ADMISSION, run_cli
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -18,16 +18,17 @@ def samples(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_gate_decisions_are_counted_and_gauged(tmp_path: Path) -> None:
-    """Each gate call increments its outcome counter and sets the agent's gauges."""
+    """Each gate decision increments its outcome counter (a wait counts its refusal once) and
+    sets the agent's gauges."""
     sd, prom = tmp_path / "state", tmp_path / "agent.prom"
     args = ("gate", "--state-dir", str(sd), "--cluster-size", "5000", "--metrics-file", str(prom))
-    assert run_cli(*args).code == 0
+    assert run_cli(*args[:1], "--wait", *args[1:], *QUICK_ADMISSION).code == 0
     assert run_cli(*args).code == 75
     assert run_cli(*args).code == 75
     m = samples(prom)
     a = ("agent", "cilium-agent")
     assert m[("agent_supervisor_starts_total", (a, ("decision", "allowed")))] == 1
-    assert m[("agent_supervisor_starts_total", (a, ("decision", "refused")))] == 2
+    assert m[("agent_supervisor_starts_total", (a, ("decision", "refused")))] == 3
     assert m[("agent_supervisor_window_seconds", (a,))] == 3600
     assert m[("agent_supervisor_backoff_level", (a,))] == 1
     assert m[("agent_supervisor_next_allowed_timestamp_seconds", (a,))] > 1.7e9
@@ -38,14 +39,12 @@ def test_operator_actions_update_gauges_and_agents_share_a_file(tmp_path: Path) 
     """A hold sets hold_active without counting a decision; another agent's series survive."""
     sd, prom = tmp_path / "state", tmp_path / "node.prom"
     common = ("--state-dir", str(sd), "--cluster-size", "100", "--set", f"metrics_file={prom}")
-    assert run_cli("gate", "--agent", "kube-proxy", *common).code == 0
+    assert run_cli("gate", "--wait", "--agent", "kube-proxy", *common, *QUICK_ADMISSION).code == 0
     assert run_cli("hold", "--reason", "maintenance", *common).code == 0
     m = samples(prom)
     assert m[("agent_supervisor_hold_active", (("agent", "cilium-agent"),))] == 1
-    assert (
-        m[("agent_supervisor_starts_total", (("agent", "kube-proxy"), ("decision", "allowed")))]
-        == 1
-    )
+    kube_proxy = ("agent", "kube-proxy")
+    assert m[("agent_supervisor_starts_total", (kube_proxy, ("decision", "allowed")))] == 1
     assert not any(
         k[0] == "agent_supervisor_starts_total" and ("agent", "cilium-agent") in k[1] for k in m
     )
@@ -55,7 +54,7 @@ def test_forced_and_exit_code_are_reported(tmp_path: Path) -> None:
     """A forced start counts as forced and the last exit code is exported."""
     sd, prom = tmp_path / "state", tmp_path / "a.prom"
     common = ("--state-dir", str(sd), "--cluster-size", "100", "--metrics-file", str(prom))
-    assert run_cli("gate", *common).code == 0
+    assert run_cli("gate", "--wait", *common, *QUICK_ADMISSION).code == 0
     assert run_cli("record-exit", "--code", "137", "--state-dir", str(sd)).code == 0
     assert run_cli("gate", "--force", "--reason", "test", *common).code == 0
     m = samples(prom)
@@ -69,12 +68,14 @@ def test_unwritable_metrics_never_change_the_decision(tmp_path: Path) -> None:
     sd = tmp_path / "state"
     r = run_cli(
         "gate",
+        "--wait",
         "--state-dir",
         str(sd),
         "--cluster-size",
         "100",
         "--metrics-file",
         str(tmp_path / "no" / "such" / "dir" / "a.prom"),
+        *QUICK_ADMISSION,
     )
     assert r.code == 0 and "metrics.write_failed" in r.stderr and r.stderr_lines == []
 
@@ -83,15 +84,13 @@ def test_garbage_metrics_file_is_replaced(tmp_path: Path) -> None:
     """A metrics file that does not parse is rewritten from scratch, not a crash."""
     sd, prom = tmp_path / "state", tmp_path / "a.prom"
     prom.write_text("this is {not prometheus\n")
-    assert (
-        run_cli(
-            "gate", "--state-dir", str(sd), "--cluster-size", "100", "--metrics-file", str(prom)
-        ).code
-        == 0
+    r = run_cli(
+        "gate", "--state-dir", str(sd), "--cluster-size", "100", "--metrics-file", str(prom)
     )
+    assert r.code == 75
     assert (
         samples(prom)[
-            ("agent_supervisor_starts_total", (("agent", "cilium-agent"), ("decision", "allowed")))
+            ("agent_supervisor_starts_total", (("agent", "cilium-agent"), ("decision", "refused")))
         ]
         == 1
     )

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REQUIRE_ROOT_TESTS, clean_env, run_cli, skip_or_fail
+from conftest import QUICK_ADMISSION, REQUIRE_ROOT_TESTS, clean_env, run_cli, skip_or_fail
 
 from supervisor.base.errors import ConfigError, NotPermitted
 from supervisor.gate.operators import Operator, authorize
@@ -44,7 +44,7 @@ def reachable_state() -> Iterator[Path]:
     base = Path(tempfile.mkdtemp(prefix="as-78-", dir="/tmp"))
     base.chmod(0o711)
     sd = base / "state"
-    assert run_cli("gate", "--state-dir", str(sd), *SIZE).code == 0
+    assert run_cli("gate", "--wait", "--state-dir", str(sd), *SIZE, *QUICK_ADMISSION).code == 0
     try:
         yield sd
     finally:
@@ -172,7 +172,8 @@ def test_missing_group_exits_78_for_a_non_operator(
 def test_missing_group_exits_78_for_root_through_sudo(state_dir: Path, missing_group: str) -> None:
     """Root through sudo (SUDO_USER set) is judged by the group: a missing one exits 78."""
     need_root()
-    assert run_cli("gate", "--state-dir", str(state_dir), *SIZE).code == 0
+    quick = (*SIZE, *QUICK_ADMISSION)
+    assert run_cli("gate", "--wait", "--state-dir", str(state_dir), *quick).code == 0
     before = snapshot(state_dir)
     for args in OPERATOR_ACTIONS:
         r = run_cli(
@@ -211,7 +212,8 @@ def test_plain_gate_ignores_a_missing_operators_group(
     env = no_sudo_env(AGENT_SUPERVISOR_OPERATORS_GROUP=missing_group)
     if sudo_user:
         env["SUDO_USER"] = sudo_user
-    first = run_cli("gate", "--json", "--state-dir", str(state_dir), *SIZE, env=env)
+    quick = (*SIZE, *QUICK_ADMISSION)
+    first = run_cli("gate", "--wait", "--json", "--state-dir", str(state_dir), *quick, env=env)
     assert first.code == 0, first.stderr
     assert json.loads(first.stdout)["allowed"] is True
     second = run_cli("gate", "--json", "--state-dir", str(state_dir), *SIZE, env=env)

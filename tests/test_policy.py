@@ -10,20 +10,23 @@ from dataclasses import replace
 from fractions import Fraction
 
 import pytest
+from histories import ended, started
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from supervisor.core.events import apply_all
 from supervisor.core.policy import (
+    Decision,
     Policy,
+    Request,
     WindowConfig,
-    backoff_level,
     decide,
     multiplier,
     next_grid_slot,
     window_seconds,
 )
 from supervisor.core.slots import hash_offset, index_offset
-from supervisor.core.state import AgentState, OperatorFlag, from_document, to_document
+from supervisor.core.state import AgentState, from_document, to_document
 from supervisor.storage.config import load_config
 
 T0 = 1_800_000_000.0  # a fixed wall-clock time in 2027
@@ -38,8 +41,15 @@ def policy(window: float = 1200.0, offset: float = 0.25, **kw: object) -> Policy
         window=window,
         offset=offset,
         slot_mode="index",
+        admission=window,
     )
     return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def gate(p: Policy, s: AgentState, now: float, force: bool = False) -> tuple[Decision, AgentState]:
+    """One decision with its events applied, as the Gate records it."""
+    d = decide(p, s, now, Request(run_id=f"r{now}", force=force))
+    return d, apply_all(s, d.events)
 
 
 def crashed_runs(n: int, start: float, run_seconds: float = 5.0, gap: float = 1300.0) -> AgentState:
@@ -47,7 +57,7 @@ def crashed_runs(n: int, start: float, run_seconds: float = 5.0, gap: float = 13
     s = AgentState("cilium-agent")
     for i in range(n):
         t = start + i * gap
-        s = s.record_start(t).record_exit(t + run_seconds, 1)
+        s = ended(started(s, t), t + run_seconds, 1)
     return s
 
 
@@ -72,85 +82,6 @@ def test_multiplier_doubles_and_caps() -> None:
     assert multiplier(10**9, 8) == 8
 
 
-def test_first_start_is_allowed() -> None:
-    """An agent with no history starts at once."""
-    d = decide(policy(), AgentState("cilium-agent"), T0)
-    assert d.allowed and d.reason == "first start" and d.next_allowed_at is None
-
-
-def test_restart_within_window_is_refused_until_slot() -> None:
-    """A second start inside W is refused and told the node's slot in the next window."""
-    p = policy(window=1200.0, offset=0.25)
-    s = AgentState("cilium-agent").record_start(T0)
-    d = decide(p, s, T0 + 10)
-    assert not d.allowed
-    assert d.next_allowed_at is not None
-    assert T0 + 1200 <= d.next_allowed_at < T0 + 2400
-    assert math.isclose((d.next_allowed_at - 0.25 * 1200) % 1200, 0, abs_tol=1e-6) or math.isclose(
-        (d.next_allowed_at - 0.25 * 1200) % 1200, 1200, abs_tol=1e-6
-    )
-
-
-def test_level_counts_consecutive_unstable_runs() -> None:
-    """Each short run raises the level; a stable run stops the count."""
-    s = crashed_runs(3, T0)
-    assert backoff_level(s, 600) == 3
-    long_run = AgentState("cilium-agent").record_start(T0).record_exit(T0 + 700, 0)
-    s2 = long_run
-    for i in range(2):
-        t = T0 + 2000 + i * 1300
-        s2 = s2.record_start(t).record_exit(t + 1, 1)
-    assert backoff_level(s2, 600) == 2
-
-
-def test_stable_run_resets_backoff_to_one_window() -> None:
-    """After a run that lasted stable_after, the next refusal waits one window, not more."""
-    p = policy(window=1200.0, stable_after=600.0)
-    s = crashed_runs(4, T0)
-    last = T0 + 3 * 1300
-    s = s.record_start(last + 1300).record_exit(last + 1300 + 700, 1)  # crashed after 700 s
-    d = decide(p, s, last + 1300 + 700)
-    assert d.backoff_level == 0
-    assert d.next_allowed_at is not None
-    assert last + 1300 + 1200 <= d.next_allowed_at < last + 1300 + 2400
-
-
-def test_hold_blocks_and_force_wins() -> None:
-    """A hold refuses even a first start; --force allows through it and says so."""
-    s = AgentState("cilium-agent").with_hold(OperatorFlag("alice", "maintenance", T0))
-    d = decide(policy(), s, T0 + 5)
-    assert not d.allowed and "held by alice" in d.reason and d.next_allowed_at is None
-    f = decide(policy(), s, T0 + 5, force=True, reason="urgent", user="bob")
-    assert f.allowed and f.forced and "bob" in f.reason and "urgent" in f.reason
-
-
-def test_timed_hold_reports_its_end() -> None:
-    """A hold with an end reports the later of its end and the normal next slot."""
-    s = AgentState("cilium-agent").with_hold(OperatorFlag("alice", "m", T0, until=T0 + 60))
-    d = decide(policy(), s, T0 + 5)
-    assert d.next_allowed_at == T0 + 60
-    assert decide(policy(), s, T0 + 61).allowed
-
-
-def test_override_allows_until_expiry() -> None:
-    """An override lets every start through until it expires, then the window applies."""
-    s = AgentState("cilium-agent").record_start(T0)
-    s = s.with_override(OperatorFlag("bob", "fix rollout", T0, until=T0 + 300))
-    d = decide(policy(), s, T0 + 10)
-    assert d.allowed and d.via == "override" and not d.forced
-    s = s.record_start(T0 + 10, via="override")
-    assert not decide(policy(), s, T0 + 301).allowed
-
-
-def test_future_start_counts_as_now() -> None:
-    """A recorded start in the future (clock stepped back) blocks no longer than a backoff."""
-    p = policy(window=1200.0)
-    s = AgentState("cilium-agent").record_start(T0 + 86400)  # clock later stepped back a day
-    d = decide(p, s, T0)
-    assert not d.allowed and d.next_allowed_at is not None
-    assert T0 + 1200 <= d.next_allowed_at < T0 + 2400
-
-
 def test_window_counts_from_the_latest_start_not_the_last_appended() -> None:
     """Regression: runs appended out of time order (a stale clock read) must not open the gate.
 
@@ -158,21 +89,10 @@ def test_window_counts_from_the_latest_start_not_the_last_appended() -> None:
     appended an older start after a newer one, and the window was counted from the older.
     """
     p = policy(window=1200.0)
-    s = AgentState("cilium-agent").record_start(T0 + 1000).record_start(T0)
+    s = started(started(AgentState("cilium-agent"), T0 + 1000), T0)
     d = decide(p, s, T0 + 1300)
     assert not d.allowed and d.next_allowed_at is not None
     assert d.next_allowed_at >= T0 + 1000 + 1200
-
-
-def test_probe_unhealthy_after_failed_run_waits_for_slot() -> None:
-    """With a probe saying the control plane is down, a restart after a failed run waits."""
-    p = policy(window=1200.0, offset=0.5, probe_configured=True)
-    s = crashed_runs(1, T0)
-    d = decide(p, s, T0 + 5000, control_plane_healthy=False)
-    assert not d.allowed and d.next_allowed_at is not None
-    assert T0 + 5000 <= d.next_allowed_at < T0 + 5000 + 1200
-    assert decide(p, s, T0 + 5000, control_plane_healthy=True).allowed
-    assert decide(p, s, T0 + 5000).allowed  # no probe ran: invariant 1 as without a probe
 
 
 def test_index_slots_are_exact() -> None:
@@ -233,7 +153,8 @@ def invariant_cases(test: Callable[..., None]) -> Callable[..., None]:
 def test_at_most_one_gated_start_per_window(
     evs: list[tuple[float, str]], window: float, offset: float, max_mult: int
 ) -> None:
-    """Invariant 2: gated starts are at least W apart, whatever the calls and exits."""
+    """Invariant 4: gated starts are at least W apart, whatever the calls, forced starts and
+    exits in between."""
     p = policy(window=window, offset=offset, max_multiplier=max_mult)
     s = AgentState("cilium-agent")
     now = T0
@@ -241,58 +162,60 @@ def test_at_most_one_gated_start_per_window(
     for dt, what in evs:
         now += dt
         if what.startswith("exit"):
-            s = s.record_exit(now, int(what[-1]))
+            s = ended(s, now, int(what[-1]))
             continue
-        d = decide(p, s, now, force=(what == "force"))
-        if d.allowed:
-            s = s.record_start(now, via=d.via)
-            if not d.forced:
-                gated.append(now)
+        d, s = gate(p, s, now, force=(what == "force"))
+        if d.start and not d.forced:
+            gated.append(now)
     assert all(b - a >= window for a, b in itertools.pairwise(gated))
 
 
-def exact_slot(not_before: float, window: float, offset: float) -> Fraction:
-    """The first grid time ``e*W + offset*W`` at or after ``not_before``, in exact arithmetic:
-    an oracle written independently of :func:`next_grid_slot` and free of float rounding."""
-    w = Fraction(window)
-    shift = Fraction(offset) * w
-    return math.ceil((Fraction(not_before) - shift) / w) * w + shift
+def exact_slot(not_before: float, window: float, offset: float) -> float:
+    """The first grid time ``e*W + floor(offset*W in µs)`` at or after ``not_before``, in exact
+    arithmetic (as the float of that whole microsecond): an oracle written independently of
+    :func:`next_grid_slot`."""
+    w = round(Fraction(window) * 10**6)
+    shift = math.floor(offset * w)
+    u = math.ceil(Fraction(not_before) * 10**6)
+    while (u - 1) / 10**6 >= not_before:
+        u -= 1
+    return float(Fraction(math.ceil(Fraction(u - shift, w)) * w + shift, 10**6))
 
 
 @invariant_cases
-def test_refusals_are_deterministic_and_in_their_window(
+def test_refusals_are_deterministic_and_at_their_slot(
     evs: list[tuple[float, str]], window: float, offset: float, max_mult: int
 ) -> None:
-    """Invariants 2, 3, 5: allowed iff the window (k = 0) or the slot S (k >= 1) has come;
-    a refusal names S, the first slot at or after last + W*m with m = min(2**(k-1), cap), and
-    a fresh caller that reads the same state back from its file gets the very same answer."""
+    """Invariants 2, 3, 5: a refusal names S (the first slot at or after last + W*m) when S
+    had not passed at the first ask, else the admission slot at or after that ask; the start
+    comes exactly there; and a fresh caller that reads the same state back from its file gets
+    the very same answer."""
     p = policy(window=window, offset=offset, max_multiplier=max_mult)
     s = AgentState("cilium-agent")
-    now_ms = int(T0) * 1000  # whole milliseconds, so the file keeps every time exactly
+    now = T0
     for dt, what in evs:
-        now_ms += round(dt * 1000)
-        now = now_ms / 1000
+        now += dt
         if what.startswith("exit"):
-            s = s.record_exit(now, int(what[-1]))
+            s = ended(s, now, int(what[-1]))
             continue
-        d = decide(p, s, now)
+        d = decide(p, s, now, Request(run_id="x"))
         fresh = from_document(json.loads(json.dumps(to_document(s, now))), s.agent)
-        assert decide(p, fresh, now) == d
-        last = max((r.started_at for r in s.runs), default=None)
-        k = d.backoff_level
-        m = min(2 ** (k - 1), max_mult) if k >= 1 else 1
-        if last is None or (k == 0 and now - last >= window):
-            assert d.allowed
+        assert decide(p, fresh, now, Request(run_id="x")) == d
+        if d.allowed:
+            s = apply_all(s, d.events)
             continue
-        slot = exact_slot(last + window * m, window, offset)
-        assert last + Fraction(window) * m <= slot < last + Fraction(window) * (m + 1)
-        if abs(Fraction(now) - slot) > Fraction(1, 10**6):  # not within float error of S
-            assert d.allowed == (now >= slot)
-        if not d.allowed:
-            assert d.next_allowed_at is not None
-            assert abs(Fraction(d.next_allowed_at) - slot) <= Fraction(1, 10**5)
+        asked = d.asked_at
+        assert asked is not None and d.next_allowed_at is not None
+        last = max((r.started_at for r in s.runs), default=None)
+        m = multiplier(d.backoff_level, max_mult)
+        big_s = None if last is None else exact_slot(last + window * m, window, offset)
+        if big_s is not None and big_s >= asked:
+            assert d.grid == "window" and d.next_allowed_at == big_s
         else:
-            s = s.record_start(now)
+            assert d.grid == "admission"
+            assert d.next_allowed_at == exact_slot(asked, window, offset)
+        s = apply_all(s, d.events)
+        assert gate(p, s, d.next_allowed_at)[0].allowed
 
 
 @settings(max_examples=200, deadline=None)
@@ -301,25 +224,24 @@ def test_index_slots_are_evenly_spaced(count: int, window: float) -> None:
     """Invariant 4: with ordinals, the nodes' next slots are exactly W/count apart."""
     slots = sorted(next_grid_slot(T0, window, index_offset(i, count)) for i in range(count))
     gaps = [b - a for a, b in itertools.pairwise(slots)]
-    assert all(math.isclose(g, window / count, rel_tol=1e-6, abs_tol=1e-6) for g in gaps)
+    # Whole microseconds: each gap is W/count to within one microsecond.
+    assert all(abs(g - window / count) <= 1.5e-6 for g in gaps)
 
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.floats(min_value=-1e9, max_value=4e9),
+    st.floats(min_value=0, max_value=4e9),
     st.floats(min_value=1, max_value=1e5),
     st.floats(min_value=0, max_value=0.999999),
 )
-@example(965442166.7, 3.3, 1 / 3)  # float rounding puts e*W + offset*W a hair before t
+@example(965442166.7, 3.3, 1 / 3)  # float rounding once put e*W + offset*W a hair before t
 def test_grid_slot_is_first_at_or_after(t: float, window: float, offset: float) -> None:
-    """The grid slot is on the grid, at or after the asked time, and, in exact arithmetic,
-    less than one window later: never the slot after the right one."""
+    """The grid slot is the exact oracle's: at or after the asked time, less than one window
+    later, never the slot after the right one, and a whole microsecond."""
     slot = next_grid_slot(t, window, offset)
-    assert t <= slot
-    assert Fraction(slot) - Fraction(t) < Fraction(window)
-    w, shift = Fraction(window), Fraction(offset) * Fraction(window)
-    grid = w * round((Fraction(slot) - shift) / w) + shift  # the nearest grid time
-    assert abs(Fraction(slot) - grid) <= 8 * Fraction(math.ulp(abs(t) + window))
+    assert t <= slot and slot == exact_slot(t, window, offset)
+    assert Fraction(slot) - Fraction(t) <= Fraction(round(window * 10**6), 10**6)
+    assert next_grid_slot(slot, window, offset) == slot
 
 
 @pytest.mark.parametrize(
@@ -344,7 +266,7 @@ def test_refusal_at_each_level_waits_w_times_m(k: int, m: int) -> None:
     last + W*m, m = min(2**k, 4) written out: 1, 2, 4, 4, ... (level 1 waits one window)."""
     p = policy(window=1000.0, offset=0.0, max_multiplier=4)
     s = crashed_runs(k, T0 - 10 * 86400, gap=2000) if k else AgentState("cilium-agent")
-    s = s.record_start(T0)
-    d = decide(p, s, T0 + 1)
+    s = started(s, T0)
+    d = decide(p, s, T0 + 1, Request(run_id="x"))
     assert d.backoff_level == k + 1
     assert d.next_allowed_at == T0 + 1000 * m

@@ -61,6 +61,10 @@ class StateError(SupervisorError, OSError):
     exit_code = EXIT_STATE_IO
 
 
+class DiskFull(StateError):
+    """A write failed for want of space (ENOSPC): what can wait goes to the journal."""
+
+
 class NotPermitted(SupervisorError, PermissionError):
     """An operator action (override, hold, release, reset, --force) by someone who may not."""
 

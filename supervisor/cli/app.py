@@ -33,11 +33,18 @@ from supervisor.cli.common import (
 )
 from supervisor.core.durations import format_duration
 from supervisor.core.policy import Decision, Policy, next_grid_slot, window_seconds
-from supervisor.core.state import AgentState, OperatorFlag, Run, flag_document, iso, iso_seconds
+from supervisor.core.state import (
+    AgentState,
+    OperatorFlag,
+    Run,
+    ask_document,
+    flag_document,
+    iso,
+    iso_seconds,
+)
 from supervisor.gate.operators import authorize, current_operator
-from supervisor.gate.service import Cancelled, Gate, GateResult, check_identity
+from supervisor.gate.service import Cancelled, Gate, GateResult, OperatorResult
 from supervisor.storage.config import Config
-from supervisor.storage.store import StateStore
 
 app = typer.Typer(
     name="agent-supervisor",
@@ -81,6 +88,15 @@ def gate(
     ] = False,
     reason: Annotated[str | None, typer.Option("--reason", help="why (with --force)")] = None,
     json_out: JsonOpt = False,
+    env_file: Annotated[
+        str | None,
+        typer.Option(
+            "--env-file",
+            help="write AGENT_SUPERVISOR_RUN_ID=<id> of an approved start to this file "
+            "(systemd EnvironmentFile=); emptied first on every call",
+            show_default=False,
+        ),
+    ] = None,
     metrics_file: MetricsOpt = None,
     config: ConfigOpt = None,
     state_dir: StateDirOpt = None,
@@ -91,13 +107,18 @@ def gate(
     """Decide whether the agent may start now; record the start before saying yes.
 
     Exit 0 allowed, 75 not now, 78 configuration or identity, 74 state I/O, 77 not permitted.
+    The approved run's id is in the decision JSON and, for COMMAND, in its environment
+    (AGENT_SUPERVISOR_RUN_ID); --env-file writes it for systemd's EnvironmentFile=.
     """
     agent = check_agent(agent)
     cfg = load(config, state_dir, cluster_size, node_name, _with_metrics(sets, metrics_file))
     if reason is not None and not force:
         raise UsageError("--reason goes with --force (operator actions have their own commands)")
     op = current_operator()
-    service = Gate(cfg, agent, operator=op)  # cluster_size missing -> 78 before anything else
+    service = Gate(cfg, agent, operator=op)
+    service.policy  # noqa: B018 - cluster_size missing -> 78 before anything else
+    if env_file is not None:
+        _write_env_file(env_file, None)  # a stale id must never close another run
     if force:
         try:
             authorize(
@@ -110,23 +131,44 @@ def gate(
         except errors.NotPermitted:
             get_logger().warning("operator.refused", action="gate --force", user=op.display)
             raise
-    service.cert_seconds_left = None if force else check_identity(cfg, time.time())
     if wait:
         result = _wait(service, force, reason)
     else:
         result = service.decide(force=force, reason=reason)
     d = result.decision
+    if d.event == "gate.identity_refused":
+        cert = result.certificate
+        if cert is not None:
+            from supervisor.node.identity import identity_message
+
+            raise errors.IdentityError(identity_message(cert))
+        raise errors.IdentityError(d.reason)
+    if env_file is not None and d.run_id is not None:
+        _write_env_file(env_file, d.run_id)
     if json_out:
         emit_json(d.to_json())
     elif not command:
-        sys.stdout.write(("allowed: " if d.allowed else "not now: ") + d.reason + "\n")
+        run = f" (run {d.run_id})" if d.run_id else ""
+        sys.stdout.write(("allowed: " if d.allowed else "not now: ") + d.reason + run + "\n")
     if not d.allowed:
         raise typer.Exit(errors.EXIT_NOT_NOW)
     if command and not d.start:
         sys.stderr.write(f"agent-supervisor: {d.reason}: not running {command[0]!r}\n")
         return
     if command:
-        _exec(command, service.store, agent)
+        _exec(command, service, d.run_id)
+
+
+def _write_env_file(path: str, run_id: str | None) -> None:
+    """``--env-file``: the approved run's id for systemd (``EnvironmentFile=``), written whole;
+    emptied first on every call, so that a refused or killed gate leaves no stale id."""
+    from supervisor.base.files import atomic_write
+
+    body = "" if run_id is None else f"AGENT_SUPERVISOR_RUN_ID={run_id}\n"
+    try:
+        atomic_write(path, body.encode(), mode=0o644)
+    except OSError as exc:
+        raise errors.StateError(f"cannot write --env-file {path}: {exc.strerror or exc}") from None
 
 
 def _with_metrics(sets: list[str] | None, metrics_file: str | None) -> list[str]:
@@ -180,16 +222,18 @@ def _wait(service: Gate, force: bool, reason: str | None) -> GateResult:
             sys.stderr.write("\n")
 
 
-def _exec(command: list[str], store: StateStore, agent: str) -> NoReturn:
+def _exec(command: list[str], service: Gate, run_id: str | None) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
+    env = dict(os.environ)
+    if run_id is not None:
+        env["AGENT_SUPERVISOR_RUN_ID"] = run_id
     try:
-        os.execvp(command[0], command)
+        os.execvpe(command[0], command, env)
     except OSError as exc:
         # The start was recorded but the agent never ran: record its end so it is not mistaken
         # for a run that is still going.
-        with store.transaction(agent) as tx:
-            tx.write(tx.state.record_exit(time.time(), 127), time.time())
+        service.report_end(errors.EXIT_EXEC, run_id=run_id, source="exec")
         raise errors.ExecError(f"cannot exec {command[0]!r}: {exc.strerror}") from None
 
 
@@ -203,52 +247,56 @@ def status(
     node_name: NodeNameOpt = None,
     sets: SetOpt = None,
 ) -> None:
-    """What the gate would say now, and why: window, slot, level, runs, hold, override."""
+    """What the gate would say now, and why: window, slot, grid, level, runs, hold, override."""
     agent = check_agent(agent)
     cfg = load(config, state_dir, cluster_size, node_name, sets)
     service = Gate(cfg, agent)
     policy, store = service.policy, service.store
-    now = time.time()
-    result = service.decide(record=False, now=now)
+    result = service.decide(record=False)
     state = result.state
     assert state is not None
-    doc = _status_document(result.decision, state, policy, now)
+    now = result.decision.decided_at or time.time()
+    doc = _status_document(result, state, policy, now)
     doc["quarantined"] = store.quarantined_files(agent)
     doc["audit"] = store.audit_tail(5)
-    cert = None
-    if cfg.identity is not None:
-        from supervisor.node.identity import check_identity as check_certificate
-
-        cert = check_certificate(cfg.identity, cfg.node_name, now)
-        doc["identity"] = cert.to_json()
     if json_out:
         emit_json(doc)
         return
-    lines = _status_lines(result.decision, state, policy, now, cert)
+    lines = _status_lines(result, state, policy, now)
     sys.stdout.write("\n".join([*lines, *_status_footer(doc)]) + "\n")
 
 
 def _active(flag: OperatorFlag | None, now: float) -> dict[str, Any] | None:
-    """A hold, override or deferral as ``status --json`` shows it, or None if not in force."""
+    """A hold or override as ``status --json`` shows it, or None if not in force."""
     return flag_document(flag) if flag is not None and flag.active(now) else None
 
 
-def _status_document(d: Decision, state: AgentState, policy: Policy, now: float) -> dict[str, Any]:
+def _status_document(
+    result: GateResult, state: AgentState, policy: Policy, now: float
+) -> dict[str, Any]:
     """``status --json``: the decision JSON and what explains it."""
+    d = result.decision
     doc: dict[str, Any] = d.to_json()
+    doc["running"] = None if result.docker in (None, "unknown") else result.docker == "running"
+    doc["docker"] = result.docker
     doc["slot"] = {
         "mode": policy.slot_mode,
         "offset_seconds": round(policy.offset * policy.window, 3),
         "next_slot_at": iso(next_grid_slot(now, policy.window, policy.offset)),
+        "next_admission_slot_at": iso(
+            next_grid_slot(now, policy.admission_for(d.probe), policy.offset)
+        ),
     }
     doc["runs"] = [
         {
+            "id": r.id,
             "started_at": iso(r.started_at),
             "via": r.via,
             "ended_at": None if r.ended_at is None else iso(r.ended_at),
             "exit_code": r.exit_code,
             "seconds": None if r.ended_at is None else round(r.duration(now), 3),
             "end_source": r.end_source,
+            "stop": r.stop,
         }
         for r in state.runs[-10:]
     ]
@@ -256,28 +304,41 @@ def _status_document(d: Decision, state: AgentState, policy: Policy, now: float)
     doc["override"] = _active(state.override, now)
     if doc["override"] is not None:
         doc["override"]["in_effect"] = doc["hold"] is None
-    doc["deferral"] = _active(state.deferral, now)
-    doc["history_lost"] = state.last_run is not None and state.last_run.via == "unknown"
+    doc["ask"] = ask_document(state.ask)
+    doc["history_lost"] = state.history_lost
+    doc["probe"] = (
+        None
+        if result.probe is None
+        else {"answer": result.probe.answer, "why": result.probe.why}
+    )
+    doc["read_only"] = result.read_only
+    if result.certificate is not None:
+        doc["identity"] = result.certificate.to_json()
     return doc
 
 
 def _status_lines(
-    d: Decision, state: AgentState, policy: Policy, now: float, cert: Any
+    result: GateResult, state: AgentState, policy: Policy, now: float
 ) -> list[str]:
     """The human form of ``status``: the decision, the flags, the last runs."""
+    d = result.decision
+    j = policy.admission_for(d.probe)
     out = [
         f"agent        {d.agent} on {d.node}",
         f"gate         {'ALLOWED' if d.allowed else 'NOT NOW'}: {d.reason}",
         f"window       {format_duration(d.window_seconds)} for {d.cluster_size} nodes "
-        f"({d.cluster_size / d.window_seconds * 60:.1f} starts/min fleet-wide)",
+        f"({d.cluster_size / d.window_seconds * 60:.1f} starts/min fleet-wide); "
+        f"admission grid every {format_duration(j)}",
         f"slot         {policy.slot_mode}, {format_duration(policy.offset * policy.window)} "
-        f"into each window",
+        f"into each window, {format_duration(policy.offset * j)} into each admission period",
         f"backoff      level {d.backoff_level}",
     ]
+    if result.docker is not None:
+        out.append(f"container    {result.docker}")
     if d.next_allowed_at is not None:
         out.append(
             f"next start   {iso_seconds(d.next_allowed_at)} "
-            f"(in {format_duration(d.next_allowed_at - now)})"
+            f"(in {format_duration(d.next_allowed_at - now)}, {d.grid or 'operator'} grid)"
         )
     held = state.hold is not None and state.hold.active(now)
     for name, flag in (("hold", state.hold), ("override", state.override)):
@@ -285,8 +346,16 @@ def _status_lines(
             until = iso_seconds(flag.until) if flag.until is not None else "released"
             note = " (no effect while the hold is in force)" if name == "override" and held else ""
             out.append(f"{name:<12} by {flag.user} until {until}: {flag.reason}{note}")
-    if cert is not None:
-        out.append(f"certificate  {cert.summary()}")
+    if state.ask is not None:
+        out.append(
+            f"asked        {iso_seconds(state.ask.at)} ({format_duration(now - state.ask.at)} ago)"
+        )
+    if result.probe is not None:
+        out.append(f"probe        {result.probe.answer}: {result.probe.why}")
+    if result.certificate is not None:
+        out.append(f"certificate  {result.certificate.summary()}")
+    if result.read_only is not None:
+        out.append(f"NOTE: read without the lock ({result.read_only})")
     out.append("last runs:" if state.runs else "last runs:   none")
     out += [_run_line(r, now) for r in state.runs[-5:]]
     return out
@@ -299,7 +368,9 @@ def _run_line(r: Run, now: float) -> str:
     else:
         code = r.exit_code if r.exit_code is not None else "?"
         end, took = f"exit {code}", format_duration(r.duration(now))
-    return f"  {iso_seconds(r.started_at)}  {took:>8}  {end:<10} via {r.via}"
+        if r.stop is not None:
+            end += f" ({r.stop})"
+    return f"  {iso_seconds(r.started_at)}  {took:>8}  {end:<10} via {r.via}  run {r.id}"
 
 
 def _status_footer(doc: dict[str, Any]) -> list[str]:
@@ -321,60 +392,9 @@ def _status_footer(doc: dict[str, Any]) -> list[str]:
     return out
 
 
-def _audit(
-    store: StateStore, command: str, agent: str, reason: str | None, op: Any, **extra: Any
-) -> None:
-    store.audit(
-        time.time(),
-        user=op.display,
-        uid=op.uid,
-        command=command,
-        agent=agent,
-        reason=reason,
-        **extra,
-    )
-
-
-def _operator_action(
-    action: str,
-    agent: str,
-    reason: str | None,
-    cfg: Config,
-    change: Any,
-    **extra: Any,
-) -> None:
-    store = StateStore(cfg.state_dir)
-    op = current_operator()
-    try:
-        authorize(
-            op, action, cfg.state_dir, cfg.operators_group, source=cfg.source_of("operators_group")
-        )
-    except errors.NotPermitted:
-        get_logger().warning("operator.refused", action=action, agent=agent, user=op.display)
-        raise
-    with store.transaction(agent) as tx:
-        now = time.time()  # read under the lock, so actions are recorded in order
-        store.check_audit()  # refuse before changing anything if it cannot be audited
-        new = change(tx.state, now, op.display, store)
-        tx.write(new, now)
-        try:
-            store.audit(
-                now,
-                user=op.display,
-                uid=op.uid,
-                command=action,
-                agent=agent,
-                reason=reason,
-                **extra,
-            )
-        except errors.StateError as exc:
-            # The change is made and durable; say so, and say that the audit line is missing.
-            get_logger().error("audit.write_failed", agent=agent, action=action, why=str(exc))
-    get_logger().info(f"operator.{action}", agent=agent, user=op.display, reason=reason, **extra)
-    if cfg.metrics_file and cfg.cluster_size is not None:
-        # Refresh the gauges (hold_active, next start); no probe, no Docker: an operator's
-        # command must not wait on either.
-        Gate(cfg, agent, store=store, probe=None, inspect=None).decide(record=False)
+def _operator_gate(agent: str, cfg: Config) -> Gate:
+    """The Gate an operator command acts through (no probe, no Docker, no certificate)."""
+    return Gate(cfg, agent, probe=None, inspect=None, identity=None, operator=current_operator())
 
 
 def _duration_opt(value: str | None, name: str) -> float | None:
@@ -418,10 +438,7 @@ def override(
     given = _duration_opt(for_, "--for")
     seconds = 3600.0 if given is None else given
 
-    def change(state: Any, now: float, user: str, _store: StateStore) -> Any:
-        return state.with_override(OperatorFlag(user, reason, now, now + seconds))
-
-    _operator_action("override", agent, reason, cfg, change, seconds=seconds)
+    _operator_gate(agent, cfg).override(seconds, reason)
     sys.stdout.write(f"override set for {format_duration(seconds)}: {reason}\n")
 
 
@@ -441,12 +458,7 @@ def hold(
     _check_reason(reason, True)
     seconds = _duration_opt(for_, "--for")
 
-    def change(state: Any, now: float, user: str, _store: StateStore) -> Any:
-        return state.with_hold(
-            OperatorFlag(user, reason, now, None if seconds is None else now + seconds)
-        )
-
-    _operator_action("hold", agent, reason, cfg, change, seconds=seconds)
+    _operator_gate(agent, cfg).hold(seconds, reason)
     until = "until released" if seconds is None else f"for {format_duration(seconds)}"
     sys.stdout.write(f"hold set {until}: {reason}\n")
 
@@ -465,11 +477,8 @@ def release(
     agent, cfg = check_agent(agent), load(config, state_dir, cluster_size, node_name, sets)
     _check_reason(reason, False)
 
-    def change(state: Any, _now: float, _user: str, _store: StateStore) -> Any:
-        return state.with_hold(None).with_override(None)
-
-    _operator_action("release", agent, reason, cfg, change)
-    sys.stdout.write("hold and override cleared\n")
+    _operator_gate(agent, cfg).release(reason)
+    sys.stdout.write("hold and override cleared; the next start is asked for afresh\n")
 
 
 @app.command()
@@ -485,16 +494,10 @@ def reset(
     """Forget the agent's history (a backup is kept beside the state file)."""
     agent, cfg = check_agent(agent), load(config, state_dir, cluster_size, node_name, sets)
     _check_reason(reason, False)
-    backups: list[str] = []
-
-    def change(state: Any, now: float, _user: str, store: StateStore) -> Any:
-        backup = store.backup(agent, now)
-        if backup:
-            backups.append(backup)
-        return type(state)(agent=agent)
-
-    _operator_action("reset", agent, reason, cfg, change)
-    sys.stdout.write("state reset" + (f"; backup at {backups[0]}" if backups else "") + "\n")
+    done: OperatorResult = _operator_gate(agent, cfg).reset(reason)
+    for dropped in done.dropped:
+        sys.stdout.write(f"dropped {dropped}\n")
+    sys.stdout.write("state reset" + (f"; backup at {done.backup}" if done.backup else "") + "\n")
 
 
 _SIGNALS = {s.name: int(s) for s in signal.Signals}
@@ -529,6 +532,14 @@ def record_exit(
     code: Annotated[
         str, typer.Option("--code", help="exit status or signal name (systemd: $EXIT_STATUS)")
     ],
+    run_id: Annotated[
+        str | None,
+        typer.Option(
+            "--run-id",
+            help="the run that ended (AGENT_SUPERVISOR_RUN_ID); an empty value names none",
+            show_default=False,
+        ),
+    ] = None,
     agent: AgentOpt = "cilium-agent",
     config: ConfigOpt = None,
     state_dir: StateDirOpt = None,
@@ -536,27 +547,24 @@ def record_exit(
     node_name: NodeNameOpt = None,
     sets: SetOpt = None,
 ) -> None:
-    """Record the end of the agent's current run (systemd ExecStopPost=)."""
+    """Record the end of a run (systemd ExecStopPost=).
+
+    An empty --code (the agent never ran) records nothing; a run that is not open, or another
+    run than the one named, is left as it is.
+    """
     agent, cfg = check_agent(agent), load(config, state_dir, cluster_size, node_name, sets)
     exit_code = parse_exit_status(code)
-    store = StateStore(cfg.state_dir)
-    with store.transaction(agent) as tx:
-        now = time.time()
-        last = tx.state.last_run
-        new = tx.state.record_exit(now, exit_code)
-        if new is tx.state:
-            get_logger().info(
-                "run.exit_ignored", agent=agent, exit_code=exit_code, why="no run in progress"
-            )
-            sys.stdout.write("no run in progress; nothing recorded\n")
-            return
-        tx.write(new, now)
-    assert last is not None
-    get_logger().info(
-        "run.exited", agent=agent, exit_code=exit_code, seconds=round(now - last.started_at, 3)
-    )
+    named = (run_id or "").strip() or None
+    done = Gate(cfg, agent, probe=None, identity=None).report_end(exit_code, run_id=named)
+    if not done.recorded:
+        sys.stdout.write(f"{done.why}; nothing recorded\n")
+        return
+    took = format_duration(done.seconds or 0.0)
+    where = " in the journal (the state file is full; the next writer applies it)"
     sys.stdout.write(
-        f"recorded exit {exit_code} after {format_duration(max(0.0, now - last.started_at))}\n"
+        f"recorded exit {exit_code} of run {done.run_id} after {took}"
+        + (where if done.journaled else "")
+        + "\n"
     )
 
 

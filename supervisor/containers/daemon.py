@@ -37,12 +37,12 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Final, Literal
 
-from supervisor.base.errors import IdentityError, StateError, one_line
+from supervisor.base.errors import StateError, one_line
 from supervisor.base.log import get_logger
 from supervisor.containers.compose import Target
 from supervisor.core.container import ContainerInfo, check_supervisable
 from supervisor.gate.inspect import connect_from_env
-from supervisor.gate.service import Gate, check_identity
+from supervisor.gate.service import Gate
 from supervisor.storage.config import Config
 
 #: How often a daemon refused by a bad identity looks at the certificate again.
@@ -126,7 +126,9 @@ class Daemon:
         self.target = target
         # The same gate service as `gate --wait`; it asks Docker through this daemon's own
         # connection, so "already running" and reconcile see what the daemon sees.
-        self.gate = Gate(cfg, agent, clock=clock, inspect=self._inspect)
+        self.gate = Gate(
+            cfg, agent, clock=None if clock is time.time else clock, inspect=self._inspect
+        )
         self.policy = self.gate.policy
         self.store = self.gate.store
         self._client: Any = None
@@ -386,16 +388,6 @@ class Daemon:
 
     def _gated_start(self, client: Any, info: ContainerInfo) -> bool:
         """Wait for the gate (which records the start), then start. True: look again."""
-
-        try:
-            check_identity(self.cfg, self.clock())
-        except IdentityError as exc:
-            # Never start an agent that would fail to authenticate; look again in a minute or
-            # as soon as the container changes (an operator's --force goes through `gate`).
-            self.log.error("daemon.identity_refused", agent=self.agent, error=str(exc))
-            with contextlib.suppress(_Resync):
-                self._sleep(IDENTITY_RECHECK_SECONDS)
-            return True
         try:
             result = self.gate.wait(sleep=self._sleep)
         except _Resync:
@@ -403,6 +395,13 @@ class Daemon:
         import docker.errors
 
         d = result.decision
+        if d.event == "gate.identity_refused":
+            # Never start an agent that would fail to authenticate; look again in a minute or
+            # as soon as the container changes (an operator's --force goes through `gate`).
+            self.log.error("daemon.identity_refused", agent=self.agent, error=d.reason)
+            with contextlib.suppress(_Resync):
+                self._sleep(IDENTITY_RECHECK_SECONDS)
+            return True
         if not d.start:
             return True  # started meanwhile (outside the gate): look again, nothing to do
         try:

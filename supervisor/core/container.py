@@ -19,6 +19,8 @@ from datetime import datetime
 from typing import Any, Final, Literal
 
 from supervisor.base.errors import ConfigError
+from supervisor.core.events import Bound, Ended, Event, Outside, Withdrawn, apply
+from supervisor.core.policy import DockerView
 from supervisor.core.state import AgentState, Run
 
 #: Tolerance between the start the gate recorded and Docker's StartedAt of the same run
@@ -101,75 +103,131 @@ def check_supervisable(info: ContainerInfo) -> None:
 Outcome = Literal["running", "outside", "exited", "pending", "withdrawn", "unchanged"]
 
 
-def _approval(run_via: str) -> bool:
-    return run_via in ("gate", "force", "override")
+def docker_run_id(container: str, started_at: float) -> str:
+    """The id of a run that Docker shows and no gate approved: the same for every caller."""
+    return f"docker-{container[:12]}-{round(started_at * 1_000_000):x}"
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """What Docker's State adds to the history (:func:`reconcile`), and what it says now.
+
+    ``view``: Docker's view for the decision ("running", "pending": an approval within the
+    grace that Docker has not followed yet, or "stopped"). ``outcome``: the most telling of
+    the events, for the log.
+    """
+
+    events: tuple[Event, ...]
+    view: DockerView
+    outcome: Outcome
+
+
+def _covers(run: Run, container: str, d: float, grace: float) -> bool:
+    """Whether Docker's start ``d`` of ``container`` is ``run``'s own start: an approval is
+    followed within the grace, a start seen in Docker is itself; never after the run's
+    reported end, never in another container than the one the run ran in."""
+    if run.container is not None and run.container != container:
+        return False
+    until = run.started_at + (grace if run.approved else SAME_RUN_SLACK)
+    if run.ended_at is not None:
+        until = min(until, run.ended_at)
+    return run.started_at - SAME_RUN_SLACK <= d <= until
 
 
 def reconcile(
-    state: AgentState, info: ContainerInfo, now: float, grace: float = DEFAULT_GRACE
-) -> tuple[AgentState, Outcome]:
+    state: AgentState, info: ContainerInfo | None, now: float, grace: float = DEFAULT_GRACE
+) -> Reconciled:
     """Bring the history in line with the container's State (pure; invariant 7).
 
-    Docker's StartedAt ``d`` belongs to the latest run when it lies within
-    ``[start - SAME_RUN_SLACK, start + grace]`` of an approval (the gate approves, then compose
-    or the daemon starts the container), or within the slack of a start seen earlier.
+    Docker's StartedAt ``d`` is the latest run's own start when that run covers it
+    (:func:`_covers`): the gate approves, then compose or the daemon starts the container
+    within ``grace``. Then:
 
-    - A ``d`` later than that: a real start that no gate approved; it is added as
-      ``via: docker`` and counts ("outside"). An approval still open before it, that this
-      start did not follow within the grace, is withdrawn first.
-    - An open approval that no start followed within ``grace`` is withdrawn ("withdrawn");
-      within the grace it stands ("pending"): the start may be on its way.
-    - Not running, and ``d`` is the latest run's: the run ended at FinishedAt with ExitCode
-      ("exited"). Running, and ``d`` is the latest run's: "running".
+    - running: the run is bound to the container ("running");
+    - not running: the run ended at FinishedAt with ExitCode ("exited");
+    - a FinishedAt between the approval and ``d`` while running: the approved run started,
+      ended there (how, Docker no longer says) and ``d`` is a second start.
+
+    A ``d`` that no run covers is a real start that no gate approved: it is added as
+    ``via: docker`` and counts ("outside"); an approval still open before it that Docker did not
+    follow is withdrawn first, and one that Docker did follow ended at FinishedAt if Docker
+    says when. An open approval that no start followed within ``grace`` is withdrawn
+    ("withdrawn"); within the grace it stands ("pending"): the start may be on its way.
+    ``info`` None: the container does not exist (yet); only the grace can speak.
     """
-    d = info.started_at
-    state, outcome = _withdraw_unfollowed(state, d, now, grace)
+    events: list[Event] = []
     last = state.last_run
-    if d is not None and (last is None or d > _covers_until(last, grace)):
-        state = state.record_start(d, via="docker", reason="started outside the gate")
-        return _ended(state, info), "outside"
-    if last is None or d is None or d < last.started_at - SAME_RUN_SLACK:
-        return state, _pending_or(outcome, last)
-    if info.running:
-        return state, "running" if last.ended_at is None else outcome
-    new = _ended(state, info)
-    return new, "exited" if new is not state else outcome
+    d = None if info is None else info.started_at
+    if last is not None and _unfollowed(last, info, d, now, grace):
+        events.append(Withdrawn(last.id))
+        state = apply(state, events[-1])
+        last = state.last_run
+    if info is None or d is None:
+        return _done(events, _pending(last, now, grace), "withdrawn" if events else None)
+    f = info.finished_at
+    if last is not None and _covers(last, info.id, d, grace):
+        if info.running and f is not None and last.started_at - SAME_RUN_SLACK <= f < d:
+            # Started, ended at f, started again at d: two starts since the approval.
+            if last.ended_at is None:
+                events.append(Ended(f, None, "docker", last.id))
+            return _outside(state, events, info, d)
+        if info.running:
+            if last.ended_at is None and last.container != info.id:
+                events.append(Bound(last.id, info.id))
+            return _done(events, "running", "running" if last.ended_at is None else None)
+        if last.ended_at is None and f is not None and f >= d:
+            events.append(Bound(last.id, info.id))
+            events.append(Ended(f, info.exit_code, "docker", last.id))
+            return _done(events, "stopped", "exited")
+        return _done(events, _pending(last, now, grace), "withdrawn" if events else None)
+    if last is None or d > last.started_at:
+        bound_open = last is not None and last.ended_at is None and last.container is not None
+        if bound_open and last is not None and f is not None and last.started_at <= f < d:
+            events.append(Ended(f, None, "docker", last.id))
+        return _outside(state, events, info, d)
+    # Docker's latest start is older than the latest run: nothing of it is news.
+    view = "running" if info.running else _pending(last, now, grace)
+    return _done(events, view, "withdrawn" if events else None)
 
 
-def _withdraw_unfollowed(
-    state: AgentState, d: float | None, now: float, grace: float
-) -> tuple[AgentState, Outcome]:
-    """The state without its latest run if that is an open approval that Docker's start
-    ``d`` did not follow within the grace, and the grace is over."""
-    last = state.last_run
-    if last is None or last.ended_at is not None or not _approval(last.via):
-        return state, "unchanged"
-    followed = d is not None and last.started_at - SAME_RUN_SLACK <= d <= last.started_at + grace
-    if followed or now - last.started_at <= grace:
-        return state, "unchanged"
-    return state.without_last_run(), "withdrawn"
+def _unfollowed(
+    last: Run, info: ContainerInfo | None, d: float | None, now: float, grace: float
+) -> bool:
+    """An open approval that Docker's start did not follow within the grace, the grace over."""
+    if last.ended_at is not None or not last.approved or last.container is not None:
+        return False
+    if now - last.started_at <= grace:
+        return False
+    followed = (
+        info is not None
+        and d is not None
+        and last.started_at - SAME_RUN_SLACK <= d <= last.started_at + grace
+    )
+    return not followed
 
 
-def _pending_or(outcome: Outcome, last: Run | None) -> Outcome:
-    """ "pending" for an open approval that Docker has not followed yet (within the grace)."""
-    if outcome == "unchanged" and last is not None and last.ended_at is None:
-        return "pending" if _approval(last.via) else "unchanged"
-    return outcome
+def _pending(last: Run | None, now: float, grace: float) -> DockerView:
+    """ "pending" for an open approval Docker has not followed yet (within the grace)."""
+    if (
+        last is not None
+        and last.ended_at is None
+        and last.approved
+        and last.container is None
+        and now - last.started_at <= grace
+    ):
+        return "pending"
+    return "stopped"
 
 
-def _covers_until(run: Run, grace: float) -> float:
-    """The latest Docker start that is still this run's: an approval is followed within the
-    grace, a start seen in Docker is itself; never after the run's own reported end."""
-    until = run.started_at + (grace if _approval(run.via) else SAME_RUN_SLACK)
-    return until if run.ended_at is None else min(until, run.ended_at)
+def _outside(state: AgentState, events: list[Event], info: ContainerInfo, d: float) -> Reconciled:
+    """Docker's start ``d`` that no gate approved: added, and ended if Docker says so."""
+    run_id = docker_run_id(info.id, d)
+    events.append(Outside(d, run_id, info.id))
+    f = info.finished_at
+    if not info.running and f is not None and f >= d:
+        events.append(Ended(f, info.exit_code, "docker", run_id))
+    return _done(events, "running" if info.running else "stopped", "outside")
 
 
-def _ended(state: AgentState, info: ContainerInfo) -> AgentState:
-    """The latest run ended as Docker says, if the container is down and the run is open."""
-    last = state.last_run
-    if info.running or last is None or last.ended_at is not None:
-        return state
-    end = info.finished_at
-    if end is None or end < (info.started_at or 0.0):
-        return state  # Docker has not written the end yet (or never will): leave it unknown
-    return state.record_exit(end, info.exit_code, source="docker")
+def _done(events: list[Event], view: DockerView, outcome: Outcome | None) -> Reconciled:
+    return Reconciled(tuple(events), view, outcome or "unchanged")

@@ -1,8 +1,14 @@
-"""The per-agent state: a history of runs and the operator's hold and override.
+"""The per-agent state: a history of runs, the operator's flags, the pending ask, the clock anchor.
 
-Pure values and pure transitions; :mod:`supervisor.storage.store` is the only module that reads or
-writes the file. Times are seconds since the Unix epoch (UTC) in memory and ISO 8601 UTC
-strings on disk, so that an operator reading the file sees wall-clock times.
+Pure values. They change only through :func:`supervisor.core.events.apply`, and
+:mod:`supervisor.storage.store` is the only module that reads or writes the file. Times are
+seconds since the Unix epoch (UTC) in memory, and ISO 8601 UTC strings with microseconds on
+disk, so that an operator reading the file sees wall-clock times.
+
+Every time the core computes or keeps is a whole number of microseconds (:func:`micro`,
+:func:`micro_ceil`): a time survives the round trip through the file exactly, so the time a
+refusal names is the very time the next caller reads back, and a gate that wakes at it is
+allowed.
 """
 
 from __future__ import annotations
@@ -12,17 +18,21 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
-#: Version 2: a run's end is a fact or unknown, never inferred from the next start; runs may be
-#: starts seen in Docker (``via: docker``) or the placeholder for a lost history (``unknown``).
-#: Version 1 files are read (an inferred end becomes unknown) and written back as version 2.
-SCHEMA_VERSION: Final = 2
-_READABLE_SCHEMAS: Final = (1, 2)
+from supervisor.base.clock import Now
+
+#: Version 3: every run has an id; a start's first ask is kept (``ask``, which replaces the
+#: probe's ``deferral``); the clock anchor. Versions 1 and 2 are read and written back as 3.
+SCHEMA_VERSION: Final = 3
+_READABLE_SCHEMAS: Final = (1, 2, 3)
 #: Runs kept in the history: far more than the backoff needs (the multiplier saturates after a
-#: few levels), enough for an operator to see a day of a crash loop.
+#: few levels), enough for an operator to see a day of a crash loop. A longer history read
+#: from a file is trimmed to these, not refused.
 MAX_RUNS: Final = 50
 #: The range of times a state file may hold: 1970-01-01 to 9000-01-01 (UTC).
 MIN_TIMESTAMP: Final = 0.0
 MAX_TIMESTAMP: Final = 221845392000.0
+#: A wall clock that moved this much against the boot clock was stepped (NTP slews far less).
+STEP_TOLERANCE: Final = 1.0
 
 #: Who let a run start: the gate; an operator (``force``, ``override``); nobody we asked
 #: (``docker``: a real start seen in the container's State, e.g. ``docker start`` or a container
@@ -30,12 +40,14 @@ MAX_TIMESTAMP: Final = 221845392000.0
 #: corrupt state file), so that unknown history is never taken for a clean one (invariant 9).
 Via = Literal["gate", "force", "override", "docker", "unknown"]
 #: Who reported the end of a run. There is no inferred end: an end nobody reported is unknown.
-EndSource = Literal["record-exit", "docker"]
+EndSource = Literal["record-exit", "docker", "exec"]
 _VIAS: Final = ("gate", "force", "override", "docker", "unknown")
-_END_SOURCES: Final = ("record-exit", "docker")
+_END_SOURCES: Final = ("record-exit", "docker", "exec")
 #: Operator-let-through starts: they neither count against the window (invariant 4) nor make
 #: the run they supersede a failure (invariant 1).
 OPERATOR_VIAS: Final = ("force", "override")
+#: Starts that someone approved (as opposed to one only seen in Docker, or a placeholder).
+APPROVED_VIAS: Final = ("gate", "force", "override")
 #: Exit codes of a run stopped on purpose: 0, and SIGINT/SIGTERM as a shell reports them
 #: (128 + 2, 128 + 15): ``systemctl stop|restart``, ``docker stop``, Ctrl-C.
 STOPPED_ON_PURPOSE: Final = (0, 130, 143)
@@ -43,6 +55,31 @@ STOPPED_ON_PURPOSE: Final = (0, 130, 143)
 
 class StateFormatError(ValueError):
     """The state document is not a valid state of this schema; the text says what is wrong."""
+
+
+#: Microseconds in a second: the resolution of every time the state keeps.
+MICRO: Final = 1_000_000
+
+
+def micro(ts: float) -> float:
+    """``ts`` to the nearest microsecond: the value the state file gives back for it."""
+    return round(ts, 6)
+
+
+def micro_units(ts: float) -> int:
+    """The earliest whole microsecond at or after ``ts``, counted from the epoch: the
+    smallest ``u`` with ``u / MICRO >= ts`` (so a time that is a whole microsecond is itself)."""
+    us = math.floor(ts * MICRO)
+    while us / MICRO < ts:
+        us += 1
+    while (us - 1) / MICRO >= ts:
+        us -= 1
+    return us
+
+
+def micro_ceil(ts: float) -> float:
+    """The earliest whole microsecond at or after ``ts`` (a slot never moves earlier)."""
+    return micro_units(ts) / MICRO
 
 
 def iso(ts: float) -> str:
@@ -75,13 +112,25 @@ def parse_iso(text: object, what: str) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    """One start of the agent and, once known, its end."""
+    """One start of the agent and, once known, its end.
 
+    ``id`` names the run (invariant 12): the gate that approves a start gives it, the agent's
+    environment carries it, and a report of an end closes only the run it names.
+    ``stop`` says who stopped the run on purpose when its exit status alone does not (a
+    ``docker stop`` that ended in SIGKILL, a ``compose down``); ``replaces`` names the run an
+    approved replacement (a compose upgrade) supersedes; ``container`` is the Docker
+    container the run ran in, once Docker showed its start.
+    """
+
+    id: str
     started_at: float
     via: Via = "gate"
     ended_at: float | None = None
     exit_code: int | None = None
     end_source: EndSource | None = None
+    stop: str | None = None
+    replaces: str | None = None
+    container: str | None = None
     user: str | None = None
     reason: str | None = None
 
@@ -96,9 +145,17 @@ class Run:
         return self.via in OPERATOR_VIAS
 
     @property
+    def approved(self) -> bool:
+        """True when someone approved this start (the gate or an operator)."""
+        return self.via in APPROVED_VIAS
+
+    @property
     def stopped_on_purpose(self) -> bool:
-        """The run's reported end was a deliberate stop (exit 0, SIGTERM, SIGINT)."""
-        return self.ended_at is not None and self.exit_code in STOPPED_ON_PURPOSE
+        """The run's reported end was a deliberate stop: exit 0, SIGTERM, SIGINT, or a stop
+        signal someone sent (``stop``)."""
+        return self.ended_at is not None and (
+            self.exit_code in STOPPED_ON_PURPOSE or self.stop is not None
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +173,31 @@ class OperatorFlag:
 
 
 @dataclass(frozen=True, slots=True)
+class Ask:
+    """A start asked for and not yet made (invariant 2): when it was first asked for, and the
+    latest time a refusal told the caller to come back (its slot, or the probe's deferral).
+
+    Kept in the state so that every caller, whoever it is and whenever it starts (a fresh gate
+    after a reboot, a restarted daemon, ``status``), gets the same slot. Cleared by a start, a
+    ``release`` and a ``reset``.
+    """
+
+    at: float
+    until: float | None = None
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """The wall clock read ``wall`` when the boot clock of boot ``boot_id`` read ``boot``: the
+    frame the state's times are written in (invariant 8)."""
+
+    boot_id: str
+    wall: float
+    boot: float
+
+
+@dataclass(frozen=True, slots=True)
 class AgentState:
     """Everything the gate knows about one agent on this node."""
 
@@ -123,100 +205,112 @@ class AgentState:
     runs: tuple[Run, ...] = ()
     hold: OperatorFlag | None = None
     override: OperatorFlag | None = None
-    #: A start the control-plane probe deferred to this node's slot (``user`` "probe"): kept
-    #: in the state, so that a fresh gate (after a reboot, a restart of every supervisor)
-    #: waits for the same slot instead of starting with the whole fleet when the control
-    #: plane answers again. Cleared by the next recorded start.
-    deferral: OperatorFlag | None = None
+    ask: Ask | None = None
+    anchor: Anchor | None = None
 
     @property
     def last_run(self) -> Run | None:
         """The most recent run, if any."""
         return self.runs[-1] if self.runs else None
 
-    def record_start(
-        self, now: float, *, via: Via = "gate", user: str | None = None, reason: str | None = None
-    ) -> AgentState:
-        """A new run begins at ``now``.
+    def run(self, run_id: str) -> Run | None:
+        """The run named ``run_id``, if the history holds it."""
+        return next((r for r in reversed(self.runs) if r.id == run_id), None)
 
-        An earlier run whose end nobody reported keeps an unknown end: taking the next start as
-        its end would make every run of a crash loop look as long as its wait, hence stable.
-        """
-        runs = (*self.runs, Run(started_at=now, via=via, user=user, reason=reason))
-        return replace(self, runs=runs[-MAX_RUNS:], deferral=None)
-
-    def without_last_run(self) -> AgentState:
-        """The latest run withdrawn: an approval that no real start followed (invariant 7)."""
-        return replace(self, runs=self.runs[:-1])
-
-    @classmethod
-    def history_lost(cls, agent: str, now: float, why: str) -> AgentState:
-        """The state after the history was lost: one run started ``now``, its end unknown.
-
-        Unknown history is not a clean history (invariant 9): the agent is treated as at
-        backoff level 1 from the moment the problem was found, so the next start waits for the
-        node's slot instead of joining a fleet-wide wave (a downgrade across the fleet would
-        otherwise quarantine every node's file and let every agent start at once).
-        """
-        return cls(agent=agent, runs=(Run(started_at=now, via="unknown", reason=why),))
-
-    def record_exit(
-        self, ended_at: float, exit_code: int | None, *, source: EndSource = "record-exit"
-    ) -> AgentState:
-        """The latest run ended. A second report for an ended run changes nothing."""
+    @property
+    def history_lost(self) -> bool:
+        """The history was lost (a corrupt file) and nothing has run since."""
         last = self.last_run
-        if last is None or last.ended_at is not None:
-            return self
-        run = replace(
-            last, ended_at=max(ended_at, last.started_at), exit_code=exit_code, end_source=source
-        )
-        return replace(self, runs=(*self.runs[:-1], run))
+        return last is not None and last.via == "unknown"
 
-    def clamp_future(self, now: float) -> AgentState:
-        """Pin what a clock step back left in the future to ``now``; self if nothing is.
 
-        Runs: times after ``now`` become ``now``. Hold and override: one set in the future is
-        moved to ``now`` with the duration the operator gave, so its expiry is at most that
-        duration away (invariant 8): a step back of a day must not keep a one-hour override
-        for 25 hours. Persisted by the gate, so everything counts from when the step was first
-        seen: kept only in memory, a start a day ahead would look like "just now" on every
-        call, and the agent would wait out the whole step instead of one backoff.
-        """
-        runs_ahead = any(r.started_at > now or (r.ended_at or 0.0) > now for r in self.runs)
-        hold, override = _pin_flag(self.hold, now), _pin_flag(self.override, now)
-        deferral = _pin_flag(self.deferral, now)
-        flags_pinned = (hold, override, deferral) != (self.hold, self.override, self.deferral)
-        if not runs_ahead and not flags_pinned:
-            return self
-        runs = tuple(
-            replace(
-                r,
-                started_at=min(r.started_at, now),
-                ended_at=None if r.ended_at is None else min(r.ended_at, now),
-            )
-            for r in self.runs
-        )
-        return replace(self, runs=runs, hold=hold, override=override, deferral=deferral)
-
-    def with_deferral(self, flag: OperatorFlag | None) -> AgentState:
-        """Set or clear the probe's deferral."""
-        return replace(self, deferral=flag)
-
-    def with_hold(self, flag: OperatorFlag | None) -> AgentState:
-        """Set or clear the hold."""
-        return replace(self, hold=flag)
-
-    def with_override(self, flag: OperatorFlag | None) -> AgentState:
-        """Set or clear the override."""
-        return replace(self, override=flag)
+# --- clocks: pin the future, follow the boot clock -----------------------------------------------
 
 
 def _pin_flag(flag: OperatorFlag | None, now: float) -> OperatorFlag | None:
     """A flag set after ``now`` (the clock stepped back) moved to ``now``, keeping its length."""
     if flag is None or flag.set_at <= now:
         return flag
-    until = None if flag.until is None else now + max(0.0, flag.until - flag.set_at)
+    until = None if flag.until is None else micro(now + max(0.0, flag.until - flag.set_at))
     return replace(flag, set_at=now, until=until)
+
+
+def clamp_future(state: AgentState, now: float) -> AgentState:
+    """Pin what a clock step back left in the future to ``now``; ``state`` if nothing is.
+
+    Runs: times after ``now`` become ``now``. Hold and override: one set in the future is moved
+    to ``now`` with the duration the operator gave, so its expiry is at most that duration away
+    (invariant 8): a step back of a day must not keep a one-hour override for 25 hours. An ask
+    in the future is asked ``now``. Only for facts the boot clock cannot place (another boot);
+    :func:`rebase` places the others exactly.
+    """
+    runs_ahead = any(r.started_at > now or (r.ended_at or 0.0) > now for r in state.runs)
+    hold, override = _pin_flag(state.hold, now), _pin_flag(state.override, now)
+    ask = state.ask
+    if ask is not None and ask.at > now:
+        ask = Ask(now, None, ask.why)
+    if not runs_ahead and (hold, override, ask) == (state.hold, state.override, state.ask):
+        return state
+    runs = tuple(
+        replace(
+            r,
+            started_at=min(r.started_at, now),
+            ended_at=None if r.ended_at is None else min(r.ended_at, now),
+        )
+        for r in state.runs
+    )
+    return replace(state, runs=runs, hold=hold, override=override, ask=ask)
+
+
+def rebase(state: AgentState, now: Now) -> AgentState:
+    """The state in the frame of the wall clock as it reads ``now`` (invariant 8).
+
+    Facts written in this boot are placed by the boot clock: if the wall clock was stepped by
+    ``delta`` since the state was last written (the anchor), each such time moves by ``delta``,
+    so that "ten minutes ago" stays ten minutes ago, forward jumps included. Facts from an
+    earlier boot cannot be placed that way; those left in the future are pinned to now
+    (:func:`clamp_future`). The anchor is renewed only when it changes something, so a state
+    that needs nothing is returned as it is (and not written again).
+    """
+    if now.boot is None or now.boot_id is None:
+        return clamp_future(state, now.wall)
+    if not state.runs and (state.hold, state.override, state.ask) == (None, None, None):
+        return state  # no fact to place: no anchor needed (and nothing to write)
+    fresh = Anchor(now.boot_id, now.wall, now.boot)
+    a = state.anchor
+    if a is None or a.boot_id != now.boot_id:
+        return replace(clamp_future(state, now.wall), anchor=fresh)
+    delta = (now.wall - a.wall) - (now.boot - a.boot)
+    if abs(delta) < STEP_TOLERANCE:
+        return clamp_future(state, now.wall)
+    booted = a.wall - a.boot - STEP_TOLERANCE
+
+    def move(t: float) -> float:
+        return micro(t + delta) if t >= booted else t
+
+    def move_opt(t: float | None) -> float | None:
+        return None if t is None else move(t)
+
+    def move_flag(f: OperatorFlag | None) -> OperatorFlag | None:
+        if f is None or f.set_at < booted:
+            return f
+        return replace(f, set_at=move(f.set_at), until=move_opt(f.until))
+
+    ask = state.ask
+    if ask is not None and ask.at >= booted:
+        ask = Ask(move(ask.at), move_opt(ask.until), ask.why)
+    moved = replace(
+        state,
+        runs=tuple(
+            replace(r, started_at=move(r.started_at), ended_at=move_opt(r.ended_at))
+            for r in state.runs
+        ),
+        hold=move_flag(state.hold),
+        override=move_flag(state.override),
+        ask=ask,
+        anchor=fresh,
+    )
+    return clamp_future(moved, now.wall)
 
 
 # --- serialization ------------------------------------------------------------------------
@@ -238,27 +332,44 @@ def flag_document(flag: OperatorFlag | None) -> dict[str, Any] | None:
     }
 
 
+def ask_document(ask: Ask | None) -> dict[str, Any] | None:
+    """The pending ask as the state file (and ``status --json``) writes it."""
+    if ask is None:
+        return None
+    return {"at": iso(ask.at), "until": _opt_ts(ask.until), "why": ask.why}
+
+
+def run_document(r: Run) -> dict[str, Any]:
+    """One run as the state file writes it."""
+    return {
+        "id": r.id,
+        "started_at": iso(r.started_at),
+        "via": r.via,
+        "ended_at": _opt_ts(r.ended_at),
+        "exit_code": r.exit_code,
+        "end_source": r.end_source,
+        "stop": r.stop,
+        "replaces": r.replaces,
+        "container": r.container,
+        "user": r.user,
+        "reason": r.reason,
+    }
+
+
 def to_document(state: AgentState, now: float) -> dict[str, Any]:
     """The JSON document written to disk."""
+    a = state.anchor
     return {
         "schema": SCHEMA_VERSION,
         "agent": state.agent,
         "updated_at": iso(now),
+        "clock": None
+        if a is None
+        else {"boot_id": a.boot_id, "wall": iso(a.wall), "boot": round(a.boot, 6)},
         "hold": flag_document(state.hold),
-        "deferral": flag_document(state.deferral),
         "override": flag_document(state.override),
-        "runs": [
-            {
-                "started_at": iso(r.started_at),
-                "via": r.via,
-                "ended_at": _opt_ts(r.ended_at),
-                "exit_code": r.exit_code,
-                "end_source": r.end_source,
-                "user": r.user,
-                "reason": r.reason,
-            }
-            for r in state.runs
-        ],
+        "ask": ask_document(state.ask),
+        "runs": [run_document(r) for r in state.runs],
     }
 
 
@@ -268,10 +379,10 @@ def _field(doc: dict[str, Any], key: str, what: str) -> Any:
     return doc[key]
 
 
-def _opt_text(value: object, what: str) -> str | None:
+def _opt_text(value: object, what: str, limit: int = 4096) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > 4096:
+    if not isinstance(value, str) or len(value) > limit:
         raise StateFormatError(f"{what} is not text")
     return value
 
@@ -288,6 +399,38 @@ def _flag(value: object, what: str) -> OperatorFlag | None:
         set_at=parse_iso(_field(value, "set_at", what), f"{what}.set_at"),
         until=None if until is None else parse_iso(until, f"{what}.until"),
     )
+
+
+def _ask(value: object, what: str) -> Ask | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise StateFormatError(f"{what} is not an object")
+    until = value.get("until")
+    return Ask(
+        at=parse_iso(_field(value, "at", what), f"{what}.at"),
+        until=None if until is None else parse_iso(until, f"{what}.until"),
+        why=_opt_text(value.get("why"), f"{what}.why") or "",
+    )
+
+
+def _anchor(value: object) -> Anchor | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise StateFormatError("clock is not an object")
+    boot = value.get("boot")
+    if isinstance(boot, bool) or not isinstance(boot, int | float) or not math.isfinite(boot):
+        raise StateFormatError(f"clock.boot is {boot!r}")
+    ident = _opt_text(_field(value, "boot_id", "clock"), "clock.boot_id", 100)
+    if not ident:
+        raise StateFormatError("clock.boot_id is empty")
+    return Anchor(ident, parse_iso(_field(value, "wall", "clock"), "clock.wall"), float(boot))
+
+
+def legacy_run_id(started_at: float) -> str:
+    """The id of a run read from a file written before runs had ids (schema 1 and 2)."""
+    return f"legacy-{round(started_at * 1_000_000):x}"
 
 
 def _run(value: object, i: int, schema: int) -> Run:
@@ -309,19 +452,33 @@ def _run(value: object, i: int, schema: int) -> Run:
         isinstance(code, bool) or not isinstance(code, int) or not -(2**31) <= code < 2**31
     ):
         raise StateFormatError(f"{what}.exit_code is {code!r}")
+    started = parse_iso(_field(value, "started_at", what), f"{what}.started_at")
+    if schema >= 3:
+        run_id = _opt_text(_field(value, "id", what), f"{what}.id", 100)
+        if not run_id:
+            raise StateFormatError(f"{what}.id is empty")
+    else:
+        run_id = legacy_run_id(started)
     return Run(
-        started_at=parse_iso(_field(value, "started_at", what), f"{what}.started_at"),
+        id=run_id,
+        started_at=started,
         via=via,
         ended_at=None if ended is None else parse_iso(ended, f"{what}.ended_at"),
         exit_code=code,
         end_source=source,
+        stop=_opt_text(value.get("stop"), f"{what}.stop"),
+        replaces=_opt_text(value.get("replaces"), f"{what}.replaces", 100),
+        container=_opt_text(value.get("container"), f"{what}.container", 100),
         user=_opt_text(value.get("user"), f"{what}.user"),
         reason=_opt_text(value.get("reason"), f"{what}.reason"),
     )
 
 
 def from_document(doc: object, agent: str) -> AgentState:
-    """Validate a parsed JSON document into an :class:`AgentState`, or StateFormatError."""
+    """Validate a parsed JSON document into an :class:`AgentState`, or StateFormatError.
+
+    A history longer than :data:`MAX_RUNS` is a valid history: its newest runs are kept.
+    """
     if not isinstance(doc, dict):
         raise StateFormatError("the state is not a JSON object")
     schema = doc.get("schema")
@@ -336,13 +493,20 @@ def from_document(doc: object, agent: str) -> AgentState:
     if not isinstance(runs, list):
         raise StateFormatError("runs is not a list")
     parsed = tuple(_run(r, i, schema) for i, r in enumerate(runs[-MAX_RUNS:]))
-    for r in parsed:
-        if not all(math.isfinite(t) for t in (r.started_at, r.ended_at or 0.0)):
-            raise StateFormatError("a run has a time that is not finite")
+    if schema >= 3:
+        ask = _ask(doc.get("ask"), "ask")
+        anchor = _anchor(doc.get("clock"))
+    else:
+        # Version 2 kept a probe's deferral: the start was asked for at set_at and told to
+        # come back at until.
+        deferral = _flag(doc.get("deferral"), "deferral")
+        ask = None if deferral is None else Ask(deferral.set_at, deferral.until, "probe")
+        anchor = None
     return AgentState(
         agent=agent,
         runs=parsed,
         hold=_flag(doc.get("hold"), "hold"),
         override=_flag(doc.get("override"), "override"),
-        deferral=_flag(doc.get("deferral"), "deferral"),
+        ask=ask,
+        anchor=anchor,
     )

@@ -1,10 +1,18 @@
-"""The gate service: one place where every mode asks whether the agent may start.
+"""The gate service: the one owner of an agent's history on this node.
 
-:class:`Gate` is built once per agent from the configuration; the CLI ``gate`` (with and
-without ``--wait``), ``status``, the operator commands and the daemon all ask it, so every
-mode reads the same state, reconciles it with Docker the same way, makes the same decision
-(:func:`~supervisor.policy.decide`, a pure function of the state and the clock) and emits the
-same ``gate.*`` events, metrics and audit records. A change to gate behaviour is made here once.
+:class:`Gate` is built once per agent from the configuration. The CLI ``gate`` (with and without
+``--wait``), ``status``, ``record-exit``, the operator commands and the daemon all go through it,
+and it is the only code that writes the state: every change is an event of
+:mod:`supervisor.core.events`, applied with the core's pure ``apply`` and persisted here, one
+lock per operation. So every mode reads the same state, reconciles it with Docker the same way,
+makes the same decision (:func:`~supervisor.core.policy.decide`, a pure function) and emits the
+same ``gate.*`` events, metrics and audit records.
+
+What a decision needs from the world is gathered *before* the lock: the container's State
+(Docker can hang for seconds), the probe's answer (only when it can matter: a lock-free look at
+the state says so), the certificate. Under the lock the state is read once, brought up to date
+(a lost history, the journal's ends, the clocks, Docker's facts), decided on, and written once.
+A slow control plane or Docker never holds up ``record-exit`` or an operator.
 
 Clock and sleep are parameters (tenacity's lesson): tests drive :meth:`Gate.wait` with a fake
 clock and assert the exact sleeps.
@@ -12,33 +20,74 @@ clock and assert the exact sleeps.
 
 from __future__ import annotations
 
+import functools
 import os
+import secrets
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Final
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Final
 
-from supervisor.base.errors import StateError, one_line
+from supervisor.base.clock import Now, read_now
+from supervisor.base.errors import DiskFull, StateError, one_line
 from supervisor.base.log import get_logger
+from supervisor.core.answers import ProbeAnswer
 from supervisor.core.container import ContainerInfo, reconcile
-from supervisor.core.policy import Decision, decide, probe_matters, remember
-from supervisor.core.state import AgentState, iso
-from supervisor.gate.operators import Operator
+from supervisor.core.events import (
+    Ended,
+    Event,
+    FlagSet,
+    Lost,
+    Rebased,
+    Released,
+    Reset,
+    apply,
+    apply_all,
+)
+from supervisor.core.policy import Decision, DockerView, Inputs, Policy, Request, decide
+from supervisor.core.state import AgentState, OperatorFlag, iso, micro
+from supervisor.gate.operators import Operator, authorize
 from supervisor.storage.config import Config
-from supervisor.storage.store import StateStore, Transaction
+from supervisor.storage.store import Loaded, StateStore, Transaction
+
+if TYPE_CHECKING:
+    from supervisor.gate.probe import ProbeReport
+    from supervisor.node.identity import CertReport
 
 #: How often a waiting gate looks at the state file for an operator's action.
 POLL_SECONDS: Final = 1.0
 
-#: Asks the control plane whether it is healthy (True/False); only called when it matters.
-Probe = Callable[[], bool]
+#: Asks the control plane (only called when its answer can change the decision).
+Probe = Callable[[], "ProbeReport"]
 #: Inspects the agent's container: its State, or None when there is no such container.
 #: Raises whatever Docker raises when it cannot answer.
 Inspect = Callable[[], ContainerInfo | None]
+#: Checks the agent's certificate at a wall-clock time; None when no identity is configured.
+IdentityCheck = Callable[[float], "CertReport | None"]
 
 
 class Cancelled(Exception):
     """The caller was asked to stop (SIGTERM) before an allowed start was recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class Look:
+    """What the caller saw of the agent's container before the lock.
+
+    ``looked`` False: nothing was asked (no container configured, or the caller named the run
+    and needs no Docker). ``info`` None after a look: no such container (yet). ``unknown``:
+    Docker did not answer, and why. ``replacing``: the caller is about to replace the running
+    container (a compose upgrade): a start like any other.
+    """
+
+    looked: bool = False
+    info: ContainerInfo | None = None
+    unknown: str | None = None
+    replacing: bool = False
+
+
+#: Nothing asked of Docker.
+NO_LOOK: Final = Look()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,25 +98,44 @@ class GateResult:
     quarantined: tuple[str, ...] = ()
     recorded: bool = False
     state: AgentState | None = field(default=None, compare=False)
-    probe_healthy: bool | None = None
+    probe: ProbeReport | None = None
+    #: Docker's view for the decision (None: no container configured).
+    docker: DockerView | None = None
+    certificate: CertReport | None = None
+    #: The state directory could not be locked (read-only): read without the lock.
+    read_only: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class _Ask:
-    """What one decision was asked for (see :meth:`Gate.decide`)."""
+class EndResult:
+    """What a reported end did: ``recorded`` (in the state or the journal) or why not."""
 
-    force: bool
-    reason: str | None
-    record: bool
-    cancelled: Callable[[], bool] | None
-    asked: bool  # the probe was asked (or need not be: a forced start)
+    recorded: bool
+    why: str
+    run_id: str | None = None
+    seconds: float | None = None
+    journaled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorResult:
+    """What an operator action changed."""
+
+    state: AgentState
+    dropped: tuple[str, ...] = ()
+    backup: str | None = None
 
 
 class _Default:
-    """Marker: build the probe or the Docker inspector from the configuration."""
+    """Marker: build the probe, the Docker inspector or the identity check from the config."""
 
 
 DEFAULT: Final = _Default()
+
+
+def new_run_id(now: float) -> str:
+    """A run id operators can read: the start's UTC time and a random tag."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + secrets.token_hex(3)
 
 
 class Gate:
@@ -79,24 +147,72 @@ class Gate:
         agent: str,
         *,
         store: StateStore | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
+        boot: Callable[[], Now] | None = None,
         probe: Probe | _Default | None = DEFAULT,
         inspect: Inspect | _Default | None = DEFAULT,
+        identity: IdentityCheck | _Default | None = DEFAULT,
         operator: Operator | None = None,
     ) -> None:
         self.cfg = cfg
         self.agent = agent
-        self.policy = cfg.policy(agent)  # cluster_size missing -> 78 first
         self.store = store if store is not None else StateStore(cfg.state_dir)
-        self.clock = clock
+        # A test's fake wall clock has no boot clock to go with it; the real one does.
+        self.clock: Callable[[], float] = clock if clock is not None else time.time
+        self._boot = boot if boot is not None else (read_now if clock is None else None)
         self.probe: Probe | None = make_probe_for(cfg) if isinstance(probe, _Default) else probe
         self.inspect: Inspect | None = (
             docker_inspector_for(cfg) if isinstance(inspect, _Default) else inspect
         )
+        self.identity: IdentityCheck | None = (
+            identity_check_for(cfg) if isinstance(identity, _Default) else identity
+        )
         self.operator = operator
-        #: Seconds the agent's certificate has left, for the metrics (set by the caller).
-        self.cert_seconds_left: float | None = None
         self.log = get_logger()
+
+    @functools.cached_property
+    def policy(self) -> Policy:
+        """The decision policy (ConfigError, exit 78, without a cluster size). Only a probe that
+        can be asked can be waited for."""
+        policy = self.cfg.policy(self.agent)
+        return replace(policy, probe_configured=self.probe is not None)
+
+    def now(self) -> Now:
+        """The clocks, read together (the boot clock only with the real wall clock), the wall
+        clock to the microsecond the state keeps: a fact recorded "now" is never after now."""
+        if self._boot is not None:
+            read = self._boot()
+            return Now(micro(read.wall), read.boot, read.boot_id)
+        return Now(micro(self.clock()))
+
+    # --- what the world says (before the lock) ----------------------------------------------
+
+    def look(self) -> Look:
+        """The container's State; "unknown" (with why) when Docker does not answer."""
+        if self.inspect is None:
+            return NO_LOOK
+        try:
+            info = self.inspect()
+        except Exception as exc:  # noqa: BLE001 - whatever Docker does, the gate must answer
+            why = one_line(exc, 300)
+            self.log.warning("docker.unavailable", agent=self.agent, error=why)
+            return Look(True, unknown=why)
+        if info is None:
+            self.log.info("docker.container_missing", agent=self.agent)
+        return Look(True, info)
+
+    def certificate(self, at: float) -> CertReport | None:
+        """The certificate's report at ``at`` (None: no identity configured)."""
+        if self.identity is None:
+            return None
+        report = self.identity(at)
+        if report is not None:
+            for warning in report.warnings:
+                self.log.warning("identity.warning", agent=self.agent, problem=warning)
+        return report
+
+    def _ask_probe(self) -> ProbeReport | None:
+        return None if self.probe is None else self.probe()
 
     # --- one decision -----------------------------------------------------------------------
 
@@ -107,206 +223,388 @@ class Gate:
         reason: str | None = None,
         record: bool = True,
         cancelled: Callable[[], bool] | None = None,
-        now: float | None = None,
+        look: Look | None = None,
         announce: bool = True,
     ) -> GateResult:
-        """Load the state under the lock, reconcile it with Docker, decide, record, say so.
+        """Gather the inputs, then under one lock: bring the state up to date, decide, record.
 
         With ``record`` (the gate) an allowed start is durably recorded before this returns,
-        and (``announce``) the ``gate.*`` event is logged, the metrics are updated and a forced
-        start is audited. Without ``record`` (``status``, operator commands) nothing is
-        recorded, no event is logged and only the metrics' gauges are refreshed. A waiting
-        gate decides with ``announce`` False and announces what changed itself.
+        with the ask a refusal leaves behind, and (``announce``) the ``gate.*`` event is logged,
+        the metrics are updated and a forced start is audited. Without ``record`` (``status``)
+        only what Docker and the clocks said is kept; nothing is asked or started, no event is
+        logged, only the metrics' gauges are refreshed. A waiting gate decides with
+        ``announce`` False and announces what changed itself.
 
         A start that cannot be recorded is not allowed (StateError, exit 74), except a forced
         one, which goes ahead loudly: the operator asked for it and a full disk must not keep
         the network down.
 
-        ``now`` None (the normal case) reads the clock after the lock is taken: a time read
-        before waiting for the lock would be stale by the wait, and starts would be recorded
-        out of order. The probe and Docker are asked before the lock is taken (each can take
-        seconds), so a slow control plane or Docker never holds up record-exit or operators.
+        The probe is asked only when its answer can matter: a lock-free look at the state says
+        so. If the slot came between that look and the lock, the decision under the lock says
+        it needs the probe (:attr:`Decision.needs_probe`): the lock is released, the probe
+        asked, and the decision made again.
         """
-        info = self._inspect()
-        asked = False
-        while True:
-            healthy = None if force else self._probe_if_it_matters(info, now, always=asked)
-            ask = _Ask(force, reason, record, cancelled, asked or force)
-            result = self._decide_locked(ask, info, healthy, now)
-            if result is not None:
+        look = look if look is not None else self.look()
+        cert = None if force else self.certificate(self.clock())
+        problems = () if cert is None or cert.ok else tuple(cert.problems)
+        report = None
+        if not force and self.probe is not None and self._probe_matters(look, problems):
+            report = self._ask_probe()
+        for _ in range(3):
+            result = self._locked(force, reason, record, cancelled, look, problems, report, cert)
+            if not result.decision.needs_probe:
                 break
-            asked = True  # the slot came between the look and the lock: ask, then decide
+            report = self._ask_probe()
         if announce and record:
             self._announce(result, reason)
         elif announce:
-            at = result.decision.decided_at or self.clock()
-            publish_metrics(self.cfg, result, at, count=False)
+            publish_metrics(
+                self.cfg, result, result.decision.decided_at or self.clock(), count=False
+            )
         return result
 
-    def _decide_locked(
-        self, ask: _Ask, info: ContainerInfo | None, healthy: bool | None, now: float | None
-    ) -> GateResult | None:
-        """The locked part of :meth:`decide`; None when the probe matters but was not asked
-        (the quick look before the lock said it did not), so the caller asks and comes back."""
-        user = self.operator.display if self.operator else None
-        try:
-            tx_cm = self.store.transaction(self.agent, now)
-            tx = tx_cm.__enter__()
-        except StateError:
-            if not ask.force:
-                raise
-            self.log.error("gate.forced_unrecorded", agent=self.agent, why="state unavailable")
-            at = self.clock() if now is None else now
-            d = decide(
-                self.policy, AgentState(self.agent), at, force=True, reason=ask.reason, user=user
-            )
-            return GateResult(d)
-        try:
-            at = self.clock() if now is None else now
-            return self._decide_in(tx, ask, info, healthy, at, user)
-        finally:
-            tx_cm.__exit__(None, None, None)
-
-    def _decide_in(
-        self,
-        tx: Transaction,
-        ask: _Ask,
-        info: ContainerInfo | None,
-        healthy: bool | None,
-        now: float,
-        user: str | None,
-    ) -> GateResult | None:
-        """The decision on the locked state; see :meth:`_decide_locked`."""
-        state = self._observed(tx.state, info, now)
-        matters = self.probe is not None and probe_matters(self.policy, state, now)
-        if healthy is None and matters and not ask.asked:
-            return None
-        healthy = healthy if matters else None  # the state may have changed meanwhile
+    def _probe_matters(self, look: Look, problems: Sequence[str]) -> bool:
+        """A lock-free look: would the decision, without the probe, need its answer now?"""
+        loaded = self.store.read(self.agent)
+        now = self.now()
+        state = self._brought_up(loaded, now, log=False)
+        state, view = self._docker(state, look, now.wall, log=False)
         d = decide(
             self.policy,
             state,
-            now,
-            force=ask.force,
-            reason=ask.reason,
-            user=user,
-            control_plane_healthy=healthy,
-            running=info is not None and info.running,
+            now.wall,  # if the slot comes while the lock is taken, the decision says so
+            Request(run_id="peek"),
+            Inputs(docker=view, identity=tuple(problems)),
         )
-        recorded = False
-        if d.start and ask.record:
-            if ask.cancelled is not None and ask.cancelled():
-                # SIGTERM arrived while deciding (a probe can take seconds): record nothing.
-                raise Cancelled
-            recorded, state = self._record_start(tx, state, d, user, ask.reason)
-        else:
-            # What Docker, the clock or the probe told us is kept: a probe's "not now"
-            # becomes a fact of the state, so every later caller waits for the same slot.
-            state = remember(state, d)
-            if state is not tx.state:
-                self._keep(tx, state, now)
-        return GateResult(d, tuple(tx.quarantined), recorded, state, healthy)
+        return d.needs_probe
 
-    def _record_start(
+    def _locked(
         self,
-        tx: Transaction,
-        state: AgentState,
-        d: Decision,
-        user: str | None,
+        force: bool,
         reason: str | None,
-    ) -> tuple[bool, AgentState]:
-        """Durably record the allowed start; a forced one goes ahead loudly if it cannot be."""
-        now = d.decided_at if d.decided_at is not None else self.clock()
-        new = state.record_start(now, via=d.via, user=user, reason=reason if d.forced else None)
+        record: bool,
+        cancelled: Callable[[], bool] | None,
+        look: Look,
+        problems: Sequence[str],
+        report: ProbeReport | None,
+        cert: CertReport | None,
+    ) -> GateResult:
+        """The decision on the locked state (see :meth:`decide`)."""
+        user = self.operator.display if self.operator else None
+        read_only = None
+        tx_cm: Any = self.store.transaction(self.agent)
         try:
-            tx.write(new, now)
+            tx: Loaded = tx_cm.__enter__()
         except StateError as exc:
-            if not d.forced:
+            if force:
+                self.log.error("gate.forced_unrecorded", agent=self.agent, why=one_line(exc))
+                at = self.now().wall
+                d = decide(
+                    self.policy,
+                    AgentState(self.agent),
+                    at,
+                    Request(new_run_id(at), force=True, user=user, reason=reason),
+                )
+                return GateResult(d, certificate=cert)
+            if record:
                 raise
-            self.log.error("gate.forced_unrecorded", agent=self.agent, why=str(exc))
-            return False, state
-        return True, new
+            # status on a state directory it cannot lock (read-only): read without the lock.
+            tx_cm, tx, read_only = None, self.store.read(self.agent), one_line(exc)
+        try:
+            now = self.now()
+            state = self._brought_up(tx, now)
+            state, view = self._docker(state, look, now.wall)
+            d = decide(
+                self.policy,
+                state,
+                now.wall,
+                Request(new_run_id(now.wall), force=force, user=user, reason=reason),
+                Inputs(
+                    probe=None if report is None else report.answer,
+                    docker=view,
+                    docker_why=look.unknown or "",
+                    identity=tuple(problems),
+                ),
+            )
+            recorded = False
+            if record and not d.needs_probe:
+                if d.start and cancelled is not None and cancelled():
+                    # SIGTERM arrived while deciding (a probe can take seconds): record nothing.
+                    raise Cancelled
+                new = apply_all(state, d.events)
+                recorded = self._save(tx, new, now.wall, must=d.start, forced=d.forced)
+                state = new if (recorded or not d.start) else state
+            elif isinstance(tx, Transaction):
+                self._save(tx, state, now.wall, must=False, forced=False)
+            return GateResult(
+                d,
+                tuple(tx.quarantined),
+                recorded and d.start,
+                state,
+                report,
+                view,
+                cert,
+                read_only,
+            )
+        finally:
+            if tx_cm is not None:
+                tx_cm.__exit__(None, None, None)
 
-    def _keep(self, tx: Transaction, state: AgentState, now: float) -> None:
-        """Write what Docker, the clock or the probe told us; a failure to write it must not
-        turn a refusal into an I/O error."""
+    def _save(self, tx: Loaded, state: AgentState, now: float, *, must: bool, forced: bool) -> bool:
+        """Write ``state`` if it changed; True when it is on disk. A start that cannot be
+        recorded raises (74), unless forced; anything else that cannot be written (Docker's
+        facts, an ask) is logged: a failure to keep it must not turn a refusal into an I/O
+        error."""
+        if not isinstance(tx, Transaction):
+            return False
+        if state is tx.state and tx.lost is None:
+            return True
         try:
             tx.write(state, now)
         except StateError as exc:
-            self.log.warning("state.write_failed", agent=self.agent, why=str(exc))
+            if must and not forced:
+                raise
+            event = "gate.forced_unrecorded" if must else "state.write_failed"
+            self.log.error(event, agent=self.agent, why=one_line(exc))
+            return False
+        return True
 
-    def _probe_if_it_matters(
-        self, info: ContainerInfo | None, now: float | None, *, always: bool = False
-    ) -> bool | None:
-        """Ask the control plane only when its answer can change the decision.
+    def _brought_up(self, loaded: Loaded, now: Now, *, log: bool = True) -> AgentState:
+        """The state as the files hold it, brought up to date: a lost history, the journal's
+        ends, and the clocks (invariants 8, 9 and 12)."""
+        state = loaded.state
+        if loaded.lost is not None:
+            where = loaded.quarantined[-1] if loaded.quarantined else "left in place"
+            why = f"state file moved aside to {where}: {loaded.lost}"
+            state = apply(state, Lost(now.wall, new_run_id(now.wall), why))
+        if loaded.pending:
+            state = apply_all(state, loaded.pending)
+            if log:
+                self.log.warning(
+                    "state.journal_applied", agent=self.agent, ends=len(loaded.pending)
+                )
+        rebased = apply(state, Rebased(now))
+        if log and rebased.runs != state.runs:
+            self.log.warning("state.clock_stepped", agent=self.agent, now=iso(now.wall))
+        return rebased
 
-        A quick locked look at the state says whether it can (``always``: do not look, ask);
-        the decision checks it again.
-        """
-        if self.probe is None or (info is not None and info.running):
-            return None
-        if always:
-            return self.probe()
-        at = self.clock() if now is None else now
-        peek = self.store.read(self.agent, now).state
+    def _docker(
+        self, state: AgentState, look: Look, now: float, *, log: bool = True
+    ) -> tuple[AgentState, DockerView | None]:
+        """The state with Docker's facts (invariant 7), and Docker's view for the decision."""
+        if look.unknown is not None:
+            return state, "unknown"
+        if not look.looked:
+            return state, None
+        rec = reconcile(state, look.info, now, self.cfg.docker_grace)
+        new = apply_all(state, rec.events)
+        if log:
+            self._log_reconciled(state, new, rec.outcome, look.info)
+        view: DockerView = rec.view
+        if look.replacing and view == "running":
+            view = "replacing"
+        return new, view
+
+    def _log_reconciled(
+        self, old: AgentState, new: AgentState, outcome: str, info: ContainerInfo | None
+    ) -> None:
+        fields: dict[str, Any] = {"agent": self.agent}
         if info is not None:
-            peek = reconcile(peek, info, at, self.cfg.docker_grace)[0]
-        return self.probe() if probe_matters(self.policy, peek.clamp_future(at), at) else None
-
-    def _inspect(self) -> ContainerInfo | None:
-        """The container's State; None when not configured, missing, or Docker is away."""
-        if self.inspect is None:
-            return None
-        try:
-            info = self.inspect()
-        except Exception as exc:  # noqa: BLE001 - whatever Docker does, the gate must answer
-            self.log.warning("docker.unavailable", agent=self.agent, error=one_line(exc, 500))
-            return None
-        if info is None:
-            self.log.info("docker.container_missing", agent=self.agent)
-        return info
-
-    def _observed(self, state: AgentState, info: ContainerInfo | None, now: float) -> AgentState:
-        """The state with Docker's facts and a clock step applied (logged, not yet written)."""
-        if info is not None:
-            state = self._reconciled(state, info, now)
-        clamped = state.clamp_future(now)
-        if clamped is not state:
-            self.log.warning("state.clock_stepped_back", agent=self.agent, now=iso(now))
-        return clamped
-
-    def _reconciled(self, state: AgentState, info: ContainerInfo, now: float) -> AgentState:
-        new, outcome = reconcile(state, info, now, self.cfg.docker_grace)
+            fields["container"] = info.name
         last = new.last_run
-        fields: dict[str, Any] = {"agent": self.agent, "container": info.name}
         if outcome == "exited" and last is not None:
             self.log.info(
                 "docker.run_ended",
                 **fields,
+                run_id=last.id,
                 exit_code=last.exit_code,
-                seconds=round(last.duration(now), 3),
+                seconds=round(last.duration(last.ended_at or 0.0), 3),
             )
         elif outcome == "outside" and last is not None:
             self.log.warning(
-                "docker.started_outside_gate", **fields, started_at=iso(last.started_at)
+                "docker.started_outside_gate",
+                **fields,
+                run_id=last.id,
+                started_at=iso(last.started_at),
             )
         elif outcome == "withdrawn":
-            withdrawn = state.runs[len(new.runs)] if len(state.runs) > len(new.runs) else None
+            gone = [r for r in old.runs if new.run(r.id) is None]
             self.log.warning(
                 "docker.approval_withdrawn",
                 **fields,
-                approved_at=None if withdrawn is None else iso(withdrawn.started_at),
+                run_id=gone[0].id if gone else None,
+                approved_at=iso(gone[0].started_at) if gone else None,
                 why=f"no start followed within {self.cfg.docker_grace:g}s",
             )
-        return new
 
-    def observe(self, info: ContainerInfo) -> AgentState:
+    # --- what happened to a run -------------------------------------------------------------
+
+    def report_end(
+        self,
+        exit_code: int | None,
+        *,
+        run_id: str | None = None,
+        source: str = "record-exit",
+        stop: str | None = None,
+        at: float | None = None,
+        look: Look | None = None,
+    ) -> EndResult:
+        """A run ended (``record-exit``, a failed exec, the daemon's Docker events).
+
+        A report with no exit status records nothing (systemd runs ``ExecStopPost`` after a
+        failed ``ExecStartPre``, when the agent never ran). ``run_id`` names the run to close
+        (invariant 12); without one, Docker tells when it can (``docker.container``), else the
+        open latest run is closed. A report for a run that is not open changes nothing. When the
+        state cannot be written for want of space, the end goes to the journal, and the next
+        writer applies it.
+        """
+        if exit_code is None:
+            why = "no exit status: the agent never ran (nothing recorded)"
+            self.log.info("run.exit_ignored", agent=self.agent, run_id=run_id, why=why)
+            return EndResult(False, why, run_id)
+        look = look if look is not None else (self.look() if run_id is None else NO_LOOK)
+        with self.store.transaction(self.agent) as tx:
+            now = self.now()
+            state, _ = self._docker(self._brought_up(tx, now), look, now.wall)
+            end = Ended(
+                micro(now.wall if at is None else at),
+                exit_code,
+                source,  # type: ignore[arg-type]
+                run_id,
+                stop,
+            )
+            target = state.last_run if run_id is None else state.run(run_id)
+            new = apply(state, end)
+            if new is state:
+                self._save(tx, state, now.wall, must=False, forced=False)
+                why = (
+                    "no run in progress"
+                    if target is None and run_id is None
+                    else f"run {run_id} is not in the history"
+                    if target is None
+                    else f"run {target.id} has ended already"
+                )
+                self.log.info(
+                    "run.exit_ignored",
+                    agent=self.agent,
+                    run_id=run_id,
+                    exit_code=exit_code,
+                    why=why,
+                )
+                return EndResult(False, why, run_id)
+            assert target is not None
+            seconds = max(0.0, end.at - target.started_at)
+            try:
+                tx.write(new, now.wall)
+            except DiskFull as exc:
+                self.store.journal_end(self.agent, end)  # StateError if it cannot
+                self.log.error(
+                    "state.journaled", agent=self.agent, run_id=target.id, why=one_line(exc)
+                )
+                return EndResult(True, "kept in the journal", target.id, seconds, journaled=True)
+        self.log.info(
+            "run.exited",
+            agent=self.agent,
+            run_id=target.id,
+            exit_code=exit_code,
+            seconds=round(seconds, 3),
+            source=source,
+            stop=stop,
+        )
+        return EndResult(True, "recorded", target.id, seconds)
+
+    def observe(self, info: ContainerInfo | None) -> AgentState:
         """Reconcile the state file with the container's State now (the daemon, on events)."""
         with self.store.transaction(self.agent) as tx:
-            now = self.clock()
-            new = self._observed(tx.state, info, now)
-            if new is not tx.state:
-                tx.write(new, now)
-            return new
+            now = self.now()
+            state, _ = self._docker(self._brought_up(tx, now), Look(True, info), now.wall)
+            self._save(tx, state, now.wall, must=False, forced=False)
+            return state
+
+    # --- operators --------------------------------------------------------------------------
+
+    def operator_action(
+        self,
+        action: str,
+        reason: str | None,
+        events: Callable[[AgentState, float], Sequence[Event]],
+        *,
+        backup: bool = False,
+        **extra: Any,
+    ) -> OperatorResult:
+        """An operator's decision (hold, override, release, reset): authorised, applied under
+        the lock, audited, logged. ``events`` builds the events from the state and the time."""
+        op = self.operator
+        assert op is not None
+        try:
+            authorize(
+                op,
+                action,
+                self.cfg.state_dir,
+                self.cfg.operators_group,
+                source=self.cfg.source_of("operators_group"),
+            )
+        except Exception:
+            self.log.warning("operator.refused", action=action, agent=self.agent, user=op.display)
+            raise
+        with self.store.transaction(self.agent) as tx:
+            now = self.now()
+            self.store.check_audit()  # refuse before changing anything if it cannot be audited
+            state = self._brought_up(tx, now)
+            dropped = _flags_dropped(state, now.wall) if action == "reset" else ()
+            saved = self.store.backup(self.agent, now.wall) if backup else None
+            new = apply_all(state, events(state, now.wall))
+            tx.write(new, now.wall)
+            fields = {**extra, "dropped": list(dropped)} if dropped else extra
+            try:
+                self.store.audit(
+                    now.wall,
+                    user=op.display,
+                    uid=op.uid,
+                    command=action,
+                    agent=self.agent,
+                    reason=reason,
+                    **fields,
+                )
+            except StateError as exc:
+                # The change is made and durable; say so, and that the audit line is missing.
+                self.log.error("audit.write_failed", agent=self.agent, action=action, why=str(exc))
+        self.log.info(
+            "operator." + action, agent=self.agent, user=op.display, reason=reason, **fields
+        )
+        if self.cfg.metrics_file and self.cfg.cluster_size is not None:
+            # Refresh the gauges (hold_active, next start); no probe, no Docker: an operator's
+            # command must not wait on either.
+            quiet = Gate(
+                self.cfg, self.agent, store=self.store, probe=None, inspect=None, identity=None
+            )
+            quiet.decide(record=False)
+        return OperatorResult(new, dropped, saved)
+
+    def hold(self, seconds: float | None, reason: str) -> OperatorResult:
+        """Block every start but a forced one, for ``seconds`` or until released."""
+        return self._flag("hold", seconds, reason)
+
+    def override(self, seconds: float | None, reason: str) -> OperatorResult:
+        """Let every start through, for ``seconds`` or until released."""
+        return self._flag("override", seconds, reason)
+
+    def _flag(self, kind: str, seconds: float | None, reason: str) -> OperatorResult:
+        user = self.operator.display if self.operator else "unknown"
+
+        def events(_state: AgentState, now: float) -> Sequence[Event]:
+            until = None if seconds is None else micro(now + seconds)
+            return (FlagSet(kind, OperatorFlag(user, reason, micro(now), until)),)  # type: ignore[arg-type]
+
+        return self.operator_action(kind, reason, events, seconds=seconds)
+
+    def release(self, reason: str | None) -> OperatorResult:
+        """Clear the hold and the override; the next ask is a first ask."""
+        return self.operator_action("release", reason, lambda _s, _n: (Released(),))
+
+    def reset(self, reason: str | None) -> OperatorResult:
+        """Forget the history (a backup of the file is kept); names the flags it drops."""
+        return self.operator_action("reset", reason, lambda _s, _n: (Reset(),), backup=True)
 
     # --- waiting ----------------------------------------------------------------------------
 
@@ -319,21 +617,29 @@ class Gate:
         reason: str | None = None,
         cancelled: Callable[[], bool] | None = None,
         poll: float = POLL_SECONDS,
+        look: Callable[[], Look] | None = None,
     ) -> GateResult:
-        """Re-decide until allowed: at the announced time, or as soon as the state file changes.
+        """Re-decide until allowed (or refused for good: a bad identity): at the announced
+        time, or as soon as the state file changes.
 
         Between decisions only the state file's signature is polled (once per ``poll``), so an
         operator's override or release is seen within about a second; the re-decision is the
         same pure decision every caller gets, so a release wakes a waiting gate only into what
-        the state allows. A probe is made once per decision, never in a loop. Each new answer
-        (another time, level or reason) is announced once, with its own event id
-        (``gate.refused``, ``gate.held``) and ``waiting: true``.
+        the state allows. The probe, Docker and the certificate are asked once per decision,
+        never in a loop. Each new answer (another time, level or reason) is announced once,
+        with its own event id (``gate.refused``, ``gate.held``, ...) and ``waiting: true``.
         """
         announced: tuple[str, float | None, int] | None = None
         while True:
-            result = self.decide(force=force, reason=reason, cancelled=cancelled, announce=False)
+            result = self.decide(
+                force=force,
+                reason=reason,
+                cancelled=cancelled,
+                announce=False,
+                look=None if look is None else look(),
+            )
             d = result.decision
-            if d.allowed:
+            if d.allowed or d.event == "gate.identity_refused":
                 self._announce(result, reason)
                 return result
             key = (d.event, d.next_allowed_at, d.backoff_level)
@@ -366,17 +672,23 @@ class Gate:
             "next_allowed_at": None if d.next_allowed_at is None else iso(d.next_allowed_at),
             "recorded": result.recorded,
         }
+        if d.run_id is not None:
+            fields["run_id"] = d.run_id
+        if d.grid is not None:
+            fields["grid"] = d.grid
+        if d.probe is not None:
+            fields["probe"] = d.probe
         if waiting:
             fields["waiting"] = True
         if d.forced:
             self.log.warning(
                 d.event, user=self.operator.display if self.operator else None, **fields
             )
+        elif d.event in ("gate.identity_refused", "gate.docker_unknown"):
+            self.log.error(d.event, **fields)
         else:
             self.log.info(d.event, **fields)
-        publish_metrics(
-            self.cfg, result, d.decided_at or self.clock(), cert_seconds_left=self.cert_seconds_left
-        )
+        publish_metrics(self.cfg, result, d.decided_at or self.clock())
         if d.forced and result.recorded:
             # The start is recorded and will happen: an audit failure must not stop it now.
             op = self.operator
@@ -388,9 +700,20 @@ class Gate:
                     command="gate --force",
                     agent=self.agent,
                     reason=reason,
+                    run_id=d.run_id,
                 )
             except StateError as exc:
                 self.log.error("audit.write_failed", agent=self.agent, why=str(exc))
+
+
+def _flags_dropped(state: AgentState, now: float) -> tuple[str, ...]:
+    """The hold and override in force that a reset drops, in the operator's words."""
+    out = []
+    for name, flag in (("hold", state.hold), ("override", state.override)):
+        if flag is not None and flag.active(now):
+            until = "released" if flag.until is None else iso(flag.until)
+            out.append(f"{name} by {flag.user} until {until}: {flag.reason}")
+    return tuple(out)
 
 
 def state_signature(store: StateStore, agent: str) -> tuple[int, int, int] | None:
@@ -402,14 +725,7 @@ def state_signature(store: StateStore, agent: str) -> tuple[int, int, int] | Non
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def publish_metrics(
-    cfg: Config,
-    result: GateResult,
-    now: float,
-    *,
-    count: bool = True,
-    cert_seconds_left: float | None = None,
-) -> None:
+def publish_metrics(cfg: Config, result: GateResult, now: float, *, count: bool = True) -> None:
     """Write the decision to ``metrics_file`` if configured; never fails the caller.
 
     ``count`` is False for callers that only refresh gauges (``status``, operator commands) so
@@ -430,16 +746,18 @@ def publish_metrics(
     if state is not None:
         gauges["hold_active"] = float(state.hold is not None and state.hold.active(now))
         gauges["override_active"] = float(state.override is not None and state.override.active(now))
-        gauges["history_lost"] = float(
-            state.last_run is not None and state.last_run.via == "unknown"
-        )
+        gauges["history_lost"] = float(state.history_lost)
         ended = [r for r in state.runs if r.exit_code is not None]
         if ended:
             gauges["last_exit_code"] = float(ended[-1].exit_code or 0)
-    if result.probe_healthy is not None:
-        gauges["probe_healthy"] = float(result.probe_healthy)
-    if cert_seconds_left is not None:
-        gauges["certificate_expiry_seconds"] = cert_seconds_left
+    if result.docker is not None and result.docker != "unknown":
+        gauges["agent_running"] = float(result.docker in ("running", "replacing", "pending"))
+    if result.probe is not None:
+        answer: ProbeAnswer = result.probe.answer
+        gauges["probe_healthy"] = float(answer == "ready")
+        gauges["probe_broken"] = float(answer == "broken")
+    if result.certificate is not None and result.certificate.seconds_left is not None:
+        gauges["certificate_expiry_seconds"] = result.certificate.seconds_left
     counters: dict[tuple[str, str], float] = {}
     if count:
         counters[("starts", _outcome(d))] = 1.0
@@ -456,25 +774,21 @@ def _outcome(d: Decision) -> str:
     return "allowed" if d.allowed else "refused"
 
 
-def check_identity(cfg: Config, now: float) -> float | None:
-    """Refuse (IdentityError, exit 78) a bad agent identity; return the seconds it has left.
-
-    None when no ``[identity]`` is configured. The cryptography import happens only then.
-    """
-    if cfg.identity is None:
+def identity_check_for(cfg: Config) -> IdentityCheck | None:
+    """The certificate check of ``[identity]``, or None (cryptography is imported on use)."""
+    identity = cfg.identity
+    if identity is None:
         return None
-    from supervisor.base.errors import IdentityError
-    from supervisor.node.identity import check_identity as check
-    from supervisor.node.identity import identity_message
 
-    report = check(cfg.identity, cfg.node_name, now)
-    log = get_logger()
-    for warning in report.warnings:
-        log.warning("identity.warning", problem=warning)
-    if not report.ok:
-        log.error("gate.identity_refused", problems=list(report.problems))
-        raise IdentityError(identity_message(report))
-    return report.seconds_left
+    def check(at: float) -> CertReport:
+        from supervisor.node.identity import check_identity
+
+        report = check_identity(identity, cfg.node_name, at)
+        if not report.ok:
+            get_logger().error("identity.refused", problems=list(report.problems))
+        return report
+
+    return check
 
 
 def docker_inspector_for(cfg: Config) -> Inspect | None:

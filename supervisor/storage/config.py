@@ -36,9 +36,16 @@ from supervisor.core.policy import (
     DEFAULT_STABLE_AFTER,
     Policy,
     WindowConfig,
+    admission_seconds,
     window_seconds,
 )
-from supervisor.core.slots import SLOT_MODE_SETTINGS, slot_offset
+from supervisor.core.slots import (
+    SLOT_MODE_SETTINGS,
+    SlotError,
+    no_address_message,
+    node_id_from_name,
+    slot_offset,
+)
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/agent-supervisor/config.toml")
 DEFAULT_STATE_DIR: Final = Path("/var/lib/agent-supervisor")
@@ -69,6 +76,9 @@ ENV_NOT_KEYS: Final[tuple[str, ...]] = (
     "AGENT_SUPERVISOR_BASE_IMAGE",
     # compose/.env: the host directory mounted as /etc/agent-supervisor.
     "AGENT_SUPERVISOR_CONFIG_DIR",
+    # The approved run's id: in the agent's environment (gate -- COMMAND) and, through
+    # systemd's EnvironmentFile=, in ExecStopPost's record-exit, which takes it as --run-id.
+    "AGENT_SUPERVISOR_RUN_ID",
     # Test-suite switches: .ci/run exports them so that skips become failures; the in-process
     # CLI tests (typer's CliRunner) and every child process inherit them.
     "AGENT_SUPERVISOR_REQUIRE_DOCKER",
@@ -116,11 +126,32 @@ def _duration(value: object) -> float:
         raise _Invalid(str(exc)) from None
 
 
-def _positive_duration(value: object) -> float:
-    seconds = _duration(value)
-    if seconds <= 0:
-        raise _Invalid("must be longer than 0s")
-    return seconds
+#: The longest window (and any of its bounds) and stable_after we accept: a month. With
+#: max_multiplier at most 1024, the longest backoff then stays within a century, so every time
+#: the gate computes can be written down (a 10-year window at x1024 overflowed the calendar).
+MAX_WINDOW: Final = 30 * 86400.0
+
+
+def _bounded(low: float, high: float, *, positive: bool = True) -> Callable[[object], float]:
+    """A duration in ``[low, high]`` (``positive``: and longer than zero)."""
+
+    def parse(value: object) -> float:
+        seconds = _duration(value)
+        if positive and seconds <= 0:
+            raise _Invalid("must be longer than 0s")
+        if seconds < low:
+            raise _Invalid(f"must be at least {_human(low)}")
+        if seconds > high:
+            raise _Invalid(f"must be at most {_human(high)}")
+        return seconds
+
+    return parse
+
+
+def _human(seconds: float) -> str:
+    from supervisor.core.durations import format_duration
+
+    return format_duration(seconds)
 
 
 def _text(value: object) -> str:
@@ -191,7 +222,11 @@ KEYS: Final[tuple[_Key, ...]] = (
     _Key("node_name", _node_name, "this node's name (default: the host name)"),
     _Key("state_dir", _path, "state directory (default /var/lib/agent-supervisor)"),
     _Key("max_multiplier", _int(1, 1024), "cap of the backoff multiplier 2**(k-1) (default 4)"),
-    _Key("stable_after", _duration, "a run this long resets the backoff level (default 10m)"),
+    _Key(
+        "stable_after",
+        _bounded(1.0, MAX_WINDOW),
+        "a run this long resets the backoff level (default 10m; 1s to 30d)",
+    ),
     _Key("slot_mode", _choice(*SLOT_MODE_SETTINGS), "slot offsets (default auto)"),
     _Key("slot_index", _int(0, MAX_CLUSTER_SIZE), "this node's ordinal for exact slots"),
     _Key("slot_count", _int(1, MAX_CLUSTER_SIZE), "number of ordinals for exact slots"),
@@ -199,12 +234,35 @@ KEYS: Final[tuple[_Key, ...]] = (
     _Key("metrics_file", _path, "Prometheus textfile to write after every decision"),
     _Key("operators_group", _text, "Unix group whose members may run operator commands"),
     _Key("agent_config_dir", _path, "where `config render` writes the agent's options"),
-    _Key("window.base", _duration, "fixed part of the jitter window (default 10m)"),
-    _Key("window.per_node", _duration, "window growth per node (default 0.6s)"),
-    _Key("window.min", _duration, "lower bound of the window (default 1m)"),
-    _Key("window.max", _duration, "upper bound of the window (default 24h)"),
-    _Key("probe.urls", _url_list, "control-plane health URLs (e.g. apiserver /readyz)"),
-    _Key("probe.timeout", _duration, "timeout of one probe request (default 2s)"),
+    _Key(
+        "window.base",
+        _bounded(0.0, MAX_WINDOW, positive=False),
+        "fixed part of the jitter window (default 10m; at most 30d)",
+    ),
+    _Key(
+        "window.per_node",
+        _bounded(0.0, 3600.0, positive=False),
+        "window growth per node (default 0.6s; at most 1h)",
+    ),
+    _Key("window.min", _bounded(0.0, MAX_WINDOW), "lower bound of the window (default 1m)"),
+    _Key("window.max", _bounded(0.0, MAX_WINDOW), "upper bound of the window (default 24h)"),
+    _Key(
+        "window.admission",
+        _bounded(0.0, MAX_WINDOW),
+        "period J of the admission grid (default: the window without a probe, a fraction of "
+        "it with one)",
+    ),
+    _Key("probe.urls", _url_list, "control-plane URLs the probe asks (see docs/probe.md)"),
+    _Key(
+        "probe.timeout",
+        _bounded(0.0, 300.0),
+        "timeout of one probe request (default 2s; at most 5m)",
+    ),
+    _Key(
+        "probe.max_latency",
+        _bounded(0.0, 300.0),
+        "a 2xx slower than this is 'loaded', not 'ready' (default 1s)",
+    ),
     _Key("identity.cert", _path, "agent client certificate (PEM)"),
     _Key("identity.key", _path, "agent private key (PEM)"),
     _Key("identity.ca", _path, "CA bundle that signed the certificate and the apiserver"),
@@ -215,7 +273,7 @@ KEYS: Final[tuple[_Key, ...]] = (
     _Key("docker.container", _text, "container whose State tells the end of the last run"),
     _Key(
         "docker.grace",
-        _positive_duration,
+        _bounded(0.0, 86400.0),
         "how long an approved start may wait for Docker to start the container before the "
         "approval is withdrawn (default 2m)",
     ),
@@ -234,6 +292,8 @@ class ProbeConfig:
 
     urls: tuple[str, ...] = ()
     timeout: float = 2.0
+    #: A 2xx answer slower than this is "loaded": the control plane queues (invariant 11).
+    max_latency: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,24 +347,38 @@ class Config:
     def policy(self, agent: str) -> Policy:
         """The decision policy of ``agent`` on this node (ConfigError without a cluster size)."""
         size = self.require_cluster_size()
-        offset, mode = slot_offset(
-            self.slot_mode,
-            node=self.node_name,
-            agent=agent,
-            slot_index=self.slot_index,
-            slot_count=self.slot_count,
-            node_id=self.node_id,
-        )
+        try:
+            offset, mode = slot_offset(
+                self.slot_mode,
+                node=self.node_name,
+                agent=agent,
+                slot_index=self.slot_index,
+                slot_count=self.slot_count,
+                node_id=self.node_id,
+            )
+        except SlotError as exc:
+            raise ConfigError(f"{self.source_of('slot_mode')}: {exc}") from None
+        w = window_seconds(self.window, size)
+        probe = bool(self.probe.urls)
+        explicit = self.window.admission
+        if explicit is not None and explicit > w:
+            raise ConfigError(
+                f"{self.source_of('window.admission')}: window.admission = {explicit:g}s is "
+                f"longer than the window ({w:g}s for {size} nodes): the admission grid's "
+                "period is at most W"
+            )
         return Policy(
             agent=agent,
             node=self.node_name,
             cluster_size=size,
-            window=window_seconds(self.window, size),
+            window=w,
             offset=offset,
             slot_mode=mode,
             stable_after=self.stable_after,
             max_multiplier=self.max_multiplier,
-            probe_configured=bool(self.probe.urls),
+            probe_configured=probe,
+            admission=admission_seconds(self.window, w, probe=probe),
+            admission_explicit=explicit is not None,
         )
 
     def source_of(self, key: str) -> str:
@@ -479,16 +553,20 @@ def _build(
         return sources.get(key, "defaults")
 
     slot_mode, slot_index, slot_count = _slots(values, where)
+    node_name = _opt(values, "node_name", str) or default_node_name()
+    node_id = _opt(values, "node_id", int)
+    if slot_mode == "address" and node_id is None and node_id_from_name(node_name) is None:
+        raise ConfigError(f"{where('slot_mode')}: {no_address_message(node_name)}")
     return Config(
         cluster_size=_opt(values, "cluster_size", int),
-        node_name=_opt(values, "node_name", str) or default_node_name(),
+        node_name=node_name,
         state_dir=Path(_get(values, "state_dir", str, str(DEFAULT_STATE_DIR))),
         max_multiplier=_get(values, "max_multiplier", int, DEFAULT_MAX_MULTIPLIER),
         stable_after=_get(values, "stable_after", float, DEFAULT_STABLE_AFTER),
         slot_mode=slot_mode,
         slot_index=slot_index,
         slot_count=slot_count,
-        node_id=_opt(values, "node_id", int),
+        node_id=node_id,
         metrics_file=_opt(values, "metrics_file", str),
         operators_group=_opt(values, "operators_group", str),
         agent_config_dir=_get(values, "agent_config_dir", str, DEFAULT_AGENT_CONFIG_DIR),
@@ -529,6 +607,7 @@ def _window(values: Mapping[str, object], where: Callable[[str], str]) -> Window
         per_node=_get(values, "window.per_node", float, w.per_node),
         min=_get(values, "window.min", float, w.min),
         max=_get(values, "window.max", float, w.max),
+        admission=_opt(values, "window.admission", float),
     )
     if window.max <= 0:
         raise ConfigError(f"{where('window.max')}: window.max = {window.max}s must be positive")
@@ -574,9 +653,17 @@ def _probe(values: Mapping[str, object], where: Callable[[str], str]) -> ProbeCo
     probe = ProbeConfig(
         urls=tuple(str(u) for u in urls),
         timeout=_get(values, "probe.timeout", float, ProbeConfig().timeout),
+        max_latency=_get(values, "probe.max_latency", float, ProbeConfig().max_latency),
     )
     if probe.timeout <= 0:
         raise ConfigError(f"{where('probe.timeout')}: probe.timeout must be positive")
+    if probe.max_latency >= probe.timeout:
+        key = "probe.max_latency" if "probe.max_latency" in values else "probe.timeout"
+        raise ConfigError(
+            f"{where(key)}: probe.max_latency = {probe.max_latency:g}s must be shorter than "
+            f"probe.timeout = {probe.timeout:g}s (a slow answer must be seen as slow, not as "
+            "a timeout)"
+        )
     return probe
 
 

@@ -1,0 +1,240 @@
+"""Everything that can happen to an agent's history, and the one function that applies it.
+
+A small closed set of events (a start approved, a start seen in Docker, Docker's start bound to
+an approval, an end reported, an approval withdrawn, a start asked for, an operator's flag set or
+released, a reset, the clock re-read, the history lost) and :func:`apply`, a pure function
+``(state, event) -> state``: the reducer of the design (urllib3's ``Retry.increment()`` returns a
+new value the same way). The Gate service is the only code that persists what it returns, one
+lock per operation; ``simulate`` runs the very same transitions on its virtual fleet, so the
+figures are those of the shipped recording, not of a model of it.
+
+``apply`` returns the state it was given (the same object) when the event changes nothing, so a
+caller can tell whether there is anything to write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from supervisor.base.clock import Now
+from supervisor.core.state import (
+    MAX_RUNS,
+    AgentState,
+    Ask,
+    EndSource,
+    OperatorFlag,
+    Run,
+    Via,
+    micro,
+    rebase,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Approved:
+    """A start allowed by the gate or an operator, recorded before the caller starts the agent.
+
+    ``replaces``: the run whose container this start replaces (a compose upgrade): that run was
+    stopped on purpose, whatever its end looks like.
+    """
+
+    at: float
+    run_id: str
+    via: Via = "gate"
+    user: str | None = None
+    reason: str | None = None
+    replaces: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outside:
+    """A real start that Docker shows and no gate approved (``docker start``, a recreation)."""
+
+    at: float
+    run_id: str
+    container: str
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """Docker's start followed an approval: the run ran in ``container``."""
+
+    run_id: str
+    container: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """A run ended with ``exit_code`` (None: it ended, but how is not known).
+
+    ``run_id``: the run it ends; None for the latest run. An end for a run that is not open
+    (ended already, withdrawn, never existed) changes nothing: a second or late report for
+    another run cannot close the current one (invariant 12). ``stop``: who stopped it on purpose,
+    when the exit status alone does not say so (a ``docker stop`` that had to SIGKILL).
+    """
+
+    at: float
+    exit_code: int | None
+    source: EndSource = "record-exit"
+    run_id: str | None = None
+    stop: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawn:
+    """An approval that no real start followed within ``docker.grace`` (invariant 7)."""
+
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """A start was asked for and refused until ``ask.until``: the fact every later caller reads."""
+
+    ask: Ask
+
+
+@dataclass(frozen=True, slots=True)
+class FlagSet:
+    """An operator set a hold or an override."""
+
+    kind: Literal["hold", "override"]
+    flag: OperatorFlag
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """An operator cleared the hold and the override: the next ask is a first ask."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """An operator forgot the history (the store keeps a backup of the file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rebased:
+    """The clocks were read: the state moves to the wall clock's frame (invariant 8)."""
+
+    now: Now
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """The history could not be read (a corrupt file, moved aside): unknown is not clean."""
+
+    at: float
+    run_id: str
+    why: str
+
+
+#: The closed set of events :func:`apply` knows.
+Event = (
+    Approved
+    | Outside
+    | Bound
+    | Ended
+    | Withdrawn
+    | Asked
+    | FlagSet
+    | Released
+    | Reset
+    | Rebased
+    | Lost
+)
+
+
+def apply(state: AgentState, event: Event) -> AgentState:
+    """The state after ``event``; ``state`` itself when the event changes nothing."""
+    match event:
+        case Approved():
+            run = Run(
+                id=event.run_id,
+                started_at=micro(event.at),
+                via=event.via,
+                user=event.user,
+                reason=event.reason,
+                replaces=event.replaces,
+            )
+            return _started(state, run)
+        case Outside():
+            run = Run(
+                id=event.run_id,
+                started_at=micro(event.at),
+                via="docker",
+                container=event.container,
+                reason="started outside the gate",
+            )
+            return _started(state, run)
+        case Bound():
+            return _bound(state, event)
+        case Ended():
+            return _ended(state, event)
+        case Withdrawn():
+            runs = tuple(
+                r
+                for r in state.runs
+                if not (r.id == event.run_id and r.ended_at is None and r.container is None)
+            )
+            return state if len(runs) == len(state.runs) else replace(state, runs=runs)
+        case Asked():
+            return state if state.ask == event.ask else replace(state, ask=event.ask)
+        case FlagSet():
+            if event.kind == "hold":
+                return replace(state, hold=event.flag)
+            return replace(state, override=event.flag)
+        case Released():
+            if (state.hold, state.override, state.ask) == (None, None, None):
+                return state
+            return replace(state, hold=None, override=None, ask=None)
+        case Reset():
+            return AgentState(state.agent, anchor=state.anchor)
+        case Rebased():
+            return rebase(state, event.now)
+        case Lost():
+            lost = Run(id=event.run_id, started_at=micro(event.at), via="unknown", reason=event.why)
+            return AgentState(state.agent, runs=(lost,), anchor=state.anchor)
+    raise TypeError(f"not an event: {event!r}")  # pragma: no cover - the union is closed
+
+
+def apply_all(state: AgentState, events: Iterable[Event]) -> AgentState:
+    """The state after each of ``events`` in turn."""
+    for event in events:
+        state = apply(state, event)
+    return state
+
+
+def _started(state: AgentState, run: Run) -> AgentState:
+    """A new run: it ends the pending ask. An earlier run whose end nobody reported keeps an
+    unknown end: taking the next start as its end would make every run of a crash loop look as
+    long as its wait, hence stable."""
+    runs = (*state.runs, run)
+    return replace(state, runs=runs[-MAX_RUNS:], ask=None)
+
+
+def _bound(state: AgentState, event: Bound) -> AgentState:
+    run = state.run(event.run_id)
+    if run is None or run.container == event.container:
+        return state
+    return _replace_run(state, replace(run, container=event.container))
+
+
+def _ended(state: AgentState, event: Ended) -> AgentState:
+    run = state.last_run if event.run_id is None else state.run(event.run_id)
+    if run is None or run.ended_at is not None:
+        return state
+    ended = replace(
+        run,
+        ended_at=micro(max(event.at, run.started_at)),
+        exit_code=event.exit_code,
+        end_source=event.source,
+        stop=event.stop,
+    )
+    return _replace_run(state, ended)
+
+
+def _replace_run(state: AgentState, run: Run) -> AgentState:
+    runs = tuple(run if r.id == run.id else r for r in state.runs)
+    return replace(state, runs=runs)
