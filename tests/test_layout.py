@@ -127,3 +127,60 @@ def test_no_default_of_the_policy_is_written_as_a_bare_number() -> None:
                 and node.target.id in ("stable_after", "max_multiplier")
             ):
                 assert not isinstance(node.value, ast.Constant), (module, node.target.id)
+
+
+def calls(path: Path) -> Iterator[tuple[str, ast.Call]]:
+    """Every call in ``path`` with the called name (``f`` of ``f(...)``, ``m`` of ``x.m(...)``)."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Name):
+                yield func.id, node
+            elif isinstance(func, ast.Attribute):
+                yield func.attr, node
+
+
+#: What writes an agent's state file (the store's writing methods and a transaction's write).
+STATE_WRITERS = ("write", "write_state", "journal_end", "clear_journal")
+
+
+def test_only_the_gate_writes_the_state() -> None:
+    """Issue 16: the Gate service is the one owner of the history: outside the store itself, no
+    module calls a state-writing method (the simulator keeps its states in memory)."""
+    writers = {
+        module
+        for module, path in modules()
+        if module not in ("supervisor.storage.store", "supervisor.base.files")
+        for name, _ in calls(path)
+        if name in STATE_WRITERS and "transaction" in path.read_text()
+    }
+    assert writers == {"supervisor.gate.service"}
+
+
+def test_only_core_computes_transitions() -> None:
+    """Issue 16: a state is changed only by core.events.apply: outside core no module builds a
+    run, an ask or an anchor, or copies a state with changes; an AgentState outside core is
+    only ever an empty one (a missing file, a forced start that cannot be recorded)."""
+    built: list[str] = []
+    for module, path in modules():
+        if module.startswith("supervisor.core"):
+            continue
+        for name, call in calls(path):
+            if name in ("Run", "Ask", "Anchor", "rebase", "clamp_future"):
+                built.append(f"{module}: {name}")
+            if name == "AgentState" and (len(call.args) > 1 or call.keywords):
+                built.append(f"{module}: AgentState with history")
+            if name == "replace" and call.args and "state" in ast.unparse(call.args[0]).lower():
+                built.append(f"{module}: replace of a state")
+    assert built == []
+
+
+def test_the_simulator_runs_the_gates_transitions() -> None:
+    """Issue 16: `simulate` decides with core.policy.decide and records with core.events.apply,
+    the functions the Gate uses, and never touches the store or the Gate."""
+    fleet = [(m, p) for m, p in modules() if m.startswith("supervisor.fleet")]
+    used = set().union(*(imports_of(p) for _, p in fleet))
+    assert {"supervisor.core.events", "supervisor.core.policy"} <= used
+    assert not any(i.startswith(("supervisor.storage.store", "supervisor.gate")) for i in used)
+    names = {name for _, p in fleet for name, _ in calls(p)}
+    assert {"decide", "apply"} <= names or {"decide", "apply_all"} <= names

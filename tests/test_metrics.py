@@ -94,3 +94,46 @@ def test_garbage_metrics_file_is_replaced(tmp_path: Path) -> None:
         ]
         == 1
     )
+
+
+def test_probe_answers_are_counted_and_a_broken_probe_is_a_gauge(tmp_path: Path) -> None:
+    """Invariant 11: each probe answer is counted by answer; a broken probe (403) sets
+    probe_broken to 1 (loud), and the start goes ahead as if no probe were configured."""
+    import http.server
+    import threading
+
+    class Forbidden(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(403)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forbidden)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sd, prom = tmp_path / "state", tmp_path / "a.prom"
+        url = f"http://127.0.0.1:{server.server_address[1]}/api/v1/pods?limit=1"
+        r = run_cli(
+            "gate",
+            "--wait",
+            "--state-dir",
+            str(sd),
+            "--cluster-size",
+            "100",
+            "--metrics-file",
+            str(prom),
+            "--set",
+            f"probe.urls={url}",
+            *QUICK_ADMISSION,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert r.code == 0, r.stderr
+    m = samples(prom)
+    a = ("agent", "cilium-agent")
+    assert m[("agent_supervisor_probe_answers_total", (a, ("answer", "broken")))] >= 1
+    assert m[("agent_supervisor_probe_broken", (a,))] == 1
+    assert m[("agent_supervisor_probe_healthy", (a,))] == 0

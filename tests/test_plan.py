@@ -85,11 +85,16 @@ def test_current_configuration_verdict() -> None:
 
 @pytest.mark.parametrize("slots", ["index", "address", "hash"])
 def test_simulated_fleet_stays_under_the_planned_rate(slots: str) -> None:
-    """Simulating the planned window, the busiest minute of the recovery stays under R."""
+    """Simulating the planned window, the busiest minute of the recovery stays under R.
+
+    The plan sizes the grids for a start budget alone: J = W here. (With the default J = W/12
+    and a probe, the probe's answer paces admissions to what the control plane serves: a
+    simulation without a capacity has nothing to push back, see test_simulate.)
+    """
     p = plan(2000, 60, slots=slots)  # type: ignore[arg-type]
     result = simulate(
         Scenario(nodes=2000, outage=p.window / 2),
-        Fleet(window=p.window, slots=slots),  # type: ignore[arg-type]
+        Fleet(window=p.window, slots=slots, admission=p.window),  # type: ignore[arg-type]
         policies=("agent-supervisor+probe",),
     )
     o = result.policies[0]

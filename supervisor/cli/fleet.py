@@ -9,17 +9,30 @@ Parse, call, print: the work is in :mod:`supervisor.fleet.simulate` and
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from supervisor.base.errors import UsageError
+from supervisor.base.errors import EXIT_CONFIG, EXIT_OK, EXIT_PROBLEMS, UsageError
 from supervisor.base.log import get_logger
-from supervisor.cli.common import ConfigOpt, JsonOpt, SetOpt, duration_option, emit_json, load
+from supervisor.cli.common import (
+    AgentOpt,
+    ConfigOpt,
+    JsonOpt,
+    SetOpt,
+    check_agent,
+    duration_option,
+    emit_json,
+    load,
+)
 from supervisor.core.policy import window_seconds
 from supervisor.core.slots import SlotMode
-from supervisor.fleet.scenarios import ScenarioKind
+from supervisor.fleet.scenarios import DEFAULT_OUTAGE, DESCRIPTIONS, LIVE, ScenarioKind
+
+if TYPE_CHECKING:
+    from supervisor.fleet.plan import Problem
 
 # The simulator and the planner are imported inside the commands: registering the commands
 # runs on every gate call, and importing them there cost about 25 ms. The literals come from
@@ -27,8 +40,6 @@ from supervisor.fleet.scenarios import ScenarioKind
 
 #: Largest simulated fleet: beyond any real cluster, and about a minute of work here.
 MAX_NODES = 1_000_000
-#: The outage a scenario assumes when ``--outage`` is not given.
-DEFAULT_OUTAGE = {"outage": "30m", "boot-storm": "30m", "rolling": "0s", "restart-all": "30m"}
 #: When ``restart-all`` restarts every supervisor if ``--at`` is not given.
 DEFAULT_RESTART_AT = "45m"
 
@@ -51,16 +62,16 @@ def simulate_command(
         ScenarioKind,
         typer.Option(
             "--scenario",
-            help="outage: everything crashes at 0; boot-storm: every node boots within "
-            "--boot-spread; rolling: agents restarted one by one, --interval apart; "
-            "restart-all: outage, and every node's supervisor restarted at --at",
+            help="; ".join(f"{name}: {what}" for name, what in DESCRIPTIONS.items()),
         ),
     ] = "outage",
     outage: Annotated[
         str | None,
         typer.Option(
             "--outage",
-            help="how long the control plane is down from 0 (default 30m; rolling: 0s)",
+            help="how long the control plane is down from 0 (default 30m; rolling: 0s; "
+            "power-loss: how long the power is off, default 2h; crash-live, restart and "
+            "lone-crash keep the control plane up)",
             show_default=False,
         ),
     ] = None,
@@ -69,7 +80,8 @@ def simulate_command(
         typer.Option("--fail-after", help="a start while the control plane is down fails after"),
     ] = "60s",
     boot_spread: Annotated[
-        str, typer.Option("--boot-spread", help="boot-storm: nodes boot within this time")
+        str,
+        typer.Option("--boot-spread", help="boot-storm, power-loss: nodes boot within this time"),
     ] = "60s",
     interval: Annotated[
         str, typer.Option("--interval", help="rolling: time between two nodes' restarts")
@@ -112,6 +124,24 @@ def simulate_command(
             show_default=False,
         ),
     ] = None,
+    admission: Annotated[
+        str | None,
+        typer.Option(
+            "--admission",
+            help="J, the admission grid's period (window.admission; default: W without a "
+            "probe, a fraction of W with one)",
+            show_default=False,
+        ),
+    ] = None,
+    max_latency: Annotated[
+        str | None,
+        typer.Option(
+            "--max-latency",
+            help="probe.max_latency: the probe says 'loaded' when a request would wait longer "
+            "behind the resyncs queued at the control plane (default from the configuration)",
+            show_default=False,
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     plot: Annotated[
         Path | None,
@@ -131,7 +161,8 @@ def simulate_command(
     and counts the starts the control plane has to serve. The window, stable_after and
     max_multiplier come from the configuration (--config, --set window.base=..., ...).
     With --capacity the control plane is overloaded by a storm: the table says per policy
-    whether and when the fleet recovered.
+    whether and when the fleet recovered. The probe of agent-supervisor+probe asks the same
+    queue: "loaded" when its request would wait longer than --max-latency.
     """
     from supervisor.fleet.simulate import (
         Fleet,
@@ -151,6 +182,8 @@ def simulate_command(
             raise UsageError(str(exc)) from None
     if at is not None and kind != "restart-all":
         raise UsageError("--at goes with --scenario restart-all")
+    if outage is not None and kind in LIVE:
+        raise UsageError(f"--outage does not go with --scenario {kind}: the control plane stays up")
     cfg = load(config, None, nodes, None, sets)
     outage_text = outage if outage is not None else DEFAULT_OUTAGE[kind]
     try:
@@ -170,6 +203,12 @@ def simulate_command(
             unused_addresses=unused_addresses,
             stable_after=cfg.stable_after,
             max_multiplier=cfg.max_multiplier,
+            admission=cfg.window.admission
+            if admission is None
+            else duration_option(admission, "--admission"),
+            max_latency=cfg.probe.max_latency
+            if max_latency is None
+            else duration_option(max_latency, "--max-latency"),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -198,16 +237,47 @@ def simulate_command(
 
 
 def plan_command(
-    nodes: NodesOpt,
+    nodes: Annotated[
+        int | None,
+        typer.Option(
+            "--nodes",
+            min=1,
+            max=MAX_NODES,
+            help="number of nodes in the fleet (or --nodes-file)",
+            show_default=False,
+        ),
+    ] = None,
     max_start_rate: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--max-start-rate",
             min=1.0,
-            help="most agent starts a minute the control plane should see, fleet-wide",
+            help="most agent starts a minute the control plane should see, fleet-wide "
+            "(needed unless --nodes-file is given)",
+            show_default=False,
         ),
-    ],
-    slots: SlotsOpt = "hash",
+    ] = None,
+    nodes_file: Annotated[
+        str | None,
+        typer.Option(
+            "--nodes-file",
+            help="check the fleet's real node names, one a line ('-' reads stdin): every "
+            "node's slot as its gate computes it, the busiest minute against the slot mode's "
+            "target. Exit 78 when the mode cannot give every node its own slot, 1 when the "
+            "busiest minute is over the target (a warning only for hash slots)",
+            show_default=False,
+        ),
+    ] = None,
+    slots: Annotated[
+        SlotMode | None,
+        typer.Option(
+            "--slots",
+            help="slot offsets: hash, index (exact ordinals), address (IPv4 block) [default: "
+            "hash; with --nodes-file, the configured slot_mode]",
+            show_default=False,
+        ),
+    ] = None,
+    agent: AgentOpt = "cilium-agent",
     outage: Annotated[
         str, typer.Option("--outage", help="the outage to state the recovery time for")
     ] = "30m",
@@ -215,28 +285,107 @@ def plan_command(
     config: ConfigOpt = None,
     sets: SetOpt = None,
 ) -> None:
-    """The window configuration that keeps the fleet under a start rate, and its recovery time.
+    """The window configuration that keeps the fleet under a start rate, and its recovery time;
+    with --nodes-file, what the slot mode makes of the fleet's real names.
 
     Compares with the current configuration (--config, --set): whether it is within budget.
+    The check uses the configured window for cluster_size (else the number of names) and
+    slot_mode (--slots overrides it); exact slots take the names' order as the ordinals.
     """
+    from supervisor.fleet.plan import check_fleet, render_check, render_plan, used_mode
     from supervisor.fleet.plan import plan as make_plan
-    from supervisor.fleet.plan import render_plan
 
-    cfg = load(config, None, nodes, None, sets)
-    try:
-        p = make_plan(
-            nodes,
-            max_start_rate,
-            slots=slots,
-            current=cfg.window,
-            outage=duration_option(outage, "--outage"),
+    # typer's own usage errors, not ours: they exit 2 with the usage however plan is invoked,
+    # as the missing options did when --nodes and --max-start-rate were both required.
+    if nodes is not None and nodes_file is not None:
+        raise typer.BadParameter("give --nodes or --nodes-file, not both", param_hint="'--nodes'")
+    if nodes is None and nodes_file is None:
+        raise typer.BadParameter(
+            "give the fleet's size, or its names with --nodes-file", param_hint="'--nodes'"
         )
+    if nodes_file is None and max_start_rate is None:
+        raise typer.BadParameter(
+            "needed to size a window (or check a fleet's names with --nodes-file)",
+            param_hint="'--max-start-rate'",
+        )
+    check_agent(agent)
+    names: tuple[str, ...] = ()
+    repeats = 0
+    if nodes_file is not None:
+        names, repeats = _read_names(nodes_file)
+    cfg = load(config, None, nodes, None, sets)
+    size = len(names) or nodes or 1
+    # Without a file the sizing keeps its old default (hash); a fleet check is of the mode the
+    # fleet's gates use, so it defaults to the configured slot_mode.
+    setting = slots or (cfg.slot_mode if nodes_file is not None else "hash")
+    ordinals = cfg.slot_index is not None and cfg.slot_count is not None
+    mode = used_mode(setting, ordinals=ordinals)
+    p = check = None
+    try:
+        if max_start_rate is not None:
+            p = make_plan(
+                size,
+                max_start_rate,
+                slots=mode,
+                current=cfg.window,
+                outage=duration_option(outage, "--outage"),
+            )
+        if nodes_file is not None:
+            check = check_fleet(
+                names,
+                setting,
+                agent=agent,
+                window=window_seconds(cfg.window, cfg.cluster_size or size),
+                slot_count=cfg.slot_count,
+                ordinals=ordinals,
+                cluster_size=cfg.cluster_size,
+                repeats=repeats,
+                source="stdin" if nodes_file == "-" else nodes_file,
+                budget=None if p is None else (p.max_start_rate, p.window),
+            )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if json_out:
-        emit_json(p.to_json())
+        doc = {} if p is None else p.to_json()
+        if check is not None:
+            doc["fleet"] = check.to_json()
+        emit_json(doc)
     else:
-        sys.stdout.write(render_plan(p))
+        text = "" if p is None else render_plan(p)
+        if check is not None:
+            text += render_check(check)
+        sys.stdout.write(text)
+    sys.stdout.flush()
+    if check is not None:
+        raise typer.Exit(_check_exit_code(check.problems))
+
+
+def _read_names(path: str) -> tuple[tuple[str, ...], int]:
+    """The names of ``--nodes-file`` (``-`` is stdin) and how many repeats; a usage error names
+    the file and why."""
+    from supervisor.fleet.plan import parse_node_names
+
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--nodes-file {path!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--nodes-file {path!r}: not UTF-8 text ({exc.reason})") from None
+    try:
+        names, repeats = parse_node_names(text)
+    except ValueError as exc:
+        raise UsageError(f"--nodes-file {path!r}: {exc}") from None
+    if len(names) > MAX_NODES:
+        raise UsageError(f"--nodes-file {path!r}: {len(names)} names, at most {MAX_NODES}")
+    return names, repeats
+
+
+def _check_exit_code(problems: Iterable[Problem]) -> int:
+    """78 when the mode cannot slot every node, 1 when over its target, else 0 (warnings)."""
+    severities = {p.severity for p in problems}
+    if "refused" in severities:
+        return EXIT_CONFIG
+    return EXIT_PROBLEMS if "over" in severities else EXIT_OK
 
 
 def register(app: typer.Typer) -> None:

@@ -158,6 +158,9 @@ def reconcile(
     events: list[Event] = []
     last = state.last_run
     d = None if info is None else info.started_at
+    # Docker's starts up to the latest start the history knew are no news, even if the
+    # approval that made it the latest is withdrawn now.
+    known = None if last is None else last.started_at
     if last is not None and _unfollowed(last, info, d, now, grace):
         events.append(Withdrawn(last.id))
         state = apply(state, events[-1])
@@ -180,7 +183,7 @@ def reconcile(
             events.append(Ended(f, info.exit_code, "docker", last.id))
             return _done(events, "stopped", "exited")
         return _done(events, _pending(last, now, grace), "withdrawn" if events else None)
-    if last is None or d > last.started_at:
+    if (last is None or d > last.started_at) and (known is None or d > known):
         bound_open = last is not None and last.ended_at is None and last.container is not None
         if bound_open and last is not None and f is not None and last.started_at <= f < d:
             events.append(Ended(f, None, "docker", last.id))

@@ -278,7 +278,9 @@ def rebase(state: AgentState, now: Now) -> AgentState:
         return state  # no fact to place: no anchor needed (and nothing to write)
     fresh = Anchor(now.boot_id, now.wall, now.boot)
     a = state.anchor
-    if a is None or a.boot_id != now.boot_id:
+    if a is None or a.boot_id != now.boot_id or now.boot < a.boot:
+        # Another boot (or a boot clock that ran backwards, which no real one does): the boot
+        # clock cannot place these facts.
         return replace(clamp_future(state, now.wall), anchor=fresh)
     delta = (now.wall - a.wall) - (now.boot - a.boot)
     if abs(delta) < STEP_TOLERANCE:

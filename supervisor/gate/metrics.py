@@ -37,13 +37,28 @@ FAMILIES: Final[dict[str, tuple[str, str]]] = {
     "override_active": ("gauge", "1 while an operator override is in force."),
     "certificate_expiry_seconds": ("gauge", "Seconds until the agent's certificate expires."),
     "last_exit_code": ("gauge", "Exit code of the agent's last finished run."),
-    "probe_healthy": ("gauge", "1 if the last control-plane probe said healthy, 0 if not."),
+    "probe_healthy": ("gauge", "1 if the last control-plane probe said ready, 0 if not."),
+    "probe_broken": (
+        "gauge",
+        "1 if a probe URL cannot succeed (broken: wrong host, CA, credentials, path); the "
+        "gate then decides as if it were not configured.",
+    ),
+    "probe_latency_seconds": ("gauge", "How long the deciding probe request took."),
+    "probe_answers": ("counter", "Probe answers by agent and answer (ready/loaded/down/broken)."),
+    "agent_running": (
+        "gauge",
+        "1 while Docker says the agent's container runs (or its approved start is on its way).",
+    ),
     "last_decision_timestamp_seconds": ("gauge", "When the gate last decided."),
     "history_lost": (
         "gauge",
         "1 while the agent's history is unknown (a bad state file was moved aside).",
     ),
 }
+
+
+#: The label that tells a counter's series apart (besides the agent).
+COUNTER_LABELS: Final[dict[str, str]] = {"starts": "decision", "probe_answers": "answer"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +106,8 @@ def _merge(series: Series, snap: Snapshot) -> Series:
     for name, value in snap.gauges.items():
         out[(name, (("agent", snap.agent),))] = float(value)
     for (name, outcome), inc in snap.counters.items():
-        key = (name, tuple(sorted({"agent": snap.agent, "decision": outcome}.items())))
+        label = COUNTER_LABELS[name]
+        key = (name, tuple(sorted({"agent": snap.agent, label: outcome}.items())))
         out[key] = out.get(key, 0.0) + inc
     return out
 

@@ -332,10 +332,10 @@ class Gate:
                     # SIGTERM arrived while deciding (a probe can take seconds): record nothing.
                     raise Cancelled
                 new = apply_all(state, d.events)
-                recorded = self._save(tx, new, now.wall, must=d.start, forced=d.forced)
+                recorded = self._save(tx, new, now, must=d.start, forced=d.forced)
                 state = new if (recorded or not d.start) else state
             elif isinstance(tx, Transaction):
-                self._save(tx, state, now.wall, must=False, forced=False)
+                self._save(tx, state, now, must=False, forced=False)
             return GateResult(
                 d,
                 tuple(tx.quarantined),
@@ -350,7 +350,7 @@ class Gate:
             if tx_cm is not None:
                 tx_cm.__exit__(None, None, None)
 
-    def _save(self, tx: Loaded, state: AgentState, now: float, *, must: bool, forced: bool) -> bool:
+    def _save(self, tx: Loaded, state: AgentState, now: Now, *, must: bool, forced: bool) -> bool:
         """Write ``state`` if it changed; True when it is on disk. A start that cannot be
         recorded raises (74), unless forced; anything else that cannot be written (Docker's
         facts, an ask) is logged: a failure to keep it must not turn a refusal into an I/O
@@ -360,7 +360,7 @@ class Gate:
         if state is tx.state and tx.lost is None:
             return True
         try:
-            tx.write(state, now)
+            tx.write(_anchored(state, now), now.wall)
         except StateError as exc:
             if must and not forced:
                 raise
@@ -476,7 +476,7 @@ class Gate:
             target = state.last_run if run_id is None else state.run(run_id)
             new = apply(state, end)
             if new is state:
-                self._save(tx, state, now.wall, must=False, forced=False)
+                self._save(tx, state, now, must=False, forced=False)
                 why = (
                     "no run in progress"
                     if target is None and run_id is None
@@ -495,7 +495,7 @@ class Gate:
             assert target is not None
             seconds = max(0.0, end.at - target.started_at)
             try:
-                tx.write(new, now.wall)
+                tx.write(_anchored(new, now), now.wall)
             except DiskFull as exc:
                 self.store.journal_end(self.agent, end)  # StateError if it cannot
                 self.log.error(
@@ -518,7 +518,7 @@ class Gate:
         with self.store.transaction(self.agent) as tx:
             now = self.now()
             state, _ = self._docker(self._brought_up(tx, now), Look(True, info), now.wall)
-            self._save(tx, state, now.wall, must=False, forced=False)
+            self._save(tx, state, now, must=False, forced=False)
             return state
 
     # --- operators --------------------------------------------------------------------------
@@ -554,7 +554,7 @@ class Gate:
             dropped = _flags_dropped(state, now.wall) if action == "reset" else ()
             saved = self.store.backup(self.agent, now.wall) if backup else None
             new = apply_all(state, events(state, now.wall))
-            tx.write(new, now.wall)
+            tx.write(_anchored(new, now), now.wall)
             fields = {**extra, "dropped": list(dropped)} if dropped else extra
             try:
                 self.store.audit(
@@ -706,6 +706,12 @@ class Gate:
                 self.log.error("audit.write_failed", agent=self.agent, why=str(exc))
 
 
+def _anchored(state: AgentState, now: Now) -> AgentState:
+    """The state as it is written: with the clock anchor its new facts need (a state that had
+    none gets one now), so that the boot clock can place them later (invariant 8)."""
+    return apply(state, Rebased(now)) if state.anchor is None else state
+
+
 def _flags_dropped(state: AgentState, now: float) -> tuple[str, ...]:
     """The hold and override in force that a reset drops, in the operator's words."""
     out = []
@@ -752,13 +758,18 @@ def publish_metrics(cfg: Config, result: GateResult, now: float, *, count: bool 
             gauges["last_exit_code"] = float(ended[-1].exit_code or 0)
     if result.docker is not None and result.docker != "unknown":
         gauges["agent_running"] = float(result.docker in ("running", "replacing", "pending"))
+    counters: dict[tuple[str, str], float] = {}
     if result.probe is not None:
         answer: ProbeAnswer = result.probe.answer
         gauges["probe_healthy"] = float(answer == "ready")
-        gauges["probe_broken"] = float(answer == "broken")
+        gauges["probe_broken"] = float(bool(result.probe.broken))
+        deciding = result.probe.deciding
+        if deciding is not None and deciding.latency is not None:
+            gauges["probe_latency_seconds"] = deciding.latency
+        if count:
+            counters[("probe_answers", answer)] = 1.0
     if result.certificate is not None and result.certificate.seconds_left is not None:
         gauges["certificate_expiry_seconds"] = result.certificate.seconds_left
-    counters: dict[tuple[str, str], float] = {}
     if count:
         counters[("starts", _outcome(d))] = 1.0
     update_metrics(cfg.metrics_file, cfg.state_dir, Snapshot(d.agent, gauges, counters))

@@ -32,6 +32,7 @@ from supervisor.base.errors import ConfigError
 from supervisor.core.durations import DurationError, parse_duration
 from supervisor.core.options import OPTION_NAME_RULE, is_option_name
 from supervisor.core.policy import (
+    DEFAULT_MAX_LATENCY,
     DEFAULT_MAX_MULTIPLIER,
     DEFAULT_STABLE_AFTER,
     Policy,
@@ -39,13 +40,7 @@ from supervisor.core.policy import (
     admission_seconds,
     window_seconds,
 )
-from supervisor.core.slots import (
-    SLOT_MODE_SETTINGS,
-    SlotError,
-    no_address_message,
-    node_id_from_name,
-    slot_offset,
-)
+from supervisor.core.slots import SLOT_MODE_SETTINGS, SlotError, slot_offset
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/agent-supervisor/config.toml")
 DEFAULT_STATE_DIR: Final = Path("/var/lib/agent-supervisor")
@@ -293,7 +288,7 @@ class ProbeConfig:
     urls: tuple[str, ...] = ()
     timeout: float = 2.0
     #: A 2xx answer slower than this is "loaded": the control plane queues (invariant 11).
-    max_latency: float = 1.0
+    max_latency: float = DEFAULT_MAX_LATENCY
 
 
 @dataclass(frozen=True, slots=True)
@@ -555,8 +550,6 @@ def _build(
     slot_mode, slot_index, slot_count = _slots(values, where)
     node_name = _opt(values, "node_name", str) or default_node_name()
     node_id = _opt(values, "node_id", int)
-    if slot_mode == "address" and node_id is None and node_id_from_name(node_name) is None:
-        raise ConfigError(f"{where('slot_mode')}: {no_address_message(node_name)}")
     return Config(
         cluster_size=_opt(values, "cluster_size", int),
         node_name=node_name,

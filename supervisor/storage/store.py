@@ -253,7 +253,7 @@ class StateStore:
         path = self.state_path(agent)
         st = self._check_entry(path, "state file")
         if st is None:
-            return AgentState(agent=agent), None
+            return AgentState(agent), None
         if st.st_size > MAX_STATE_BYTES:
             return AgentState(agent), f"{st.st_size} bytes, larger than {MAX_STATE_BYTES}"
         try:
