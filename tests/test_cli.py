@@ -615,3 +615,36 @@ def test_status_says_an_override_under_a_hold_has_no_effect(state_dir: Path) -> 
     assert run_cli("release", *sd).code == 0
     after = run_cli("status", *sd, *SIZE).stdout
     assert "audit:" in after and "None" not in after
+
+
+def test_version_is_the_installed_distributions() -> None:
+    """--version prints the version of the installed distribution, agent-start-gate."""
+    from importlib.metadata import version
+
+    r = run_cli("--version")
+    assert r.code == 0
+    assert (
+        r.stdout
+        == f"agent-supervisor {version('agent-start-gate')} (distribution agent-start-gate)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("apf", "render"), ("certs", "csr"), ("config", "import"), ("kubeconfig", "render")],
+)
+def test_commands_list_only_the_options_they_use(command: tuple[str, ...]) -> None:
+    """Issue 17: commands that keep no state and size no window have no --state-dir and no
+    --cluster-size (a user must not wonder what they would change)."""
+    r = run_cli(*command, "--help", env=clean_env(COLUMNS="200"))
+    assert r.code == 0 and "--config" in r.stdout and "--set" in r.stdout
+    assert "--state-dir" not in r.stdout and "--cluster-size" not in r.stdout
+
+
+def test_help_says_what_a_hold_without_for_does_and_shows_examples() -> None:
+    """`hold --help` says the default is until released, and each operator command's help
+    ends with examples."""
+    r = run_cli("hold", "--help", env=clean_env(COLUMNS="200"))
+    assert "default: until released" in r.stdout and "Examples:" in r.stdout
+    hot = run_cli("gate", "--help", env=clean_env(COLUMNS="200"))
+    assert "Examples:" in hot.stdout and "--env-file" in hot.stdout

@@ -19,17 +19,13 @@ from supervisor.cli import fleet as cli_fleet
 from supervisor.cli import node as cli_node
 from supervisor.cli.common import (
     AgentOpt,
-    ClusterSizeOpt,
-    ConfigOpt,
     JsonOpt,
     MetricsOpt,
-    NodeNameOpt,
-    SetOpt,
-    StateDirOpt,
+    Settings,
     check_agent,
     duration_option,
     emit_json,
-    load,
+    with_settings,
 )
 from supervisor.core.durations import format_duration
 from supervisor.core.policy import Decision, Policy, next_grid_slot, window_seconds
@@ -48,13 +44,51 @@ from supervisor.storage.config import Config
 
 app = typer.Typer(
     name="agent-supervisor",
-    help="Gate every start of a node agent (cilium-agent) so a control-plane outage does not "
-    "turn into a restart storm.",
+    help="Gate every start of a node agent (cilium-agent) so that no event (an outage, a "
+    "fleet-wide crash or restart) turns into a restart storm.",
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from supervisor import __version__
+
+        sys.stdout.write(f"agent-supervisor {__version__} (distribution agent-start-gate)\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="print the version and exit", callback=_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Gate every start of a node agent so that no event turns into a restart storm."""
+
+
+#: Examples shown under each command's --help (typer keeps an epilog's blank lines).
+EXAMPLES: Final[dict[str, str]] = {
+    "gate": "Examples:\n\n"
+    "  agent-supervisor gate --json    (may it start now? 0 yes, 75 not now)\n\n"
+    "  agent-supervisor gate --wait -- cilium-agent --config-dir=/etc/cilium\n\n"
+    '  agent-supervisor gate --force --reason "apiserver is back"',
+    "status": "Examples:\n\n  agent-supervisor status\n\n"
+    "  agent-supervisor status --json | jq .next_allowed_at",
+    "override": 'Example:\n\n  agent-supervisor override --for 30m --reason "rollout CHG-42"',
+    "hold": 'Examples:\n\n  agent-supervisor hold --reason "kernel upgrade"\n\n'
+    '  agent-supervisor hold --for 2h --reason "etcd maintenance"',
+    "release": 'Example:\n\n  agent-supervisor release --reason "maintenance done"',
+    "reset": 'Example:\n\n  agent-supervisor reset --reason "node reinstalled"',
+    "record-exit": "Example (systemd ExecStopPost=):\n\n"
+    "  agent-supervisor record-exit --code=${EXIT_STATUS} --run-id=${AGENT_SUPERVISOR_RUN_ID}",
+}
 
 
 class _Interrupted(Exception):
@@ -71,7 +105,8 @@ def _countdown(d: Decision, now: float) -> None:
     sys.stderr.flush()
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["gate"])
+@with_settings()
 def gate(
     command: Annotated[
         list[str] | None,
@@ -98,11 +133,8 @@ def gate(
         ),
     ] = None,
     metrics_file: MetricsOpt = None,
-    config: ConfigOpt = None,
-    state_dir: StateDirOpt = None,
-    cluster_size: ClusterSizeOpt = None,
-    node_name: NodeNameOpt = None,
-    sets: SetOpt = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Decide whether the agent may start now; record the start before saying yes.
 
@@ -111,7 +143,7 @@ def gate(
     (AGENT_SUPERVISOR_RUN_ID); --env-file writes it for systemd's EnvironmentFile=.
     """
     agent = check_agent(agent)
-    cfg = load(config, state_dir, cluster_size, node_name, _with_metrics(sets, metrics_file))
+    cfg = settings.load(*_with_metrics(metrics_file))
     if reason is not None and not force:
         raise UsageError("--reason goes with --force (operator actions have their own commands)")
     op = current_operator()
@@ -171,8 +203,8 @@ def _write_env_file(path: str, run_id: str | None) -> None:
         raise errors.StateError(f"cannot write --env-file {path}: {exc.strerror or exc}") from None
 
 
-def _with_metrics(sets: list[str] | None, metrics_file: str | None) -> list[str]:
-    return [*(sets or []), *([f"metrics_file={metrics_file}"] if metrics_file else [])]
+def _with_metrics(metrics_file: str | None) -> list[str]:
+    return [f"metrics_file={metrics_file}"] if metrics_file else []
 
 
 def _wait(service: Gate, force: bool, reason: str | None) -> GateResult:
@@ -237,19 +269,17 @@ def _exec(command: list[str], service: Gate, run_id: str | None) -> NoReturn:
         raise errors.ExecError(f"cannot exec {command[0]!r}: {exc.strerror}") from None
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["status"])
+@with_settings()
 def status(
     agent: AgentOpt = "cilium-agent",
     json_out: JsonOpt = False,
-    config: ConfigOpt = None,
-    state_dir: StateDirOpt = None,
-    cluster_size: ClusterSizeOpt = None,
-    node_name: NodeNameOpt = None,
-    sets: SetOpt = None,
+    *,
+    settings: Settings,
 ) -> None:
     """What the gate would say now, and why: window, slot, grid, level, runs, hold, override."""
     agent = check_agent(agent)
-    cfg = load(config, state_dir, cluster_size, node_name, sets)
+    cfg = settings.load()
     service = Gate(cfg, agent)
     policy, store = service.policy, service.store
     result = service.decide(record=False)
@@ -406,8 +436,15 @@ def _duration_opt(value: str | None, name: str) -> float | None:
     return seconds
 
 
-ForOpt = Annotated[
-    str | None, typer.Option("--for", help="how long, e.g. 30m, 2h", show_default=False)
+HoldForOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--for", help="how long, e.g. 30m, 2h (default: until released)", show_default=False
+    ),
+]
+OverrideForOpt = Annotated[
+    str | None,
+    typer.Option("--for", help="how long, e.g. 30m, 2h (default: 1h)", show_default=False),
 ]
 ReasonReq = Annotated[str, typer.Option("--reason", help="why (recorded and logged)")]
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="why (recorded and logged)")]
@@ -421,19 +458,17 @@ def _check_reason(reason: str | None, required: bool) -> str | None:
     return reason
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["override"])
+@with_settings()
 def override(
     reason: ReasonReq,
-    for_: ForOpt = None,
+    for_: OverrideForOpt = None,
     agent: AgentOpt = "cilium-agent",
-    config: ConfigOpt = None,
-    state_dir: StateDirOpt = None,
-    cluster_size: ClusterSizeOpt = None,
-    node_name: NodeNameOpt = None,
-    sets: SetOpt = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Let every start through until it expires (default 1h), whatever the backoff says."""
-    agent, cfg = check_agent(agent), load(config, state_dir, cluster_size, node_name, sets)
+    agent, cfg = check_agent(agent), settings.load()
     _check_reason(reason, True)
     given = _duration_opt(for_, "--for")
     seconds = 3600.0 if given is None else given
@@ -442,19 +477,17 @@ def override(
     sys.stdout.write(f"override set for {format_duration(seconds)}: {reason}\n")
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["hold"])
+@with_settings()
 def hold(
     reason: ReasonReq,
-    for_: ForOpt = None,
+    for_: HoldForOpt = None,
     agent: AgentOpt = "cilium-agent",
-    config: ConfigOpt = None,
-    state_dir: StateDirOpt = None,
-    cluster_size: ClusterSizeOpt = None,
-    node_name: NodeNameOpt = None,
-    sets: SetOpt = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Block every start but a forced one, until released (or for --for)."""
-    agent, cfg = check_agent(agent), load(config, state_dir, cluster_size, node_name, sets)
+    agent, cfg = check_agent(agent), settings.load()
     _check_reason(reason, True)
     seconds = _duration_opt(for_, "--for")
 
@@ -463,36 +496,32 @@ def hold(
     sys.stdout.write(f"hold set {until}: {reason}\n")
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["release"])
+@with_settings()
 def release(
     reason: ReasonOpt = None,
     agent: AgentOpt = "cilium-agent",
-    config: ConfigOpt = None,
-    state_dir: StateDirOpt = None,
-    cluster_size: ClusterSizeOpt = None,
-    node_name: NodeNameOpt = None,
-    sets: SetOpt = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Clear the hold and the override."""
-    agent, cfg = check_agent(agent), load(config, state_dir, cluster_size, node_name, sets)
+    agent, cfg = check_agent(agent), settings.load()
     _check_reason(reason, False)
 
     _operator_gate(agent, cfg).release(reason)
     sys.stdout.write("hold and override cleared; the next start is asked for afresh\n")
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["reset"])
+@with_settings()
 def reset(
     reason: ReasonOpt = None,
     agent: AgentOpt = "cilium-agent",
-    config: ConfigOpt = None,
-    state_dir: StateDirOpt = None,
-    cluster_size: ClusterSizeOpt = None,
-    node_name: NodeNameOpt = None,
-    sets: SetOpt = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Forget the agent's history (a backup is kept beside the state file)."""
-    agent, cfg = check_agent(agent), load(config, state_dir, cluster_size, node_name, sets)
+    agent, cfg = check_agent(agent), settings.load()
     _check_reason(reason, False)
     done: OperatorResult = _operator_gate(agent, cfg).reset(reason)
     for dropped in done.dropped:
@@ -527,7 +556,8 @@ def parse_exit_status(text: str) -> int | None:
     return code
 
 
-@app.command("record-exit")
+@app.command("record-exit", epilog=EXAMPLES["record-exit"])
+@with_settings()
 def record_exit(
     code: Annotated[
         str, typer.Option("--code", help="exit status or signal name (systemd: $EXIT_STATUS)")
@@ -541,18 +571,15 @@ def record_exit(
         ),
     ] = None,
     agent: AgentOpt = "cilium-agent",
-    config: ConfigOpt = None,
-    state_dir: StateDirOpt = None,
-    cluster_size: ClusterSizeOpt = None,
-    node_name: NodeNameOpt = None,
-    sets: SetOpt = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Record the end of a run (systemd ExecStopPost=).
 
     An empty --code (the agent never ran) records nothing; a run that is not open, or another
     run than the one named, is left as it is.
     """
-    agent, cfg = check_agent(agent), load(config, state_dir, cluster_size, node_name, sets)
+    agent, cfg = check_agent(agent), settings.load()
     exit_code = parse_exit_status(code)
     named = (run_id or "").strip() or None
     done = Gate(cfg, agent, probe=None, identity=None).report_end(exit_code, run_id=named)
@@ -569,16 +596,14 @@ def record_exit(
 
 
 @app.command()
+@with_settings(state=False, node=False)
 def window(
-    cluster_size: ClusterSizeOpt = None,
     json_out: JsonOpt = False,
-    config: ConfigOpt = None,
-    state_dir: StateDirOpt = None,
-    node_name: NodeNameOpt = None,
-    sets: SetOpt = None,
+    *,
+    settings: Settings,
 ) -> None:
     """The jitter window for a cluster size, and the fleet-wide start rate it implies."""
-    cfg = load(config, state_dir, cluster_size, node_name, sets)
+    cfg = settings.load()
     size = cfg.require_cluster_size()
     w = window_seconds(cfg.window, size)
     rate = size / w * 60
@@ -631,7 +656,7 @@ def _app_for(args: list[str]) -> typer.Typer:
     )
     hot.callback()(_no_callback)  # keep the command name as a subcommand
     command: Callable[..., None] = _HOT[args[0]]
-    hot.command(args[0], help=command.__doc__)(command)
+    hot.command(args[0], help=command.__doc__, epilog=EXAMPLES[args[0]])(command)
     return hot
 
 

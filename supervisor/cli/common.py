@@ -1,17 +1,23 @@
-"""Options shared by every command, and the one way a command loads its configuration.
+"""Options shared by the commands, and the one way a command loads its configuration.
 
-Every command takes the same ``--config``, ``--state-dir``, ``--cluster-size``, ``--node-name``
-and ``--set KEY=VALUE`` options, so an operator never has to remember which command takes which.
+The configuration options (``--config``, ``--state-dir``, ``--cluster-size``, ``--node-name``,
+``--set KEY=VALUE``) are defined once here and given to each command by :func:`with_settings`,
+which adds to the command's signature exactly the ones it uses (a command that keeps no state
+has no ``--state-dir``) and hands the command one :class:`Settings` value.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import re
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, ParamSpec, TypeVar
 
 import typer
 
@@ -27,8 +33,8 @@ ConfigOpt = Annotated[
     str | None,
     typer.Option(
         "--config",
-        help="TOML config file [env AGENT_SUPERVISOR_CONFIG; "
-        "default /etc/agent-supervisor/config.toml]",
+        help="TOML config file (env AGENT_SUPERVISOR_CONFIG; "
+        "default /etc/agent-supervisor/config.toml)",
         show_default=False,
     ),
 ]
@@ -36,7 +42,7 @@ StateDirOpt = Annotated[
     str | None,
     typer.Option(
         "--state-dir",
-        help="state directory [env AGENT_SUPERVISOR_STATE_DIR; default /var/lib/agent-supervisor]",
+        help="state directory (env AGENT_SUPERVISOR_STATE_DIR; default /var/lib/agent-supervisor)",
         show_default=False,
     ),
 ]
@@ -44,13 +50,15 @@ ClusterSizeOpt = Annotated[
     int | None,
     typer.Option(
         "--cluster-size",
-        help="number of nodes [env AGENT_SUPERVISOR_CLUSTER_SIZE]",
+        help="number of nodes (env AGENT_SUPERVISOR_CLUSTER_SIZE)",
         show_default=False,
     ),
 ]
 NodeNameOpt = Annotated[
     str | None,
-    typer.Option("--node-name", help="this node's name [default: host name]", show_default=False),
+    typer.Option(
+        "--node-name", help="this node's name (default: the host name)", show_default=False
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,
@@ -64,7 +72,7 @@ MetricsOpt = Annotated[
     str | None,
     typer.Option(
         "--metrics-file",
-        help="Prometheus textfile to update [config metrics_file]",
+        help="Prometheus textfile to update (config metrics_file)",
         show_default=False,
     ),
 ]
@@ -116,3 +124,73 @@ def load(
     if node_name is not None:
         overrides["node_name"] = node_name
     return load_config(config, overrides=overrides, state_dir=state_dir)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What the configuration options of one command said (None: not given)."""
+
+    config: str | None = None
+    state_dir: str | None = None
+    cluster_size: int | None = None
+    node_name: str | None = None
+    sets: tuple[str, ...] = ()
+
+    def load(self, *more_sets: str, cluster_size: int | None = None) -> Config:
+        """The configuration with these options (and ``more_sets``, and a cluster size the
+        command has its own option for) applied."""
+        sets = [*self.sets, *more_sets]
+        size = cluster_size if cluster_size is not None else self.cluster_size
+        return load(self.config, self.state_dir, size, self.node_name, sets)
+
+
+#: Each configuration option as a keyword parameter a command's signature can carry.
+_OPTIONS: Final = {
+    "config": ConfigOpt,
+    "state_dir": StateDirOpt,
+    "cluster_size": ClusterSizeOpt,
+    "node_name": NodeNameOpt,
+    "sets": SetOpt,
+}
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def with_settings(
+    *, state: bool = True, cluster: bool = True, node: bool = True
+) -> Callable[[Callable[..., _R]], Callable[..., _R]]:
+    """Give a command the configuration options it uses, and a ``settings`` argument.
+
+    ``--config`` and ``--set`` always; ``--state-dir`` with ``state``, ``--cluster-size`` with
+    ``cluster``, ``--node-name`` with ``node``. The command declares a keyword parameter
+    ``settings: Settings`` and its own options; typer sees the options as if written out.
+    """
+    chosen = ["config"]
+    chosen += ["state_dir"] if state else []
+    chosen += ["cluster_size"] if cluster else []
+    chosen += ["node_name"] if node else []
+    chosen += ["sets"]
+
+    def decorate(fn: Callable[..., _R]) -> Callable[..., _R]:
+        # Evaluated now (the module's names are all defined when its decorators run): typer
+        # takes a signature given as __signature__ as it is, strings and all.
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.name != "settings"]
+        added = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=opt)
+            for name, opt in _OPTIONS.items()
+            if name in chosen
+        ]
+
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> _R:
+            given = {name: kwargs.pop(name, None) for name in chosen}
+            sets = tuple(given.pop("sets") or ())
+            return fn(*args, settings=Settings(**given, sets=sets), **kwargs)
+
+        command.__signature__ = sig.replace(  # type: ignore[attr-defined]
+            parameters=[*own, *added], return_annotation=sig.return_annotation
+        )
+        return command
+
+    return decorate

@@ -19,13 +19,12 @@ from supervisor.base.errors import EXIT_CONFIG, EXIT_OK, EXIT_PROBLEMS, UsageErr
 from supervisor.base.log import get_logger
 from supervisor.cli.common import (
     AgentOpt,
-    ConfigOpt,
     JsonOpt,
-    SetOpt,
+    Settings,
     check_agent,
     duration_option,
     emit_json,
-    load,
+    with_settings,
 )
 from supervisor.core.policy import window_seconds
 from supervisor.core.slots import SlotMode
@@ -56,6 +55,7 @@ SlotsOpt = Annotated[
 ]
 
 
+@with_settings(state=False, cluster=False, node=False)
 def simulate_command(
     nodes: NodesOpt = 5000,
     scenario: Annotated[
@@ -151,8 +151,8 @@ def simulate_command(
             show_default=False,
         ),
     ] = None,
-    config: ConfigOpt = None,
-    sets: SetOpt = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Simulate a fleet restart under agent-supervisor and today's alternatives.
 
@@ -184,7 +184,7 @@ def simulate_command(
         raise UsageError("--at goes with --scenario restart-all")
     if outage is not None and kind in LIVE:
         raise UsageError(f"--outage does not go with --scenario {kind}: the control plane stays up")
-    cfg = load(config, None, nodes, None, sets)
+    cfg = settings.load(cluster_size=nodes)
     outage_text = outage if outage is not None else DEFAULT_OUTAGE[kind]
     try:
         sc = Scenario(
@@ -236,6 +236,7 @@ def simulate_command(
     sys.stdout.write(table)
 
 
+@with_settings(state=False, cluster=False, node=False)
 def plan_command(
     nodes: Annotated[
         int | None,
@@ -282,8 +283,8 @@ def plan_command(
         str, typer.Option("--outage", help="the outage to state the recovery time for")
     ] = "30m",
     json_out: JsonOpt = False,
-    config: ConfigOpt = None,
-    sets: SetOpt = None,
+    *,
+    settings: Settings,
 ) -> None:
     """The window configuration that keeps the fleet under a start rate, and its recovery time;
     with --nodes-file, what the slot mode makes of the fleet's real names.
@@ -313,7 +314,7 @@ def plan_command(
     repeats = 0
     if nodes_file is not None:
         names, repeats = _read_names(nodes_file)
-    cfg = load(config, None, nodes, None, sets)
+    cfg = settings.load(cluster_size=nodes)
     size = len(names) or nodes or 1
     # Without a file the sizing keeps its old default (hash); a fleet check is of the mode the
     # fleet's gates use, so it defaults to the configured slot_mode.

@@ -21,15 +21,11 @@ import typer
 from supervisor.base.errors import ConfigError, IdentityError, UsageError
 from supervisor.base.log import get_logger
 from supervisor.cli.common import (
-    ClusterSizeOpt,
-    ConfigOpt,
     JsonOpt,
-    NodeNameOpt,
-    SetOpt,
-    StateDirOpt,
+    Settings,
     config_path,
     emit_json,
-    load,
+    with_settings,
 )
 from supervisor.storage.config import Config, IdentityConfig
 
@@ -142,15 +138,13 @@ def _render_lines(result: RenderResult, verb: str) -> list[str]:
 
 
 @config_app.command("render")
+@with_settings(state=False, cluster=False)
 def config_render(
     output: OutputDirOpt = None,
     prune: PruneOpt = False,
     json_out: JsonOpt = False,
-    config: ConfigOpt = None,
-    state_dir: StateDirOpt = None,
-    cluster_size: ClusterSizeOpt = None,
-    node_name: NodeNameOpt = None,
-    sets: SetOpt = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Write the agent's config directory from the agent table, replacing it atomically.
 
@@ -160,7 +154,7 @@ def config_render(
     """
     from supervisor.node.agentconfig import render
 
-    cfg = load(config, state_dir, cluster_size, node_name, sets)
+    cfg = settings.load()
     result = render(cfg, output, prune=prune)
     if json_out:
         emit_json(result.to_json(values=True))
@@ -169,6 +163,7 @@ def config_render(
 
 
 @config_app.command("diff")
+@with_settings(state=False, cluster=False)
 def config_diff(
     output: OutputDirOpt = None,
     prune: PruneOpt = False,
@@ -176,16 +171,13 @@ def config_diff(
         bool, typer.Option("--exit-code", help="exit 1 when a render would change something")
     ] = False,
     json_out: JsonOpt = False,
-    config: ConfigOpt = None,
-    state_dir: StateDirOpt = None,
-    cluster_size: ClusterSizeOpt = None,
-    node_name: NodeNameOpt = None,
-    sets: SetOpt = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Show what `config render` (with the same --prune) would change, writing nothing."""
     from supervisor.node.agentconfig import plan
 
-    cfg = load(config, state_dir, cluster_size, node_name, sets)
+    cfg = settings.load()
     result = plan(cfg, output, prune=prune)
     if json_out:
         emit_json(result.to_json(values=True))
@@ -196,6 +188,7 @@ def config_diff(
 
 
 @config_app.command("import")
+@with_settings(state=False, cluster=False)
 def config_import(
     directory: Annotated[
         Path,
@@ -214,11 +207,8 @@ def config_import(
         ),
     ] = False,
     json_out: JsonOpt = False,
-    config: ConfigOpt = None,
-    state_dir: StateDirOpt = None,
-    cluster_size: ClusterSizeOpt = None,
-    node_name: NodeNameOpt = None,
-    sets: SetOpt = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Take an existing config directory into the agent table, every option kept byte for byte.
 
@@ -227,9 +217,9 @@ def config_import(
     """
     from supervisor.node.configimport import prepare, read_directory, write_into
 
-    cfg = load(config, state_dir, cluster_size, node_name, sets)
+    cfg = settings.load()
     imported = read_directory(directory)
-    path = cfg.config_file or config_path(config)
+    path = cfg.config_file or config_path(settings.config)
     addition = prepare(path, imported, cfg.agent if cfg.config_file else {})
     written = write and write_into(addition)
     if written:
@@ -270,19 +260,17 @@ def _import_lines(cfg: Config, addition: Addition) -> list[str]:
 
 
 @certs_app.command("check")
+@with_settings(state=False, cluster=False)
 def certs_check(
     json_out: JsonOpt = False,
-    config: ConfigOpt = None,
-    state_dir: StateDirOpt = None,
-    cluster_size: ClusterSizeOpt = None,
-    node_name: NodeNameOpt = None,
-    sets: SetOpt = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Check the agent's certificate, key and CA. Exit 0 ok (warnings allowed), 78 problems."""
     from supervisor.core.state import iso_seconds
     from supervisor.node.identity import check_identity, identity_message, render_user
 
-    cfg = load(config, state_dir, cluster_size, node_name, sets)
+    cfg = settings.load()
     ident = _identity(cfg, "certs check")
     report = check_identity(ident, cfg.node_name, time.time())
     if json_out:
@@ -309,6 +297,7 @@ def certs_check(
 
 
 @certs_app.command("csr")
+@with_settings(state=False, cluster=False)
 def certs_csr(
     out: Annotated[
         Path,
@@ -327,11 +316,8 @@ def certs_csr(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="replace existing files")] = False,
     json_out: JsonOpt = False,
-    config: ConfigOpt = None,
-    state_dir: StateDirOpt = None,
-    cluster_size: ClusterSizeOpt = None,
-    node_name: NodeNameOpt = None,
-    sets: SetOpt = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Make a new private key (0600) and a CSR with CN=<user>, O=<group> for this node.
 
@@ -342,7 +328,7 @@ def certs_csr(
     from supervisor.node.credentials import make_csr
     from supervisor.node.identity import render_user
 
-    cfg = load(config, state_dir, cluster_size, node_name, sets)
+    cfg = settings.load()
     if not name or "/" in name or name.startswith("."):
         raise UsageError(f"--name {name!r}: expected a plain file name stem")
     seconds = None
@@ -387,6 +373,7 @@ def certs_csr(
 
 
 @kubeconfig_app.command("render")
+@with_settings(state=False, cluster=False)
 def kubeconfig_render(
     out: Annotated[
         Path | None,
@@ -402,16 +389,13 @@ def kubeconfig_render(
     force: Annotated[
         bool, typer.Option("--force", help="replace a file not written by kubeconfig render")
     ] = False,
-    config: ConfigOpt = None,
-    state_dir: StateDirOpt = None,
-    cluster_size: ClusterSizeOpt = None,
-    node_name: NodeNameOpt = None,
-    sets: SetOpt = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Render a kubeconfig with the agent's certificate, key and CA paths (k8s-kubeconfig-path)."""
     from supervisor.node.credentials import check_server_url, render_kubeconfig, write_kubeconfig
 
-    cfg = load(config, state_dir, cluster_size, node_name, sets)
+    cfg = settings.load()
     ident = _identity(cfg, "kubeconfig render")
     if server is not None:
         url = check_server_url(server, "--server")
@@ -438,6 +422,7 @@ def kubeconfig_render(
 
 
 @apf_app.command("render")
+@with_settings(state=False, cluster=False, node=False)
 def apf_render(
     name: Annotated[str, typer.Option("--name", help="name of both objects")] = "cilium-agents",
     group: Annotated[
@@ -466,19 +451,16 @@ def apf_render(
         Path | None,
         typer.Option("--out", help="file to write [default: print to stdout]", show_default=False),
     ] = None,
-    config: ConfigOpt = None,
-    state_dir: StateDirOpt = None,
-    cluster_size: ClusterSizeOpt = None,
-    node_name: NodeNameOpt = None,
-    sets: SetOpt = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Render a FlowSchema (the agents' group, distinguished by user) and its priority level."""
     from supervisor.node.apf import ApfSettings, render_apf
     from supervisor.node.credentials import write_file
 
-    cfg = load(config, state_dir, cluster_size, node_name, sets)
+    cfg = settings.load()
     default_group = cfg.identity.group if cfg.identity else IdentityConfig("", "").group
-    settings = ApfSettings(
+    apf = ApfSettings(
         name=name,
         group=group if group is not None else default_group,
         nominal_concurrency_shares=shares,
@@ -488,7 +470,7 @@ def apf_render(
         queue_length_limit=queue_length_limit,
         matching_precedence=matching_precedence,
     )
-    text = render_apf(settings)
+    text = render_apf(apf)
     if out is None:
         sys.stdout.write(text)
         sys.stdout.flush()
