@@ -646,3 +646,15 @@ def test_an_approved_start_is_named_and_only_its_own_report_closes_it() -> None:
     closed = apply(s, Ended(at + 40, 1, run_id=ok.run_id))
     assert closed.last_run is not None and closed.last_run.exit_code == 1
     assert apply(closed, Ended(at + 50, 0, run_id=ok.run_id)) is closed
+
+
+def test_a_report_of_an_end_cannot_clear_a_lost_history() -> None:
+    """Invariant 9: after a corrupt file, a record-exit (of the run from before) closes
+    nothing: the placeholder keeps the agent at level 1 until --force or a reset."""
+    from histories import lost
+
+    from supervisor.core.events import Ended
+
+    s = lost(AGENT, T0, "state file moved aside")
+    assert apply(s, Ended(T0 + 5, 143)) is s
+    assert backoff_level(s, 600) == 1

@@ -70,8 +70,9 @@ class Ended:
     """A run ended with ``exit_code`` (None: it ended, but how is not known).
 
     ``run_id``: the run it ends; None for the latest run. An end for a run that is not open
-    (ended already, withdrawn, never existed) changes nothing: a second or late report for
-    another run cannot close the current one (invariant 12). ``stop``: who stopped it on purpose,
+    (ended already, withdrawn, never existed, the placeholder of a lost history) changes
+    nothing: a second or late report for another run cannot close the current one
+    (invariant 12). ``stop``: who stopped it on purpose,
     when the exit status alone does not say so (a ``docker stop`` that had to SIGKILL).
     """
 
@@ -223,7 +224,9 @@ def _bound(state: AgentState, event: Bound) -> AgentState:
 
 def _ended(state: AgentState, event: Ended) -> AgentState:
     run = state.last_run if event.run_id is None else state.run(event.run_id)
-    if run is None or run.ended_at is not None:
+    if run is None or run.ended_at is not None or run.via == "unknown":
+        # A lost history's placeholder is no run anyone can report on: only --force or a
+        # reset ends the wait it stands for (invariant 9).
         return state
     ended = replace(
         run,

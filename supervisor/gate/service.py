@@ -45,7 +45,7 @@ from supervisor.core.events import (
     apply_all,
 )
 from supervisor.core.policy import Decision, DockerView, Inputs, Policy, Request, decide
-from supervisor.core.state import AgentState, OperatorFlag, iso, micro
+from supervisor.core.state import AgentState, OperatorFlag, Run, iso, micro
 from supervisor.gate.operators import Operator, authorize
 from supervisor.storage.config import Config
 from supervisor.storage.store import Loaded, StateStore, Transaction
@@ -59,9 +59,10 @@ POLL_SECONDS: Final = 1.0
 
 #: Asks the control plane (only called when its answer can change the decision).
 Probe = Callable[[], "ProbeReport"]
-#: Inspects the agent's container: its State, or None when there is no such container.
+#: Inspects the agent's container: its State, or None when there is no such container, or a
+#: whole Look (the compose hook's, which also says whether `up` is about to replace it).
 #: Raises whatever Docker raises when it cannot answer.
-Inspect = Callable[[], ContainerInfo | None]
+Inspect = Callable[[], "ContainerInfo | Look | None"]
 #: Checks the agent's certificate at a wall-clock time; None when no identity is configured.
 IdentityCheck = Callable[[float], "CertReport | None"]
 
@@ -197,6 +198,8 @@ class Gate:
             why = one_line(exc, 300)
             self.log.warning("docker.unavailable", agent=self.agent, error=why)
             return Look(True, unknown=why)
+        if isinstance(info, Look):
+            return info
         if info is None:
             self.log.info("docker.container_missing", agent=self.agent)
         return Look(True, info)
@@ -292,7 +295,7 @@ class Gate:
         """The decision on the locked state (see :meth:`decide`)."""
         user = self.operator.display if self.operator else None
         read_only = None
-        tx_cm: Any = self.store.transaction(self.agent)
+        tx_cm: Any = self.store.transaction(self.agent, self.clock())
         try:
             tx: Loaded = tx_cm.__enter__()
         except StateError as exc:
@@ -463,7 +466,7 @@ class Gate:
             self.log.info("run.exit_ignored", agent=self.agent, run_id=run_id, why=why)
             return EndResult(False, why, run_id)
         look = look if look is not None else (self.look() if run_id is None else NO_LOOK)
-        with self.store.transaction(self.agent) as tx:
+        with self.store.transaction(self.agent, self.clock()) as tx:
             now = self.now()
             state, _ = self._docker(self._brought_up(tx, now), look, now.wall)
             end = Ended(
@@ -477,13 +480,7 @@ class Gate:
             new = apply(state, end)
             if new is state:
                 self._save(tx, state, now, must=False, forced=False)
-                why = (
-                    "no run in progress"
-                    if target is None and run_id is None
-                    else f"run {run_id} is not in the history"
-                    if target is None
-                    else f"run {target.id} has ended already"
-                )
+                why = _not_closed(target, run_id)
                 self.log.info(
                     "run.exit_ignored",
                     agent=self.agent,
@@ -497,7 +494,8 @@ class Gate:
             try:
                 tx.write(_anchored(new, now), now.wall)
             except DiskFull as exc:
-                self.store.journal_end(self.agent, end)  # StateError if it cannot
+                # Named, so that it can only ever close this run when it is applied.
+                self.store.journal_end(self.agent, replace(end, run_id=target.id))
                 self.log.error(
                     "state.journaled", agent=self.agent, run_id=target.id, why=one_line(exc)
                 )
@@ -515,7 +513,7 @@ class Gate:
 
     def observe(self, info: ContainerInfo | None) -> AgentState:
         """Reconcile the state file with the container's State now (the daemon, on events)."""
-        with self.store.transaction(self.agent) as tx:
+        with self.store.transaction(self.agent, self.clock()) as tx:
             now = self.now()
             state, _ = self._docker(self._brought_up(tx, now), Look(True, info), now.wall)
             self._save(tx, state, now, must=False, forced=False)
@@ -547,7 +545,7 @@ class Gate:
         except Exception:
             self.log.warning("operator.refused", action=action, agent=self.agent, user=op.display)
             raise
-        with self.store.transaction(self.agent) as tx:
+        with self.store.transaction(self.agent, self.clock()) as tx:
             now = self.now()
             self.store.check_audit()  # refuse before changing anything if it cannot be audited
             state = self._brought_up(tx, now)
@@ -704,6 +702,15 @@ class Gate:
                 )
             except StateError as exc:
                 self.log.error("audit.write_failed", agent=self.agent, why=str(exc))
+
+
+def _not_closed(target: Run | None, run_id: str | None) -> str:
+    """Why a reported end changed nothing, in the operator's words."""
+    if target is None:
+        return "no run in progress" if run_id is None else f"run {run_id} is not in the history"
+    if target.via == "unknown":
+        return "the history is unknown (a bad state file was moved aside): no run to close"
+    return f"run {target.id} has ended already"
 
 
 def _anchored(state: AgentState, now: Now) -> AgentState:

@@ -1,12 +1,15 @@
 """Load generator shared by the load fault test and ``bench/bench_load.py``.
 
 ``procs`` worker processes with ``threads`` threads each hammer one agent's state with gate
-decisions and operator actions for ``seconds``, through the real store (real flock, real
-files). Each worker writes its observations to a JSON file; :func:`run_load` gathers them.
+decisions and reported ends for ``seconds`` while an operator holds, overrides and releases,
+all through the Gate (the one writer of the state) and the real store (real flock, real
+files). Each worker writes its
+observations to a JSON file; :func:`run_load` gathers them.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import random
@@ -16,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from supervisor.core.state import OperatorFlag
 from supervisor.gate.operators import Operator
 from supervisor.gate.service import Gate
 from supervisor.storage.config import load_config
@@ -24,6 +26,8 @@ from supervisor.storage.store import StateStore
 
 AGENT = "cilium-agent"
 WINDOW = 2.0
+#: Seconds between two operator actions (one worker's extra thread makes them).
+OPERATOR_EVERY = 2.5
 
 
 def _config(state_dir: Path) -> Any:
@@ -64,29 +68,44 @@ def _worker(state_dir: str, out: str, threads: int, seconds: float, seed: int) -
                         "kind": "gate",
                         "allowed": r.decision.allowed,
                         "via": r.decision.via,
+                        "run_id": r.decision.run_id,
+                        "recorded": r.recorded,
                         "at": now,
                         "ms": (time.perf_counter() - t0) * 1000,
                     }
                 )
                 continue
-            with store.transaction(AGENT) as tx:
-                now = time.time()
-                s = tx.state
-                if roll < 0.95:
-                    s = s.record_exit(now, rng.choice([0, 1, 137]))
-                elif roll < 0.96:
-                    s = s.with_hold(OperatorFlag("loadgen", "load", now, now + 0.3))
-                elif roll < 0.962:
-                    s = s.with_override(OperatorFlag("loadgen", "load", now, now + 0.1))
-                else:
-                    s = s.with_hold(None).with_override(None)
-                tx.write(s, now)
+            # The other writer of a node, through the same Gate: an end reported.
+            Gate(cfg, AGENT, store=store, operator=op).report_end(rng.choice([0, 1, 137]))
             mine.append({"kind": "op", "ms": (time.perf_counter() - t0) * 1000})
             time.sleep(rng.uniform(0, 0.01))
         with lock:
             results.extend(mine)
 
+    def operator() -> None:
+        # The operator's hold, override and release in turn, at a fixed pace whatever the
+        # machine's speed: a hold in force at every slot, or a release (a new first ask)
+        # before every slot, would leave no gated start to check.
+        mine: list[dict[str, Any]] = []
+        actions = itertools.cycle(("hold", "override", "release"))
+        while time.monotonic() + OPERATOR_EVERY < deadline:
+            time.sleep(OPERATOR_EVERY)
+            t0 = time.perf_counter()
+            gate = Gate(cfg, AGENT, store=store, operator=op)
+            action = next(actions)
+            if action == "hold":
+                gate.hold(0.3, "load")
+            elif action == "override":
+                gate.override(0.1, "load")
+            else:
+                gate.release("load")
+            mine.append({"kind": "op", "ms": (time.perf_counter() - t0) * 1000})
+        with lock:
+            results.extend(mine)
+
     ts = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    if seed == 0:
+        ts.append(threading.Thread(target=operator))
     for t in ts:
         t.start()
     for t in ts:

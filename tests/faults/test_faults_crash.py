@@ -47,7 +47,9 @@ PARALLEL = 4
 
 
 def test_500_kill9_rounds_across_commands(tmp_path: Path) -> None:
-    """After 500 kills the state reads back, audit lines parse, reported starts are recorded."""
+    """After 500 kills the state reads back whole (nothing lost, quarantined or pending), audit
+    lines parse, every reported start is recorded, and the next locked operation cleans the
+    temp files killed writers left."""
     sd = tmp_path / "state"
     rng = random.Random(500)
     reported: list[str] = []
@@ -79,9 +81,11 @@ def test_500_kill9_rounds_across_commands(tmp_path: Path) -> None:
                     if d.get("allowed"):
                         reported.append(d["decided_at"])
     assert killed >= ROUNDS // 3, killed  # most kills landed while the command was working
-    tx = StateStore(sd).read("cilium-agent")
-    assert tx.quarantined == []
-    history = {r.started_at for r in tx.state.runs}
+    store = StateStore(sd)
+    loaded = store.read("cilium-agent")
+    assert (loaded.lost, loaded.pending) == (None, ()) and reported
+    assert store.quarantined_files("cilium-agent") == []
+    history = {r.started_at for r in loaded.state.runs}
     doc = json.loads((sd / "cilium-agent.json").read_text())
     hist_iso = {r["started_at"] for r in doc["runs"]}
     oldest = min(r["started_at"] for r in doc["runs"])
@@ -89,4 +93,6 @@ def test_500_kill9_rounds_across_commands(tmp_path: Path) -> None:
     assert len(history) == len(doc["runs"])
     for line in (sd / "audit.jsonl").read_text().splitlines():
         assert json.loads(line)["command"]  # every audit line is whole
-    assert not list(sd.glob(".*.tmp-*"))  # the read above cleaned leftovers under the lock
+    with store.transaction("cilium-agent") as tx:  # the next locked operation cleans leftovers
+        assert tx.lost is None
+    assert not list(sd.glob(".*.tmp-*"))
