@@ -16,6 +16,9 @@ inside namespaces of its own and sees only what the test gives it:
   installed there as the README says (``cp``, ``systemctl enable --now``) without touching the
   host's; /proc/sys and /sys read-only (even in a container systemd bumps fs.file-max and
   fs.nr_open, which are global);
+- /etc as an overlay whose upper layer is the test's (``files / "etc"``): the host's files show
+  through, and whatever is written there (the README's ``/etc/agent-supervisor/config.toml``,
+  which the units and a shell in the namespace read) stays the test's;
 - a cgroup of its own (``as-test-sd-...`` in the cgroup2 hierarchy) that the cgroup namespace
   makes its root: systemd can neither see nor kill anything in another cgroup, so two of these
   tests on one machine cannot stop each other's units;
@@ -42,6 +45,7 @@ namespace's init ends every process in it), then removes the cgroup.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -197,6 +201,10 @@ def boot_scripts(base: Path, files: Path, socket: Path | None, cgroup: Path) -> 
         "mkdir -p /run/systemd/system /run/systemd/journald.conf.d",
         f"mount --bind {q(str(files / 'units'))} /run/systemd/system",
         f"cp {q(str(files / 'journald.conf'))} /run/systemd/journald.conf.d/as-test.conf",
+        # /etc of the namespace's own: the host's below, the test's directory above (the lower
+        # directory is looked up before the mount covers it).
+        f"mount -t overlay -o lowerdir=/etc,upperdir={q(str(files / 'etc' / 'upper'))},"
+        f"workdir={q(str(files / 'etc' / 'work'))} as-test-etc /etc",
         "mount -t tmpfs -o mode=0755 as-test-etc-units /etc/systemd/system",
         *(journal if Path("/var/log/journal").is_dir() else []),
         f"mount -t overlay -o lowerdir={q(str(files / 'bin'))}:/usr/local/bin as-test-bin"
@@ -246,7 +254,8 @@ class NamespacedSystemd:
         self.pid: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._cgroup = cgroup2_root() / f"as-test-sd-{uuid.uuid4().hex[:8]}"
-        for d in (self.units_dir, self.files / "bin", self.files / "empty"):
+        dirs = (self.units_dir, self.files / "bin", self.files / "empty")
+        for d in (*dirs, self.files / "etc" / "upper", self.files / "etc" / "work"):
             d.mkdir(parents=True, exist_ok=True)
         (self.files / "docker.sock").touch()
         self.console.touch()
@@ -417,6 +426,21 @@ class NamespacedSystemd:
         """The unit's Environment= as systemd merged it from the file and its drop-ins."""
         raw = self.show(unit, "Environment")["Environment"]
         return dict(word.split("=", 1) for word in shlex.split(raw))
+
+    def journal_entries(self, unit: str) -> list[dict[str, str]]:
+        """The unit's journal entries in order (``journalctl -o json``): ``MESSAGE``, ``_PID``
+        (a PID of the namespace, as ``systemctl show`` gives them), ``__REALTIME_TIMESTAMP``
+        (microseconds since the epoch); an entry whose message is not text is left out."""
+        out = self.run(["journalctl", "--no-pager", "-o", "json", "-u", unit], check=False).stdout
+        entries = []
+        for line in out.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("MESSAGE"), str):
+                entries.append(entry)
+        return entries
 
     def journal(self, unit: str | None = None) -> str:
         """The namespace's journal (of one unit), with microsecond timestamps."""

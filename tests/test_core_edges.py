@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -860,7 +860,7 @@ FLAG = {"user": "alice", "reason": "m", "set_at": "2027-01-15T08:00:00Z", "until
 CLOCK = {"boot_id": "b", "wall": "2027-01-15T08:00:00Z", "boot": 5.0}
 
 
-def without(doc: dict[str, object], key: str) -> dict[str, object]:
+def without(doc: Mapping[str, object], key: str) -> dict[str, object]:
     """``doc`` without ``key``."""
     return {k: v for k, v in doc.items() if k != key}
 

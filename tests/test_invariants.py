@@ -405,7 +405,8 @@ def test_a_fleet_asking_at_one_instant_is_spread_over_its_grids(
     n = len(fleet)
     histories = [build(h) for h, _ in fleet]
     now = max((r.started_at for s in histories for r in s.runs), default=T0) + after
-    admitted, in_window = [], []
+    admitted: list[float] = []
+    in_window: list[float] = []
     for i, (s, _) in enumerate(zip(histories, fleet, strict=True)):
         p = policy(f"n{i}", offset=index_offset(i, n), slot_mode="index", admission=j)
         at, after_state, seen = wait_until_allowed(p, s, now)

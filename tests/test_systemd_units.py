@@ -1,6 +1,8 @@
 """The shipped systemd units: `systemd-analyze verify`, the contract's directives, and the
 exact commands the unit runs, run as processes (systemd is installed but not PID 1 here, so the
-unit's Restart=always loop is played by the test, command line by command line)."""
+unit's Restart=always loop is played by the test, command line by command line, with its
+RuntimeDirectory= and EnvironmentFile= as systemd handles them: see test_systemd_real.py for
+systemd itself)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +28,20 @@ REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"
 AGENT_UNIT = UNITS / "cilium-agent.service"
 DAEMON_UNIT = UNITS / "agent-supervisor.service"
-DROP_IN = UNITS / "cilium-agent.service.d" / "10-cluster.conf"
 INSTALLED_AT = "/usr/local/bin/agent-supervisor"
 AGENT = "cilium-agent"
 W = 3.0
-#: A 3 s window whatever cluster size the drop-in gives (base 3s, nothing per node).
-TEST_WINDOW = {
+#: The node's settings for these tests (on a node they are in /etc/agent-supervisor/config.toml):
+#: a 3 s window whatever the cluster size (base 3s, nothing per node).
+TEST_SETTINGS = {
+    "AGENT_SUPERVISOR_CLUSTER_SIZE": "1000",
+    "AGENT_SUPERVISOR_NODE_NAME": "node-1",
     "AGENT_SUPERVISOR_WINDOW_BASE": "3s",
     "AGENT_SUPERVISOR_WINDOW_PER_NODE": "0s",
     "AGENT_SUPERVISOR_WINDOW_MIN": "1s",
 }
+#: The unit's run id file, relative to systemd's %t (/run for the system manager).
+RUN_ENV = "agent-supervisor/cilium-agent/run.env"
 
 
 def parse_unit(*paths: Path) -> dict[str, dict[str, list[str]]]:
@@ -65,15 +72,35 @@ def unit_environment(unit: dict[str, dict[str, list[str]]]) -> dict[str, str]:
     return env
 
 
-def command(line: str, exit_status: str | None = None) -> list[str]:
-    """An Exec line as the process it starts: ${EXIT_STATUS} expanded as systemd does (the
-    exact value, inside its word), agent-supervisor run from this checkout."""
-    words = shlex.split(line.lstrip("-+!@:"))
-    if exit_status is not None:
-        words = [w.replace("${EXIT_STATUS}", exit_status) for w in words]
+def command(line: str, runtime: Path, env: Mapping[str, str] | None = None) -> list[str]:
+    """An Exec line as the process systemd starts: ``%t`` is ``runtime``, ``${VAR}`` the
+    value in ``env`` (the unit's environment and EnvironmentFile=, plus $EXIT_STATUS for
+    ExecStopPost=) or empty when unset, as systemd expands them inside their word;
+    agent-supervisor runs from this checkout."""
+    words = shlex.split(line.lstrip("-+!@:").replace("%t", str(runtime)))
+    values = env or {}
+    words = [re.sub(r"\$\{(\w+)\}", lambda m: values.get(m.group(1), ""), w) for w in words]
     if words[0] == INSTALLED_AT:
         return [sys.executable, "-m", "supervisor", *words[1:]]
     return words
+
+
+def environment_file(runtime: Path) -> dict[str, str]:
+    """The unit's ``EnvironmentFile=-%t/...``: its assignments, or none if it is missing."""
+    path = runtime / RUN_ENV
+    if not path.exists():
+        return {}
+    pairs = (ln.split("=", 1) for ln in path.read_text().splitlines() if "=" in ln)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def runtime_directory(runtime: Path) -> None:
+    """What systemd does for RuntimeDirectory= before a start: the directory, afresh."""
+    unit = parse_unit(AGENT_UNIT)
+    (directory,) = unit["Service"]["RuntimeDirectory"]
+    path = runtime / directory
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
 
 
 def need(tool: str) -> str:
@@ -138,11 +165,17 @@ def test_verify_would_catch_a_bad_directive(tmp_path: Path) -> None:
 
 
 def test_agent_unit_gates_every_start() -> None:
-    """cilium-agent.service: gate --wait before, compose in the foreground, record-exit after,
-    systemd restarts always and never gives up, and never times the gate's wait out."""
-    unit = parse_unit(AGENT_UNIT, DROP_IN)
+    """cilium-agent.service: gate --wait before (writing the run id for EnvironmentFile=),
+    compose in the foreground, record-exit of that run after, systemd restarts always and never
+    gives up, and never times the gate's wait out."""
+    unit = parse_unit(AGENT_UNIT)
     svc, u = unit["Service"], unit["Unit"]
-    assert svc["ExecStartPre"][0] == f"{INSTALLED_AT} gate --wait --agent cilium-agent"
+    env_file = f"%t/{RUN_ENV}"
+    assert svc["ExecStartPre"][0] == (
+        f"{INSTALLED_AT} gate --wait --agent cilium-agent --env-file={env_file}"
+    )
+    assert svc["RuntimeDirectory"] == [str(Path(RUN_ENV).parent)]
+    assert svc["EnvironmentFile"] == [f"-{env_file}"]
     assert len(svc["ExecStart"]) == 1
     start = shlex.split(svc["ExecStart"][0])
     assert start[:3] == ["/usr/bin/docker-compose", "up", "--no-deps"]
@@ -150,6 +183,7 @@ def test_agent_unit_gates_every_start() -> None:
     assert "-d" not in start and "--detach" not in start
     assert svc["ExecStopPost"] == [
         f"{INSTALLED_AT} record-exit --agent cilium-agent --code=${{EXIT_STATUS}}"
+        " --run-id=${AGENT_SUPERVISOR_RUN_ID}"
     ]
     assert svc["Restart"] == ["always"]
     assert svc["TimeoutStartSec"] == ["infinity"]
@@ -173,20 +207,23 @@ def test_daemon_unit_runs_the_supervisor() -> None:
     assert "Requires" not in u
 
 
-def test_drop_in_passes_cluster_size_and_node_name() -> None:
-    """The drop-in sets AGENT_SUPERVISOR_CLUSTER_SIZE (a number) and the node name."""
-    env = unit_environment(parse_unit(DROP_IN))
-    assert re.fullmatch(r"[1-9][0-9]*", env["AGENT_SUPERVISOR_CLUSTER_SIZE"])
-    assert env["AGENT_SUPERVISOR_NODE_NAME"]
+def test_units_hold_no_setting_of_the_node() -> None:
+    """No unit (and no shipped drop-in) sets an AGENT_SUPERVISOR_* variable: the node's settings
+    live in /etc/agent-supervisor/config.toml alone, which the operator's shell reads too."""
+    assert not list(UNITS.glob("*.d"))
+    for path in (AGENT_UNIT, DAEMON_UNIT):
+        assert unit_environment(parse_unit(path)) == {}, path
+        assert "AGENT_SUPERVISOR_" not in path.read_text().replace("AGENT_SUPERVISOR_RUN_ID", "")
 
 
 # --- the unit's commands as processes ------------------------------------------------------------
 
 
 def _env(state_dir: Path, **extra: str) -> dict[str, str]:
-    unit = parse_unit(AGENT_UNIT, DROP_IN)
-    env = clean_env(**unit_environment(unit))
-    env.update(TEST_WINDOW, AGENT_SUPERVISOR_STATE_DIR=str(state_dir), **extra)
+    """The environment of the unit's commands: the unit's own (none of the node's settings)
+    and, for these tests, the node's settings as variables instead of a config.toml."""
+    env = clean_env(**unit_environment(parse_unit(AGENT_UNIT)))
+    env.update(TEST_SETTINGS, AGENT_SUPERVISOR_STATE_DIR=str(state_dir), **extra)
     return env
 
 
@@ -195,47 +232,67 @@ def _runs(state_dir: Path) -> tuple[Any, ...]:
 
 
 def test_unit_commands_gate_and_record_as_processes(tmp_path: Path) -> None:
-    """The unit's ExecStartPre gate and ExecStopPost record-exit, as systemd runs them: the
-    first start passes at once, the next waits for its slot, $EXIT_STATUS numbers and signal
-    names are recorded, SIGTERM ends a wait without a start, an empty status records nothing."""
-    unit = parse_unit(AGENT_UNIT, DROP_IN)
+    """The unit's ExecStartPre gate and ExecStopPost record-exit, as systemd runs them: each
+    start waits for its slot and writes its run id, $EXIT_STATUS numbers and signal names close
+    the run the id names, SIGTERM ends a wait without a start and leaves no id, and an empty
+    status, a second report and a late one for an old run record nothing."""
+    unit = parse_unit(AGENT_UNIT)
     gate_line = unit["Service"]["ExecStartPre"][0]
     record_line = unit["Service"]["ExecStopPost"][0]
-    state = tmp_path / "state"
+    state, runtime = tmp_path / "state", tmp_path / "run"
     env = _env(state)
 
     def run(line: str, status: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(command(line, status), capture_output=True, text=True, env=env,
-                              timeout=60, check=False)  # fmt: skip
+        values = {**env, **environment_file(runtime)}
+        if status is not None:
+            values["EXIT_STATUS"] = status
+        return subprocess.run(command(line, runtime, values), capture_output=True, text=True,
+                              env=env, timeout=60, check=False)  # fmt: skip
 
+    runtime_directory(runtime)
     first = run(gate_line)
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("allowed: first start")
+    (one,) = _runs(state)
+    assert environment_file(runtime) == {"AGENT_SUPERVISOR_RUN_ID": one.id}
     assert run(record_line, "1").returncode == 0
     assert _runs(state)[-1].exit_code == 1
 
+    runtime_directory(runtime)
     second = run(gate_line)
     assert second.returncode == 0, second.stderr
-    runs = _runs(state)
-    assert len(runs) == 2
-    assert runs[1].started_at - runs[0].started_at >= W
-
+    one, two = _runs(state)
+    assert two.started_at - one.started_at >= W
+    assert environment_file(runtime) == {"AGENT_SUPERVISOR_RUN_ID": two.id}
     assert run(record_line, "TERM").returncode == 0
     assert _runs(state)[-1].exit_code == 128 + signal.SIGTERM
 
-    waiting = subprocess.Popen(command(gate_line), stdout=subprocess.PIPE,
+    runtime_directory(runtime)
+    (runtime / RUN_ENV).write_text(f"AGENT_SUPERVISOR_RUN_ID={two.id}\n")  # a stale id
+    waiting = subprocess.Popen(command(gate_line, runtime, env), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
-    time.sleep(1.0)
-    assert waiting.poll() is None, "the third start should wait for its slot"
+    dockerutil.wait_for(
+        lambda: environment_file(runtime) == {} and waiting.poll() is None,
+        30,
+        "the waiting gate to empty the run id file",
+    )
     waiting.send_signal(signal.SIGTERM)
     _out, _err = waiting.communicate(timeout=10)
     assert waiting.returncode == 75
     assert len(_runs(state)) == 2
 
+    before = (state / f"{AGENT}.json").read_bytes()
     never = run(record_line, "")
     assert never.returncode == 0
-    assert "nothing recorded" in never.stdout
-    assert len(_runs(state)) == 2
+    assert never.stdout.startswith("no exit status"), never.stdout
+    assert never.stdout.endswith("nothing recorded\n")
+    late = subprocess.run(
+        command(record_line, runtime, {"EXIT_STATUS": "0", "AGENT_SUPERVISOR_RUN_ID": one.id}),
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert late.returncode == 0
+    assert late.stdout == f"run {one.id} has ended already; nothing recorded\n"
+    assert (state / f"{AGENT}.json").read_bytes() == before
 
 
 # --- the Restart=always loop, played with real docker-compose ------------------------------------
@@ -251,8 +308,9 @@ def test_systemd_restart_loop_starts_a_crashing_agent_at_most_once_per_window(
     exit recorded with compose's (the agent's) exit status."""
     need("docker-compose")
     standin = dockerutil.standin_image(docker_client)
-    unit = parse_unit(AGENT_UNIT, DROP_IN)
+    unit = parse_unit(AGENT_UNIT)
     svc = unit["Service"]
+    runtime = tmp_path / "run"
     project = tmp_path / dockerutil.unique("sd")
     project.mkdir()
     shutil.copy(REPO / "compose" / "docker-compose.yml", project / "docker-compose.yml")
@@ -283,16 +341,23 @@ def test_systemd_restart_loop_starts_a_crashing_agent_at_most_once_per_window(
     env = _env(dirs["state"])
 
     def run(line: str, status: str | None = None) -> int:
-        proc = subprocess.run(command(line, status), cwd=project, env=env, capture_output=True,
-                              text=True, timeout=120, check=False)  # fmt: skip
+        values = {**env, **environment_file(runtime)}
+        if status is not None:
+            values["EXIT_STATUS"] = status
+        # EnvironmentFile= is read before each command: the gate's id reaches compose too.
+        proc = subprocess.run(command(line, runtime, values), cwd=project, env=values,
+                              capture_output=True, text=True, timeout=120,
+                              check=False)  # fmt: skip
         return proc.returncode
 
     t0 = time.time()
     codes: list[int] = []
     try:
         while time.time() - t0 < 14:
-            # One activation of the unit: ExecStartPre= lines in order, ExecStart=, then
-            # ExecStopPost= with $EXIT_STATUS; then RestartSec= and again (Restart=always).
+            # One activation of the unit: its RuntimeDirectory= afresh, ExecStartPre= lines in
+            # order, ExecStart=, then ExecStopPost= with $EXIT_STATUS and the run id; then
+            # RestartSec= and again (Restart=always).
+            runtime_directory(runtime)
             pre = [run(line) for line in svc["ExecStartPre"]]
             assert pre == [0] * len(pre)
             code = run(svc["ExecStart"][0])
