@@ -1,15 +1,17 @@
 """The shipped compose/docker-compose.yml, run by real docker-compose 1.29 and Compose v2.
 
-The file is used as shipped, with only what a node sets anyway: variables (images, directories,
-the agent's container name) and a second compose file that moves the fixed host mounts
-(/sys/fs/bpf, /run/xtables.lock, ...) into the test's directory, merged by target as compose
-merges volumes. The agent is the busybox stand-in, the supervisor image is built from
-compose/Dockerfile; the gate's configuration (a 3 s window) is the mounted config.toml.
+The file is used as shipped, copied into a node's project directory, with only what a node sets
+anyway: variables (images, directories, the agent's container name) and a second compose file
+beside it that moves the fixed host mounts (/sys/fs/bpf, /run/xtables.lock, ...) into the
+test's directory, merged by target as compose merges volumes. The agent is the busybox
+stand-in, the supervisor image is built from compose/Dockerfile; the gate's configuration (a 3 s
+window) is the mounted config.toml, which also names the agent's container for the host.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 import shutil
 import subprocess
 import time
@@ -36,6 +38,9 @@ node_name = "as-test-node"
 base = "3s"
 per_node = "0s"
 min = "1s"
+
+[docker]
+container = "{container}"
 """
 #: The shipped file's fixed host paths, each moved under the test's directory.
 HOST_MOUNTS = {
@@ -110,26 +115,37 @@ class Project:
     def state_dir(self) -> Path:
         return self.root / "state"
 
-    def argv(self, *args: str) -> list[str]:
-        return [*self.cmd, "-p", self.name, "-f", str(SHIPPED), "-f", str(self.override), *args]
+    @property
+    def directory(self) -> Path:
+        """The node's project directory: the shipped file and the test's override."""
+        return self.override.parent
 
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    @property
+    def config(self) -> Path:
+        """The one config.toml the containers mount and the host's commands read."""
+        return self.root / "etc" / "config.toml"
+
+    def argv(self, *args: str) -> list[str]:
+        files = ["-f", str(self.directory / "docker-compose.yml"), "-f", str(self.override)]
+        return [*self.cmd, "-p", self.name, *files, *args]
+
+    def run(self, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             self.argv(*args),
             capture_output=True,
             text=True,
-            env=self.env,
+            env={**self.env, **env},
             timeout=timeout,
             check=False,
         )
 
-    def popen(self, *args: str) -> subprocess.Popen[str]:
+    def popen(self, *args: str, **env: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             self.argv(*args),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=self.env,
+            env={**self.env, **env},
         )
 
     def service(self, client: Any, service: str) -> Any | None:
@@ -141,6 +157,10 @@ class Project:
 
     def cli(self, *args: str) -> Any:
         return run_cli(*args, "--state-dir", str(self.state_dir), "--cluster-size", "1")
+
+    def host(self, *args: str) -> Any:
+        """The host's agent-supervisor, as an operator runs it: the one config.toml."""
+        return run_cli(*args, "--config", str(self.config), "--state-dir", str(self.state_dir))
 
 
 @pytest.fixture(params=implementations())
@@ -157,11 +177,14 @@ def project(
     standin = dockerutil.standin_image(docker_client)
     supervisor = dockerutil.supervisor_image(docker_client)
     root = tmp_path
+    name = dockerutil.unique("compose")
+    container = f"{name}-agent"
     dirs = {}
-    for d in ("state", "etc", "config-map", "pki", "etcd-config", "etcd-secrets"):
+    for d in ("state", "etc", "config-map", "pki", "etcd-config", "etcd-secrets", "node"):
         dirs[d] = root / d
         dirs[d].mkdir(mode=0o700)
-    (dirs["etc"] / "config.toml").write_text(CONFIG_TOML)
+    (dirs["etc"] / "config.toml").write_text(CONFIG_TOML.format(container=container))
+    shutil.copyfile(SHIPPED, dirs["node"] / "docker-compose.yml")
     host = root / "host"
     lines = ["services:"]
     for service, targets in HOST_MOUNTS.items():
@@ -178,10 +201,8 @@ def project(
             else:
                 source.mkdir(parents=True, exist_ok=True)
             lines.append(f"      - {source}:{target}")
-    override = root / "test-override.yml"
+    override = dirs["node"] / "test-override.yml"
     override.write_text("\n".join(lines) + "\n")
-    name = dockerutil.unique("compose")
-    container = f"{name}-agent"
     env = clean_env(
         AGENT_SUPERVISOR_IMAGE=supervisor,
         CILIUM_IMAGE=standin,
@@ -218,8 +239,10 @@ def _running(c: Any) -> bool:
 def test_up_waits_for_the_gate_and_starts_the_agent_when_it_allows(
     project: Project, docker_client: Any
 ) -> None:
-    """While the gate refuses (a hold), `up` starts nothing; once released, the agent starts,
-    after the gate has exited 0 and recorded the start, and the supervisor starts after it."""
+    """While the gate refuses (a hold), `up` starts nothing but the supervisor, which runs
+    before the agent; once released, the agent starts once, after its start was recorded (by
+    the gate service, or by the supervisor, which waited for the same slot), and `up` exits
+    0."""
     held = project.cli("hold", "--reason", "test: keep it down")
     assert held.code == 0, held.stderr
     t0 = time.time()
@@ -230,7 +253,16 @@ def test_up_waits_for_the_gate_and_starts_the_agent_when_it_allows(
             timeout=60,
             what="the gate container to be waiting",
         )
-        # The gate waits; for a while, neither the agent nor the supervisor is started.
+        supervisor = dockerutil.wait_for(
+            lambda: (
+                (s := project.service(docker_client, "supervisor")) is not None
+                and _running(s)
+                and s
+            ),
+            timeout=30,
+            what="the supervisor service, started before the agent",
+        )
+        # The gate waits; for a while, the agent is not started.
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             agent = project.service(docker_client, AGENT)
@@ -251,22 +283,15 @@ def test_up_waits_for_the_gate_and_starts_the_agent_when_it_allows(
     gate.reload()
     assert gate.attrs["State"]["ExitCode"] == 0
     t_end = time.time()
-    gate_died = [e.time for e in dockerutil.events(docker_client, t0, t_end, gate.name)
-                 if e.action == "die"]  # fmt: skip
     agent_started = dockerutil.starts(docker_client, t0, t_end, project.container)
     assert len(agent_started) == 1
-    assert t_release <= gate_died[-1] <= agent_started[0]
+    assert t_release <= agent_started[0]
     runs = project.runs()
     assert len(runs) == 1
     assert runs[0].via == "gate"
     assert t_release <= runs[0].started_at <= agent_started[0]
-    supervisor = dockerutil.wait_for(
-        lambda: (
-            (s := project.service(docker_client, "supervisor")) is not None and _running(s) and s
-        ),
-        timeout=30,
-        what="the supervisor service",
-    )
+    supervisor.reload()
+    assert _running(supervisor)
     assert supervisor.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
     assert agent.attrs["HostConfig"]["RestartPolicy"]["Name"] == "no"
 
@@ -359,6 +384,14 @@ def test_shipped_file_keeps_the_agent_restart_policy_no() -> None:
     agent = doc["services"]["cilium-agent"]
     assert agent["restart"] == "no"
     assert agent["depends_on"]["gate"] == {"condition": "service_completed_successfully"}
+    # The supervisor starts before the agent and stops after it, and waits for no gate.
+    assert agent["depends_on"]["supervisor"] == {"condition": "service_started"}
+    assert "depends_on" not in doc["services"]["supervisor"]
+    # The gate reads the project's files, and gets the variables the agent's definition uses.
+    gate = doc["services"]["gate"]
+    assert ".:/run/agent-supervisor/compose:ro" in gate["volumes"]
+    used = set(re.findall(r"\$\{([A-Z_]+)", yaml.safe_dump(agent)))
+    assert used <= set(gate["environment"]), used - set(gate["environment"])
     assert agent["entrypoint"] == "cilium-agent --config-dir=/tmp/cilium/config-map"
     assert agent["network_mode"] == "host"
     assert agent["privileged"] is True

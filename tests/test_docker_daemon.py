@@ -17,26 +17,36 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import certgen
 import dockerutil
 import pytest
 import structlog
 from conftest import clean_env, run_cli
+from histories import ended, started
 
 from supervisor.base.errors import ConfigError
-from supervisor.containers.daemon import Daemon, Target
+from supervisor.containers.daemon import (
+    ContainerEvent,
+    Daemon,
+    Target,
+    docker_timestamp,
+    signal_name,
+)
 from supervisor.core.container import (
     ContainerInfo,
+    Reconciled,
     check_supervisable,
     parse_docker_time,
     reconcile,
 )
-from supervisor.core.policy import multiplier, next_grid_slot
-from supervisor.core.state import AgentState, iso
+from supervisor.core.events import Approved, Bound, apply_all
+from supervisor.core.policy import backoff_level, multiplier, next_grid_slot
+from supervisor.core.state import AgentState, Run, iso
 from supervisor.gate.service import Gate, docker_inspector_for
 from supervisor.storage.config import Config, load_config
 from supervisor.storage.store import StateStore
@@ -50,6 +60,7 @@ WINDOW = [
 ]  # fmt: skip
 W = 3.0
 T0 = 1_780_000_000.0
+EXPIRY_METRIC = 'agent_supervisor_certificate_expiry_seconds{agent="cilium-agent"}'
 
 
 def small_cfg(state_dir: Path, **extra: object) -> Config:
@@ -148,37 +159,49 @@ def test_auto_remove_container_is_refused() -> None:
         check_supervisable(ContainerInfo.from_attrs(attrs))
 
 
+def _reconciled(
+    state: AgentState, info: ContainerInfo | None, now: float, grace: float = 120.0
+) -> tuple[AgentState, Reconciled]:
+    """reconcile, and the state after its events."""
+    rec = reconcile(state, info, now, grace)
+    return apply_all(state, rec.events), rec
+
+
 def test_reconcile_records_how_an_open_run_ended() -> None:
     """An exited container ends the open run with Docker's FinishedAt and ExitCode."""
-    state = AgentState(AGENT).record_start(T0)
+    state = started(AgentState(AGENT), T0)
     info = ContainerInfo.from_attrs(
         _attrs(StartedAt=docker_time(T0 + 0.2), FinishedAt=docker_time(T0 + 700), ExitCode=3)
     )
-    new, outcome = reconcile(state, info, T0 + 800)
-    assert outcome == "exited"
+    new, rec = _reconciled(state, info, T0 + 800)
+    assert (rec.outcome, rec.view) == ("exited", "stopped")
     run = new.runs[-1]
     assert run.ended_at == pytest.approx(T0 + 700, abs=1e-3)
     assert run.exit_code == 3
     assert run.end_source == "docker"
+    assert run.container == "abc123"
 
 
-def test_reconcile_leaves_a_running_run_alone() -> None:
-    """A running container and an open run: nothing to record."""
-    state = AgentState(AGENT).record_start(T0)
+def test_reconcile_binds_a_running_run_and_records_nothing_else() -> None:
+    """A running container and an open run: the run is bound to it, nothing else changes."""
+    state = started(AgentState(AGENT), T0)
     info = ContainerInfo.from_attrs(
         _attrs(Running=True, Status="running", StartedAt=docker_time(T0 + 0.1))
     )
-    assert reconcile(state, info, T0 + 5000) == (state, "running")
+    new, rec = _reconciled(state, info, T0 + 5000)
+    assert (rec.outcome, rec.view) == ("running", "running")
+    assert new.runs == (replace(state.runs[0], container="abc123"),)
+    assert reconcile(new, info, T0 + 6000).events == ()
 
 
 def test_reconcile_records_a_start_outside_the_gate() -> None:
     """A running container with no open run was started outside the gate: it counts."""
-    state = AgentState(AGENT).record_start(T0).record_exit(T0 + 5, 1)
+    state = ended(started(AgentState(AGENT), T0), T0 + 5, 1)
     info = ContainerInfo.from_attrs(
         _attrs(Running=True, Status="running", StartedAt=docker_time(T0 + 60))
     )
-    new, outcome = reconcile(state, info, T0 + 61)
-    assert outcome == "outside"
+    new, rec = _reconciled(state, info, T0 + 61)
+    assert rec.outcome == "outside"
     assert new.runs[-1].started_at == pytest.approx(T0 + 60, abs=1e-3)
     assert new.runs[-1].via == "docker" and not new.runs[-1].operator
     assert new.runs[-1].reason == "started outside the gate"
@@ -186,39 +209,100 @@ def test_reconcile_records_a_start_outside_the_gate() -> None:
 
 def test_reconcile_withdraws_an_approval_no_start_followed() -> None:
     """An approval that Docker never followed stands for the grace, then is withdrawn."""
-    state = AgentState(AGENT).record_start(T0).record_exit(T0 + 50, 0).record_start(T0 + 100)
+    state = started(ended(started(AgentState(AGENT), T0), T0 + 50, 0), T0 + 100)
     info = ContainerInfo.from_attrs(
         _attrs(StartedAt=docker_time(T0), FinishedAt=docker_time(T0 + 50), ExitCode=0)
     )
-    assert reconcile(state, info, T0 + 100 + 120) == (state, "pending")
-    new, outcome = reconcile(state, info, T0 + 100 + 121, 120)
-    assert outcome == "withdrawn" and new.runs == state.runs[:1]
+    within = reconcile(state, info, T0 + 100 + 120)
+    assert (within.events, within.view) == ((), "pending")
+    new, rec = _reconciled(state, info, T0 + 100 + 121, 120)
+    assert rec.outcome == "withdrawn" and new.runs == state.runs[:1]
 
 
 def test_reconcile_matches_a_start_within_the_grace_to_its_approval() -> None:
     """Compose starts the container seconds after the gate's approval: one run, not two."""
-    state = AgentState(AGENT).record_start(T0)
+    state = started(AgentState(AGENT), T0)
     info = ContainerInfo.from_attrs(
         _attrs(Running=True, Status="running", StartedAt=docker_time(T0 + 90))
     )
-    assert reconcile(state, info, T0 + 1000, 120) == (state, "running")
+    new, rec = _reconciled(state, info, T0 + 1000, 120)
+    assert rec.outcome == "running" and len(new.runs) == 1 and new.runs[0].via == "gate"
     late = ContainerInfo.from_attrs(
         _attrs(Running=True, Status="running", StartedAt=docker_time(T0 + 300))
     )
-    new, outcome = reconcile(state, late, T0 + 1000, 120)
-    assert outcome == "outside"
-    (run,) = new.runs
-    assert run.via == "docker" and run.started_at == pytest.approx(T0 + 300)
+    new, rec = _reconciled(state, late, T0 + 1000, 120)
+    # Docker's only start came after the grace: the approval was not followed (withdrawn),
+    # and the start counts as one that no gate approved.
+    assert rec.outcome == "outside"
+    assert [r.via for r in new.runs] == ["docker"]
+    assert new.runs[0].started_at == pytest.approx(T0 + 300)
+
+
+def test_reconcile_a_restart_within_a_second_of_the_crash_is_one_start() -> None:
+    """The daemon restarts a crashed agent half a second after its exit: Docker's FinishedAt
+    (the crash) lies just before the approval, and is the previous run's end, not a second
+    start of the approved one (regression: it was read as one, within the 1 s slack)."""
+    state = ended(started(AgentState(AGENT), T0), T0 + 20, 1, "docker")
+    state = started(state, T0 + 20.5)
+    info = ContainerInfo.from_attrs(
+        _attrs(
+            Running=True,
+            Status="running",
+            StartedAt=docker_time(T0 + 20.6),
+            FinishedAt=docker_time(T0 + 20),
+        )
+    )
+    new, rec = _reconciled(state, info, T0 + 30)
+    assert (rec.outcome, rec.view) == ("running", "running")
+    assert [(r.via, r.ended_at) for r in new.runs] == [("gate", T0 + 20), ("gate", None)]
+
+
+def test_docker_event_parsing_reads_exit_code_signal_and_time() -> None:
+    """A die carries its exit code and nanosecond time; a kill its signal, by number or name."""
+    die = ContainerEvent.parse(
+        {
+            "Action": "die",
+            "id": "abc",
+            "Actor": {"ID": "abc", "Attributes": {"exitCode": "137", "name": "agent"}},
+            "timeNano": 1_780_000_000_123_456_789,
+        }
+    )
+    assert (die.action, die.container, die.exit_code) == ("die", "abc", 137)
+    assert die.at == pytest.approx(1_780_000_000.123456789)
+    kill = ContainerEvent.parse({"status": "kill", "id": "abc", "time": 5, "Actor": {}})
+    assert (kill.action, kill.at, kill.signal, kill.exit_code) == ("kill", 5.0, None, None)
+    assert [signal_name(s) for s in ("15", "TERM", "SIGKILL", "28", "", None)] == [
+        "SIGTERM",
+        "SIGTERM",
+        "SIGKILL",
+        "SIGWINCH",
+        None,
+        None,
+    ]
+
+
+def test_docker_timestamp_is_seconds_dot_nanoseconds() -> None:
+    """Docker reads the part after the dot of since/until as nanoseconds: nine digits."""
+    assert docker_timestamp(1_780_000_000.5) == "1780000000.500000000"
+    assert docker_timestamp(1_780_000_000.000001) == "1780000000.000001000"
+    assert docker_timestamp(2.0) == "2.000000000"
 
 
 # --- the daemon's loop against a fake Docker on a fake clock -------------------------------------
 
+#: The fake container's id.
+CID = "abc123"
+
 
 class FakeStream:
-    """A blocking event stream fed by the fake world."""
+    """A blocking event stream fed by the fake world (or a finite one: a replay)."""
 
-    def __init__(self) -> None:
+    def __init__(self, items: list[dict[str, Any]] | None = None) -> None:
         self.q: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        if items is not None:
+            for item in items:
+                self.q.put(item)
+            self.q.put(None)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while (item := self.q.get()) is not None:
@@ -228,14 +312,33 @@ class FakeStream:
         self.q.put(None)
 
 
+def fake_event(action: str, at: float, **attrs: str) -> dict[str, Any]:
+    """A container event as the SDK decodes it."""
+    return {
+        "Type": "container",
+        "Action": action,
+        "id": CID,
+        "Actor": {"ID": CID, "Attributes": {"name": "agent", **attrs}},
+        "timeNano": round(at * 1e9),
+    }
+
+
 @dataclass
 class FakeWorld:
-    """One container that, once started, runs ``run_seconds`` and exits ``exit_code``."""
+    """One container that, once started, runs ``run_seconds`` and exits ``exit_code``.
+
+    ``kill_at``: someone sends ``kills`` (signal numbers) then, if ``kill_exit`` is set, the
+    container dies with it. ``compose_start_at``: someone else starts the container.
+    ``remove_on_die``: the container is removed right after its die (compose down).
+    ``stop_before_die``: the daemon's SIGTERM comes before the die event reaches it.
+    Every event goes to :attr:`log`, which a connection's replay reads back.
+    """
 
     now: float = T0
     run_seconds: float = 1.0
     exit_code: int = 1
     restart_policy: str = "no"
+    stop_signal: str | None = None
     exists: bool = True
     running: bool = False
     started_at: float | None = None
@@ -243,9 +346,17 @@ class FakeWorld:
     last_code: int = 0
     connect_failures: int = 0
     stop_after_starts: int | None = None
+    stop_delay: float = 0.5
     stop_at: float | None = None
     kill_at: float | None = None
+    kills: tuple[str, ...] = ("15",)
+    kill_exit: int | None = 143
+    compose_start_at: float | None = None
+    remove_on_die: bool = False
+    stop_before_die: bool = False
     starts: list[float] = field(default_factory=list)
+    daemon_starts: list[float] = field(default_factory=list)
+    log: list[dict[str, Any]] = field(default_factory=list)
     stream: FakeStream | None = None
     daemon: Daemon | None = None
     die_at: float | None = None
@@ -269,9 +380,20 @@ class FakeWorld:
 
         class API:
             def start(self, cid: str) -> None:
+                if not world.exists:
+                    raise docker.errors.NotFound(f"No such container: {cid}")
+                world.daemon_starts.append(world.now)
                 world.start()
 
-        def events(decode: bool, filters: dict[str, Any]) -> FakeStream:
+        def events(
+            decode: bool,
+            filters: dict[str, Any],
+            since: str | None = None,
+            until: str | None = None,
+        ) -> FakeStream:
+            if until is not None:
+                lo, hi = float(since or 0), float(until)
+                return FakeStream([e for e in world.log if lo <= e["timeNano"] / 1e9 <= hi])
             world.stream = FakeStream()
             return world.stream
 
@@ -290,7 +412,19 @@ class FakeWorld:
             else "0001-01-01T00:00:00Z",
         )
         doc["HostConfig"]["RestartPolicy"]["Name"] = self.restart_policy
+        doc["Config"] = {"StopSignal": self.stop_signal} if self.stop_signal else {}
         return doc
+
+    def emit(self, action: str, **attrs: str) -> None:
+        """The engine emits an event: logged, and delivered to the daemon's inbox."""
+        event = fake_event(action, self.now, **attrs)
+        self.log.append(event)
+        if self.stream is None or self.daemon is None:
+            return
+        inbox = self.daemon.inbox
+        before = inbox.qsize()
+        self.stream.q.put(event)
+        dockerutil.wait_for(lambda: inbox.qsize() > before, 5, "the event", interval=0.001)
 
     def start(self) -> None:
         self.running = True
@@ -298,11 +432,11 @@ class FakeWorld:
         self.starts.append(self.now)
         self.die_at = self.now + self.run_seconds
         if self.stop_after_starts is not None and len(self.starts) >= self.stop_after_starts:
-            self.stop_at = self.now + 0.5
+            self.stop_at = self.now + self.stop_delay
+        self.emit("start")
 
-    def push(self, action: str) -> Any:
-        assert self.stream is not None and self.daemon is not None
-        self.stream.q.put({"Action": action, "id": "abc123"})
+    def _next_in_inbox(self) -> Any:
+        assert self.daemon is not None
         return self.daemon.inbox.get(timeout=5)
 
     def receive(self, timeout: float | None) -> Any:
@@ -312,7 +446,8 @@ class FakeWorld:
             return self.daemon.inbox.get_nowait()
         except queue.Empty:
             pass
-        due = [t for t in (self.die_at, self.stop_at, self.kill_at) if t is not None]
+        moments = (self.die_at, self.stop_at, self.kill_at, self.compose_start_at)
+        due = [t for t in moments if t is not None]
         if not due or (timeout is not None and self.now + timeout < min(due)):
             assert timeout is not None, "the daemon would block forever"
             self.now += timeout
@@ -321,18 +456,29 @@ class FakeWorld:
         if self.now == self.stop_at:
             self.stop_at = None
             self.daemon.request_stop("SIGTERM")
-            return self.daemon.inbox.get(timeout=5)
-        if self.now == self.kill_at:
-            # docker stop: a kill event, then the die it causes (exit 143 on SIGTERM).
+        elif self.now == self.compose_start_at:
+            self.compose_start_at = None
+            self.start()
+        elif self.now == self.kill_at:
+            # docker stop / docker kill: the kill events, then (if they stop it) the die.
             self.kill_at = None
-            self.die_at = self.now
-            self.exit_code = 143
-            return self.push("kill")
-        self.die_at = None
-        self.running = False
-        self.finished_at = self.now
-        self.last_code = self.exit_code
-        return self.push("die")
+            for sig in self.kills:
+                self.emit("kill", signal=sig)
+            if self.kill_exit is not None:
+                self.die_at = self.now
+                self.exit_code = self.kill_exit
+        else:
+            self.die_at = None
+            self.running = False
+            self.finished_at = self.now
+            self.last_code = self.exit_code
+            if self.stop_before_die:
+                self.daemon.request_stop("SIGTERM")
+            self.emit("die", exitCode=str(self.last_code))
+            if self.remove_on_die:
+                self.exists = False
+                self.emit("destroy")
+        return self._next_in_inbox()
 
 
 def fake_daemon(world: FakeWorld, cfg: Config) -> Daemon:
@@ -350,17 +496,28 @@ def fake_daemon(world: FakeWorld, cfg: Config) -> Daemon:
     return daemon
 
 
+def runs_of(daemon: Daemon) -> tuple[Run, ...]:
+    """The runs the daemon's state holds."""
+    return StateStore(daemon.cfg.state_dir).read(AGENT).state.runs
+
+
+def first_slot(daemon: Daemon, asked: float = T0) -> float:
+    """Where a first start asked for at ``asked`` goes: the node's admission slot (J = W)."""
+    return next_grid_slot(asked, daemon.policy.admission_period, daemon.policy.offset)
+
+
 def test_fake_crash_loop_starts_exactly_on_the_backoff_schedule(tmp_path: Path) -> None:
-    """Each restart happens at next_grid_slot(last + W*m, W, slot), m doubling to the cap."""
+    """The first start is at the node's admission slot; each restart at
+    next_grid_slot(last + W*m, W, slot), m doubling to the cap."""
     cfg = small_cfg(tmp_path / "state")
     world = FakeWorld(stop_after_starts=6)
     daemon = fake_daemon(world, cfg)
     assert daemon.run() == 0
-    runs = StateStore(cfg.state_dir).read(AGENT).state.runs
+    runs = runs_of(daemon)
     recorded = [r.started_at for r in runs]
     # The state file keeps microseconds: what it recorded is what the engine was asked to do.
     assert world.starts == pytest.approx(recorded, abs=1e-6)
-    assert world.starts[0] == T0
+    assert world.starts[0] == pytest.approx(first_slot(daemon), abs=1e-6)
     policy = daemon.policy
     for k in range(1, 6):
         m = multiplier(k, policy.max_multiplier)
@@ -370,6 +527,7 @@ def test_fake_crash_loop_starts_exactly_on_the_backoff_schedule(tmp_path: Path) 
     assert all(b - a >= W for a, b in itertools.pairwise(world.starts))
     assert [r.exit_code for r in runs[:-1]] == [1] * 5
     assert {r.end_source for r in runs[:-1]} == {"docker"}
+    assert {r.container for r in runs} == {CID}
     assert [r.duration(0) for r in runs[:-1]] == pytest.approx([1.0] * 5, abs=1e-3)
 
 
@@ -391,33 +549,174 @@ def test_fake_reconnects_with_a_bounded_doubling_backoff(tmp_path: Path) -> None
     waits = [e["retry_in"] for e in logs if e["event"] == "daemon.docker_unavailable"]
     assert waits == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
     assert [e["event"] for e in logs].count("daemon.reconnected") == 1
-    assert world.starts == [pytest.approx(T0 + sum(waits))]
+    assert world.starts == [pytest.approx(first_slot(daemon, T0 + sum(waits)))]
 
 
-def test_fake_operator_stop_is_not_undone(tmp_path: Path) -> None:
-    """A die that follows a kill (docker stop) is recorded but not followed by a restart."""
-    world = FakeWorld(run_seconds=1000.0, exit_code=0)
-    world.kill_at = T0 + 100
-    world.stop_at = T0 + 5000
+def test_fake_operator_stop_is_recorded_as_such_and_not_undone(tmp_path: Path) -> None:
+    """A die that follows a kill with SIGTERM (docker stop) is recorded as stopped on purpose,
+    with who stopped it, and the daemon does not start the container again."""
+    world = FakeWorld(run_seconds=1000.0, exit_code=0, kill_at=T0 + 100, stop_at=T0 + 5000)
     daemon = fake_daemon(world, small_cfg(tmp_path / "state"))
     with structlog.testing.capture_logs() as logs:
         assert daemon.run() == 0
-    assert world.starts == [T0]
+    assert world.starts == [pytest.approx(first_slot(daemon))]
     assert "daemon.stopped_by_operator" in [e["event"] for e in logs]
-    run = StateStore(daemon.cfg.state_dir).read(AGENT).state.runs[-1]
-    assert run.exit_code == 143
+    (run,) = runs_of(daemon)
+    assert (run.exit_code, run.stop, run.end_source) == (
+        143,
+        "docker stop/kill (SIGTERM)",
+        "docker",
+    )
     assert run.ended_at == pytest.approx(T0 + 100)
+    assert run.stopped_on_purpose
+
+
+def test_fake_docker_stop_that_had_to_kill_is_neutral(tmp_path: Path) -> None:
+    """`docker stop` of an agent that ignores TERM ends in SIGKILL (137): still a stop on
+    purpose, so the backoff level stays 0 and nothing restarts it."""
+    world = FakeWorld(
+        run_seconds=1000.0, kill_at=T0 + 100, kills=("15", "9"), kill_exit=137, stop_at=T0 + 500
+    )
+    daemon = fake_daemon(world, small_cfg(tmp_path / "state"))
+    assert daemon.run() == 0
+    (run,) = runs_of(daemon)
+    assert (run.exit_code, run.stop) == (137, "docker stop/kill (SIGTERM)")
+    assert backoff_level(AgentState(AGENT, runs=(run,)), 600.0) == 0
+    assert len(world.starts) == 1
+
+
+def test_fake_the_containers_own_stop_signal_is_a_stop(tmp_path: Path) -> None:
+    """A kill with the container's configured StopSignal (SIGUSR1 here) is a stop on purpose."""
+    world = FakeWorld(
+        run_seconds=1000.0,
+        stop_signal="SIGUSR1",
+        kill_at=T0 + 100,
+        kills=("10",),
+        kill_exit=138,
+        stop_at=T0 + 500,
+    )
+    daemon = fake_daemon(world, small_cfg(tmp_path / "state"))
+    assert daemon.run() == 0
+    (run,) = runs_of(daemon)
+    assert (run.exit_code, run.stop) == (138, "docker stop/kill (SIGUSR1)")
+    assert len(world.starts) == 1
+
+
+def test_fake_a_signal_that_stops_nothing_then_a_crash_is_restarted(tmp_path: Path) -> None:
+    """`docker kill -s WINCH` is not a stop: when the agent crashes (exit 1) 15 s later, the
+    crash is recorded as a failure and the daemon restarts it through the gate."""
+    world = FakeWorld(
+        run_seconds=20.0, exit_code=1, kill_at=T0 + 5, kills=("28",), kill_exit=None,
+        stop_after_starts=2,
+    )  # fmt: skip
+    daemon = fake_daemon(world, small_cfg(tmp_path / "state"))
+    with structlog.testing.capture_logs() as logs:
+        assert daemon.run() == 0
+    assert "daemon.stopped_by_operator" not in [e["event"] for e in logs]
+    first, second = runs_of(daemon)
+    assert (first.exit_code, first.stop, first.stopped_on_purpose) == (1, None, False)
+    assert second.via == "gate"
+    # The run lasted longer than W, so its window slot had passed: the restart waits for the
+    # node's admission slot after the crash (invariant 2), as any caller would be told.
+    slot = next_grid_slot(
+        first.ended_at or 0.0, daemon.policy.admission_period, daemon.policy.offset
+    )
+    assert world.starts[1] == pytest.approx(slot, abs=1e-6)
+
+
+def test_fake_end_is_recorded_from_the_die_when_the_container_is_gone(tmp_path: Path) -> None:
+    """A container removed right after its die (compose down) still has its end recorded,
+    from the die event's exit code and time, for the run that ran in it."""
+    world = FakeWorld(run_seconds=1000.0, kill_at=T0 + 50, remove_on_die=True, stop_at=T0 + 300)
+    daemon = fake_daemon(world, small_cfg(tmp_path / "state"))
+    with structlog.testing.capture_logs() as logs:
+        assert daemon.run() == 0
+    (run,) = runs_of(daemon)
+    assert (run.exit_code, run.stop, run.end_source) == (
+        143,
+        "docker stop/kill (SIGTERM)",
+        "docker",
+    )
+    assert run.ended_at == pytest.approx(T0 + 50)
+    assert "daemon.container_missing" in [e["event"] for e in logs]
+
+
+def test_fake_a_crash_of_a_removed_container_is_recorded_as_a_crash(tmp_path: Path) -> None:
+    """An exit 1 whose container is gone at once is recorded from the die: a failure."""
+    world = FakeWorld(run_seconds=5.0, exit_code=1, remove_on_die=True, stop_at=T0 + 300)
+    daemon = fake_daemon(world, small_cfg(tmp_path / "state"))
+    assert daemon.run() == 0
+    (run,) = runs_of(daemon)
+    assert (run.exit_code, run.stop) == (1, None)
+    assert run.ended_at == pytest.approx(world.starts[0] + 5.0)
+
+
+def test_fake_sigterm_first_records_the_events_already_received(tmp_path: Path) -> None:
+    """SIGTERM arrives before the die of `compose down` is handled: the daemon records the
+    stop first (a short drain), then exits, starting nothing."""
+    world = FakeWorld(run_seconds=1000.0, kill_at=T0 + 50, stop_before_die=True)
+    daemon = fake_daemon(world, small_cfg(tmp_path / "state"))
+    with structlog.testing.capture_logs() as logs:
+        assert daemon.run() == 0
+    (run,) = runs_of(daemon)
+    assert (run.exit_code, run.stop) == (143, "docker stop/kill (SIGTERM)")
+    assert len(world.starts) == 1
+    assert [e["event"] for e in logs][-2:] == ["run.exited", "daemon.stopped"]
+
+
+def test_fake_events_missed_while_no_daemon_ran_are_replayed(tmp_path: Path) -> None:
+    """A daemon started after `docker stop` ended a run (the supervisor was being recreated)
+    learns it from the engine's events: the run ends as stopped on purpose, and the stopped
+    container is not started again."""
+    state_dir = tmp_path / "state"
+    cfg = small_cfg(state_dir)
+    store = StateStore(state_dir)
+    began = T0 - 100
+    with store.transaction(AGENT) as tx:
+        s = apply_all(AgentState(AGENT), (Approved(began, "r1"), Bound("r1", CID)))
+        tx.write(s, began)
+    world = FakeWorld(running=False, started_at=began + 0.2, stop_at=T0 + 200)
+    world.log = [
+        fake_event("start", began + 0.2),
+        fake_event("kill", T0 - 50, signal="15"),
+        fake_event("die", T0 - 49.9, exitCode="143"),
+    ]
+    world.finished_at, world.last_code = T0 - 49.9, 143
+    daemon = fake_daemon(world, cfg)
+    with structlog.testing.capture_logs() as logs:
+        assert daemon.run() == 0
+    (run,) = runs_of(daemon)
+    assert (run.exit_code, run.stop) == (143, "docker stop/kill (SIGTERM)")
+    assert run.ended_at == pytest.approx(T0 - 49.9)
+    assert world.starts == []
+    assert "daemon.stopped_by_operator" in [e["event"] for e in logs]
+
+
+def test_fake_a_start_approved_by_the_gate_service_is_left_to_compose(tmp_path: Path) -> None:
+    """The gate service approved a start that compose is about to make: the daemon waits for
+    it (no second start, no busy loop), and binds the run to it when it comes."""
+    state_dir = tmp_path / "state"
+    cfg = small_cfg(state_dir)
+    with StateStore(state_dir).transaction(AGENT) as tx:
+        tx.write(apply_all(AgentState(AGENT), (Approved(T0 - 1, "r1"),)), T0 - 1)
+    world = FakeWorld(run_seconds=1000.0, compose_start_at=T0 + 2, stop_at=T0 + 10)
+    daemon = fake_daemon(world, cfg)
+    with structlog.testing.capture_logs() as logs:
+        assert daemon.run() == 0
+    assert world.starts == [T0 + 2] and world.daemon_starts == []
+    assert [e["event"] for e in logs].count("gate.pending") == 1
+    (run,) = runs_of(daemon)
+    assert (run.id, run.container, run.ended_at) == ("r1", CID, None)
 
 
 def test_fake_stop_during_a_wait_records_no_start(tmp_path: Path) -> None:
     """SIGTERM while the gate waits: the daemon returns 0 and no start is recorded."""
-    world = FakeWorld()
-    world.stop_at = T0 + 2.5  # after the first run ended, before the next slot
+    world = FakeWorld(stop_after_starts=1, stop_delay=1.5)  # the run ended, the slot ahead
     daemon = fake_daemon(world, small_cfg(tmp_path / "state"))
     with structlog.testing.capture_logs() as logs:
         assert daemon.run() == 0
-    assert world.starts == [T0]
-    assert len(StateStore(daemon.cfg.state_dir).read(AGENT).state.runs) == 1
+    assert len(world.starts) == 1
+    assert len(runs_of(daemon)) == 1
     events = [e["event"] for e in logs]
     assert events[-2:] == ["gate.refused", "daemon.stopped"]
     assert logs[-2]["waiting"] is True
@@ -432,6 +731,47 @@ def test_fake_missing_container_is_waited_for(tmp_path: Path) -> None:
         assert daemon.run() == 0
     assert [e["event"] for e in logs].count("daemon.container_missing") == 1
     assert world.starts == []
+
+
+def _identity_cfg(tmp_path: Path, cn: str) -> Config:
+    """The daemon's configuration with an [identity] whose certificate names ``cn``, and a
+    metrics file."""
+    issued = certgen.issue("cryptography", tmp_path / "pki", now=T0, cn=cn)
+    return small_cfg(
+        tmp_path / "state",
+        **{
+            "identity.cert": str(issued.cert),
+            "identity.key": str(issued.key),
+            "identity.ca": str(issued.ca),
+            "metrics_file": str(tmp_path / "metrics.prom"),
+        },
+    )
+
+
+def test_fake_the_certificate_is_published_in_daemon_mode(tmp_path: Path) -> None:
+    """The daemon's starts go through the Gate's identity check, whose report is published:
+    the certificate_expiry_seconds metric is there, about 90 days."""
+    cfg = _identity_cfg(tmp_path, f"system:cilium-agent:{NODE}")
+    world = FakeWorld(run_seconds=1000.0, stop_after_starts=1)
+    daemon = fake_daemon(world, cfg)
+    assert daemon.run() == 0
+    assert len(world.starts) == 1
+    metrics = (tmp_path / "metrics.prom").read_text()
+    (line,) = [ln for ln in metrics.splitlines() if ln.startswith(EXPIRY_METRIC)]
+    assert float(line.split()[-1]) == pytest.approx(90 * 86400 - (world.starts[0] - T0), abs=60)
+
+
+def test_fake_an_identity_refusal_is_checked_again_every_minute(tmp_path: Path) -> None:
+    """A certificate for another node: no start, and the daemon asks again each minute (here
+    at +0, +60, +120 s), publishing the certificate's metric each time."""
+    cfg = _identity_cfg(tmp_path, "system:cilium-agent:another-node")
+    world = FakeWorld(stop_at=T0 + 150)
+    daemon = fake_daemon(world, cfg)
+    with structlog.testing.capture_logs() as logs:
+        assert daemon.run() == 0
+    assert world.starts == []
+    assert [e["event"] for e in logs].count("daemon.identity_refused") == 3
+    assert EXPIRY_METRIC in (tmp_path / "metrics.prom").read_text()
 
 
 # --- the gate's view of Docker --------------------------------------------------------------------
@@ -456,7 +796,7 @@ def test_gate_fills_in_the_end_from_docker(tmp_path: Path) -> None:
     )
     gate = _gate(tmp_path, lambda: info)
     with gate.store.transaction(AGENT) as tx:
-        tx.write(tx.state.record_start(T0), T0)
+        tx.write(started(tx.state, T0), T0)
     result = gate.decide(record=False)
     assert result.state is not None
     run = result.state.runs[-1]
@@ -465,8 +805,9 @@ def test_gate_fills_in_the_end_from_docker(tmp_path: Path) -> None:
     assert gate.store.read(AGENT).state == result.state  # kept
 
 
-def test_docker_unavailable_never_fails_the_gate(tmp_path: Path) -> None:
-    """Docker unreachable: logged, and the gate decides on the state as it is."""
+def test_docker_not_answering_is_unknown_never_a_start(tmp_path: Path) -> None:
+    """Docker unreachable: logged, and the gate refuses (no start recorded), saying Docker did
+    not answer and when it asks again."""
 
     def broken() -> ContainerInfo:
         raise ConnectionError("Docker is not running")
@@ -474,22 +815,25 @@ def test_docker_unavailable_never_fails_the_gate(tmp_path: Path) -> None:
     gate = _gate(tmp_path, broken)
     with structlog.testing.capture_logs() as logs:
         result = gate.decide()
-    assert result.decision.allowed and result.recorded
-    assert logs[0]["event"] == "docker.unavailable"
-    assert "Docker is not running" in logs[0]["error"]
+    d = result.decision
+    assert not d.allowed and not result.recorded
+    assert d.event == "gate.docker_unknown"
+    assert "Docker did not answer (Docker is not running)" in d.reason
+    assert [e["event"] for e in logs] == ["docker.unavailable", "gate.docker_unknown"]
+    assert gate.store.read(AGENT).state.runs == ()
 
 
 def test_gate_with_docker_host_unreachable_answers_quickly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the real SDK and no engine at DOCKER_HOST, the gate answers at once."""
+    """With the real SDK and no engine at DOCKER_HOST, the gate answers at once: not now."""
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such.sock")
     gate = Gate(small_cfg(tmp_path / "state", **{"docker.container": "agent"}), AGENT)
     began = time.monotonic()
     with structlog.testing.capture_logs() as logs:
-        assert gate.decide().decision.allowed
+        assert not gate.decide().decision.allowed
     assert time.monotonic() - began < 5
-    assert [e["event"] for e in logs] == ["docker.unavailable", "gate.allowed"]
+    assert [e["event"] for e in logs] == ["docker.unavailable", "gate.docker_unknown"]
 
 
 def test_importing_the_deploy_modules_does_not_import_docker_or_yaml() -> None:
@@ -831,7 +1175,7 @@ def test_gate_reads_the_real_container(docker_client: Any, tmp_path: Path) -> No
     name = dockerutil.unique("hook")
     gate = Gate(small_cfg(tmp_path / "state", **{"docker.container": name}), AGENT)
     with gate.store.transaction(AGENT) as tx:
-        tx.write(tx.state.record_start(time.time() - 0.5), time.time())
+        tx.write(started(tx.state, time.time() - 0.5), time.time())
     c = _create(docker_client, image, name, STANDIN_RUN_SECONDS="0.3", STANDIN_EXIT_CODE="4")
     try:
         c.start()

@@ -23,7 +23,8 @@ from typing import Any
 
 import dockerutil
 import pytest
-from conftest import Result, clean_env, run_cli
+from conftest import QUICK_ADMISSION, Result, clean_env, run_cli
+from histories import ended, started
 
 # The shipped compose file's project (both compose implementations, the supervisor image built
 # once and cached), as test_compose.py runs it: pytest finds the fixture by its name here.
@@ -192,6 +193,10 @@ def test_rerun_compose_up_on_a_running_agent_starts_and_records_nothing(
         assert "allowed: already running" in said, said
         answers = [(e[0], e[2], e[3]) for e in gate_events(said)]
         assert answers == [("gate.already_running", False, None)], said
+        # It compared the running agent with what `up` would create, and found it the same.
+        assert not {"docker.recreate_unknown", "docker.recreate_expected"} & set(
+            event_names(said)
+        ), said
         agent.reload()
         assert agent.attrs["State"]["Running"]
         assert (agent.id, agent.attrs["State"]["StartedAt"]) == same
@@ -219,7 +224,7 @@ def test_docker_start_outside_the_gate_is_a_run_and_the_gate_says_already_runnin
     state_file = StateStore(state).state_path(AGENT)
 
     # The gated first start, as compose runs it: the gate approves, then Docker starts.
-    first = cli(c.name, state, "gate", "--json", *LONG_WINDOW)
+    first = cli(c.name, state, "gate", "--wait", "--json", *LONG_WINDOW, *QUICK_ADMISSION)
     assert first.code == 0, first.stderr
     c.start()
     assert c.wait(timeout=30)["StatusCode"] == 1
@@ -271,24 +276,27 @@ def test_docker_start_outside_the_gate_is_a_run_and_the_gate_says_already_runnin
 def test_an_approval_no_start_followed_is_withdrawn_after_the_grace(
     agents: Agents, tmp_path: Path
 ) -> None:
-    """An approval Docker never followed holds the window for docker.grace, then is withdrawn
-    (logged, gone from `status`) and the gate allows a start again."""
+    """An approval Docker never followed stands for docker.grace (a second gate within it
+    starts nothing more: the start is on its way), then is withdrawn (logged, gone from
+    `status`) and the gate approves a start again."""
     c = agents.create("withdrawn")
     state = tmp_path / "state"
-    opts = [*LONG_WINDOW, "--set", f"docker.grace={GRACE:g}s"]
+    opts = [*LONG_WINDOW, *QUICK_ADMISSION, "--set", f"docker.grace={GRACE:g}s"]
 
-    first = cli(c.name, state, "gate", "--json", *opts)
+    first = cli(c.name, state, "gate", "--wait", "--json", *opts)
     assert first.code == 0, first.stderr
     approved_at = parse_iso(json.loads(first.stdout)["decided_at"], "decided_at")
     assert [r.via for r in StateStore(state).read(AGENT).state.runs] == ["gate"]
     # Nobody starts the container (an interrupted `up`, a start that failed).
 
     second = cli(c.name, state, "gate", "--json", *opts)
-    refused = json.loads(second.stdout)
-    asked_at = parse_iso(refused["decided_at"], "decided_at")
+    pending = json.loads(second.stdout)
+    asked_at = parse_iso(pending["decided_at"], "decided_at")
     assert asked_at - approved_at < GRACE, "the second gate came too late to test the grace"
-    assert second.code == 75, second.stdout + second.stderr
-    assert not refused["allowed"]
+    assert second.code == 0, second.stdout + second.stderr
+    assert pending["allowed"] and pending["run_id"] is None
+    assert "on its way" in pending["reason"]
+    assert [(e[0], e[2]) for e in gate_events(second.stderr)] == [("gate.pending", False)]
     assert "docker.approval_withdrawn" not in event_names(second.stderr)
     assert len(StateStore(state).read(AGENT).state.runs) == 1
 
@@ -299,7 +307,7 @@ def test_an_approval_no_start_followed_is_withdrawn_after_the_grace(
     assert status.code == 0, status.stderr
     doc = json.loads(status.stdout)
     assert doc["runs"] == []
-    assert (doc["allowed"], doc["backoff_level"]) == (True, 0)
+    assert doc["backoff_level"] == 0
     withdrawn = [e for e in log_events(status.stderr) if e["event"] == "docker.approval_withdrawn"]
     assert len(withdrawn) == 1, status.stderr
     assert withdrawn[0]["container"] == c.name
@@ -307,10 +315,10 @@ def test_an_approval_no_start_followed_is_withdrawn_after_the_grace(
         approved_at, abs=1e-3
     )
 
-    again = cli(c.name, state, "gate", "--json", *opts)
+    again = cli(c.name, state, "gate", "--wait", "--json", *opts)
     assert again.code == 0, again.stdout + again.stderr
     assert json.loads(again.stdout)["allowed"]
-    assert gate_events(again.stderr) == [("gate.allowed", 0, True, None)]
+    assert gate_events(again.stderr)[-1] == ("gate.allowed", 0, True, None)
     assert [r.via for r in StateStore(state).read(AGENT).state.runs] == ["gate"]
 
 
@@ -324,7 +332,7 @@ def test_gate_wait_and_the_daemon_emit_the_same_gate_events(agents: Agents, tmp_
     then the allowed, recorded start."""
     prepared = tmp_path / "prepared"
     now = time.time()
-    failed = AgentState(AGENT).record_start(now - 0.5).record_exit(now - 0.2, 1)
+    failed = ended(started(AgentState(AGENT), now - 0.5), now - 0.2, 1)
     with StateStore(prepared).transaction(AGENT, now) as tx:
         tx.write(failed, now)
     cli_state, daemon_state = tmp_path / "cli-state", tmp_path / "daemon-state"
@@ -375,3 +383,119 @@ def test_gate_wait_and_the_daemon_emit_the_same_gate_events(agents: Agents, tmp_
     for state in (cli_state, daemon_state):
         assert [r.via for r in StateStore(state).read(AGENT).state.runs] == ["gate", "gate"]
     assert started_at(cli_agent) is None  # the CLI gate only answers; it starts nothing
+
+
+# --- 5. two real starts within docker.grace, nothing reconciling in between ----------------------
+
+
+@pytest.mark.docker
+def test_two_starts_within_the_grace_both_count(agents: Agents, tmp_path: Path) -> None:
+    """An approved start, a crash 2 s later, a `docker start` by hand 5 s after that, and no
+    gate or status in between: Docker's FinishedAt still holds the crash while the container
+    runs again, so the history gets both, the approved run ended there and the ungated start
+    after it."""
+    config_dir = tmp_path / "config-map"
+    config_dir.mkdir()
+    (config_dir / "standin-run-seconds").write_text("2\n")
+    (config_dir / "standin-exit-code").write_text("1\n")
+    c = agents.create("twice", config_dir)
+    state = tmp_path / "state"
+
+    approved = cli(c.name, state, "gate", "--wait", "--json", *LONG_WINDOW, *QUICK_ADMISSION)
+    assert approved.code == 0, approved.stderr
+    c.start()
+    assert c.wait(timeout=30)["StatusCode"] == 1
+    c.reload()
+    crashed_at = parse_docker_time(c.attrs["State"]["FinishedAt"])
+    assert crashed_at is not None
+    for f in config_dir.iterdir():
+        f.unlink()  # the next run lasts until stopped
+    time.sleep(5)
+    c.start()
+    c.reload()
+    st = c.attrs["State"]
+    # The engine keeps the earlier exit's time while the container runs again.
+    assert st["Running"]
+    assert parse_docker_time(st["FinishedAt"]) == crashed_at
+    second_start = parse_docker_time(st["StartedAt"])
+    assert second_start is not None and second_start > crashed_at
+
+    status = cli(c.name, state, "status", "--json", *LONG_WINDOW)
+    assert status.code == 0, status.stderr
+    doc = json.loads(status.stdout)
+    first, second = doc["runs"]
+    assert first["id"] == json.loads(approved.stdout)["run_id"]
+    assert (first["via"], first["end_source"]) == ("gate", "docker")
+    assert parse_iso(first["ended_at"], "ended_at") == pytest.approx(crashed_at, abs=1e-3)
+    assert second["via"] == "docker" and second["ended_at"] is None
+    assert parse_iso(second["started_at"], "started_at") == pytest.approx(second_start, abs=1e-3)
+    assert (doc["running"], doc["reason"]) == (True, "already running")
+    assert "docker.started_outside_gate" in event_names(status.stderr)
+
+
+# --- 6. Docker not answering is "unknown", never a start -----------------------------------------
+
+
+@pytest.fixture
+def hanging_docker(tmp_path: Path) -> Iterator[str]:
+    """A unix socket that accepts connections and never answers: a hung Docker engine."""
+    import socket
+    import threading
+
+    path = tmp_path / "hanging.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)  # read nothing, answer nothing
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"unix://{path}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+@pytest.mark.parametrize("docker", ["hanging", "down"])
+def test_the_gate_never_starts_what_docker_cannot_confirm(
+    docker: str, hanging_docker: str, tmp_path: Path
+) -> None:
+    """The compose gate asked about an agent recorded as running for 2 h, with Docker hanging
+    (a socket that never answers) or down (no socket): exit 75, a reason naming Docker, and no
+    start recorded."""
+    state = tmp_path / "state"
+    now = time.time()
+    with StateStore(state).transaction(AGENT, now) as tx:
+        tx.write(started(AgentState(AGENT), now - 7200), now)
+    before = StateStore(state).read(AGENT).state.runs
+    host = hanging_docker if docker == "hanging" else f"unix://{tmp_path}/no-such.sock"
+    r = run_cli(
+        "gate",
+        "--json",
+        *LONG_WINDOW,
+        "--state-dir",
+        str(state),
+        env=clean_env(AGENT_SUPERVISOR_DOCKER_CONTAINER="cilium-agent", DOCKER_HOST=host),
+    )
+    assert r.code == 75, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    assert not doc["allowed"] and doc["run_id"] is None
+    assert doc["reason"].startswith("Docker did not answer ("), doc["reason"]
+    assert "gate.docker_unknown" in event_names(r.stderr)
+    assert StateStore(state).read(AGENT).state.runs == before

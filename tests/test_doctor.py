@@ -105,10 +105,15 @@ def reference(tmp_path: Path) -> Path:
 
 
 def host_cfg(tmp_path: Path, **overrides: object) -> Config:
-    """The host's configuration as doctor sees it (defaults unless told)."""
+    """The host's configuration as doctor sees it: defaults, and the agent's container
+    (docker.container, which the shipped layout's gate gets from its environment), unless
+    told otherwise (None: not set)."""
     empty = tmp_path / "host-config.toml"
     empty.touch()
-    return load_config(empty, env={}, overrides=overrides)
+    settings: dict[str, object] = {"docker.container": "cilium-agent", **overrides}
+    return load_config(
+        empty, env={}, overrides={k: v for k, v in settings.items() if v is not None}
+    )
 
 
 def checks(problems: list[Any]) -> list[str]:
@@ -149,8 +154,11 @@ def test_reference_layout_as_json(reference: Path) -> None:
 
 
 def test_shipped_compose_file_is_clean() -> None:
-    """The shipped compose/docker-compose.yml (with its .env) has no problem: exit 0."""
-    code, out, errors = doctor_cli("--compose-file", str(SHIPPED))
+    """The shipped compose/docker-compose.yml (with its .env), on a host whose config names
+    the agent's container, has no problem: exit 0."""
+    code, out, errors = doctor_cli(
+        "--compose-file", str(SHIPPED), "--set", "docker.container=cilium-agent"
+    )
     assert (code, errors) == (0, [])
     assert out.strip().endswith("no problems found")
 
@@ -207,6 +215,14 @@ def _map_volume(service: str, target: str, fn: Callable[[str], str]) -> Edit:
     return edit
 
 
+def _drop_env(service: str, name: str) -> Edit:
+    def edit(doc: dict[str, Any]) -> None:
+        env = doc["services"][service]["environment"]
+        doc["services"][service]["environment"] = [e for e in env if e.split("=")[0] != name]
+
+    return edit
+
+
 def _both(*edits: Edit) -> Edit:
     def edit(doc: dict[str, Any]) -> None:
         for e in edits:
@@ -254,6 +270,23 @@ CASES: list[tuple[str, Edit, str, str]] = [
      _map_volume("supervisor", "/var/lib/agent-supervisor",
                  lambda v: "/srv/other-state:/var/lib/agent-supervisor"),
      "state-dir", "neither sees the other's starts"),
+    ("agent-not-after-supervisor", _drop("cilium-agent.depends_on.supervisor"),
+     "supervisor-order", "the deliberate stop of cilium-agent is never recorded"),
+    ("supervisor-after-agent",
+     _both(_drop("cilium-agent.depends_on.supervisor"),
+           _set("supervisor.depends_on", {"cilium-agent": {"condition": "service_started"}})),
+     "supervisor-order", "supervisor depends on cilium-agent: compose stops supervisor first"),
+    ("supervisor-waits-for-gate",
+     _set("supervisor.depends_on", {"gate": {"condition": "service_completed_successfully"}}),
+     "supervisor-order", "when the gate is interrupted"),
+    ("gate-without-project", _drop_volume("gate", "/run/agent-supervisor/compose:ro"),
+     "gate-project-files", "cannot read the project's compose files"),
+    ("gate-with-another-project",
+     _map_volume("gate", "/run/agent-supervisor/compose:ro",
+                 lambda v: "/srv/elsewhere:/run/agent-supervisor/compose:ro"),
+     "gate-project-files", "mounts /srv/elsewhere at /run/agent-supervisor/compose"),
+    ("gate-without-variables", _drop_env("gate", "CILIUM_IMAGE"), "gate-variables",
+     "uses CILIUM_IMAGE, which gate does not get"),
 ]  # fmt: skip
 
 
@@ -323,6 +356,16 @@ def test_gate_must_see_the_certificate_it_checks(tmp_path: Path) -> None:
     problems = diagnose(compose, cfg=cfg)
     assert checks(problems) == ["gate-credentials"]
     assert "/etc/kubernetes/pki/agent.crt" in problems[0].problem
+
+
+def test_the_agents_container_must_be_in_the_hosts_config(tmp_path: Path) -> None:
+    """docker.container only in the gate's environment: the host's status cannot ask Docker
+    (and calls a healthy agent failed); the fix is the one config.toml."""
+    compose = load_compose(_write(tmp_path, _shipped_doc()), env={})
+    problems = diagnose(compose, cfg=host_cfg(tmp_path, **{"docker.container": None}))
+    assert checks(problems) == ["docker-container"]
+    assert "set only in gate's environment" in problems[0].problem
+    assert '[docker] container = "cilium-agent"' in problems[0].fix
 
 
 def test_host_state_dir_must_be_the_gates(tmp_path: Path) -> None:

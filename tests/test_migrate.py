@@ -17,6 +17,7 @@ import hashlib
 import json
 import subprocess
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,24 +132,30 @@ def test_the_migrated_deployment_keeps_everything_of_the_original(node: Layout, 
         "cilium-init": None,
         "cilium-install-cni": None,
         "gate": {"condition": "service_completed_successfully"},
+        "supervisor": {"condition": "service_started"},
     }
     assert agent_after == agent_before
     assert agent_after["image"] == NODE_IMAGE
     gate = after.services["gate"]
     assert gate["command"] == ["gate", "--wait", "--agent", "cilium-agent"]
-    assert gate["environment"] == {"AGENT_SUPERVISOR_DOCKER_CONTAINER": "cilium-agent"}
+    # The gate reads the files where the project directory is mounted, and COMPOSE_FILE from
+    # `up`'s shell (the reference uses no variables); docker.container is in config.toml.
+    assert gate["environment"] == ["COMPOSE_FILE", "COMPOSE_PATH_SEPARATOR"]
     assert gate["volumes"] == [
         f"{host.state}:/var/lib/agent-supervisor",
         f"{host.config.parent}:/etc/agent-supervisor:ro",
         "/var/run/docker.sock:/var/run/docker.sock",
+        f"{node.root}:/run/agent-supervisor/compose:ro",
     ]
-    assert after.services["supervisor"]["command"] == [
+    supervisor_svc = after.services["supervisor"]
+    assert supervisor_svc["command"] == [
         "run",
         "--agent",
         "cilium-agent",
         "--container",
         "cilium-agent",
     ]
+    assert "depends_on" not in supervisor_svc
 
 
 def test_running_migrate_again_changes_nothing(node: Layout, host: Host) -> None:
@@ -164,7 +171,9 @@ def test_running_migrate_again_changes_nothing(node: Layout, host: Host) -> None
     assert (override.stat().st_ino, override.stat().st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
     assert host.config.read_text() == config
     assert second.stdout.replace(f"up to date: {override}", "") == first.stdout.replace(
-        f"added cluster_size = 1 to {host.config}\nwrote {override}", ""
+        f"added cluster_size = 1 to {host.config}\n"
+        f"added docker.container = cilium-agent to {host.config}\nwrote {override}",
+        "",
     )
 
 
@@ -207,7 +216,7 @@ def test_cluster_size_is_written_where_the_host_and_the_containers_read_it(
     assert migrate_cli(node, host, "--cluster-size", "7").code == 0
     text = host.config.read_text()
     assert text.startswith("cluster_size = 7")
-    assert text.endswith(CONFIG_TOML)
+    assert CONFIG_TOML in text
     status = run_cli("status", "--json", *host.args())
     assert status.code == 0, status.stderr
     assert json.loads(status.stdout)["cluster_size"] == 7
@@ -215,6 +224,48 @@ def test_cluster_size_is_written_where_the_host_and_the_containers_read_it(
     assert r.code == 78
     assert len(r.stderr_lines) == 1
     assert "cluster_size = 7, but --cluster-size says 8" in r.stderr_lines[0]
+
+
+def test_the_agents_container_is_written_where_the_host_reads_it(node: Layout, host: Host) -> None:
+    """migrate writes docker.container (the agent's container) into config.toml, in a new
+    [docker] table at the end or under the one the file has (every other line kept), so the
+    host's `status` asks Docker about the same container as the gate; another container name
+    there is refused, not overwritten."""
+    assert migrate_cli(node, host, "--cluster-size", "1").code == 0
+    text = host.config.read_text()
+    assert text.endswith('\n[docker]\ncontainer = "cilium-agent"  # written by agent-supervisor '
+                         "migrate\n")  # fmt: skip
+    assert tomllib.loads(text)["docker"] == {"container": "cilium-agent"}
+    status = run_cli("status", "--json", *host.args())
+    assert status.code == 0, status.stderr
+    assert json.loads(status.stdout)["docker"] is not None  # Docker was asked
+
+    host.config.write_text('cluster_size = 1\n[docker]\ngrace = "90s"\n[window]\nbase = "3s"\n')
+    (node.root / MIGRATE_OVERRIDE).unlink()
+    assert migrate_cli(node, host).code == 0
+    doc = tomllib.loads(host.config.read_text())
+    assert doc["docker"] == {"grace": "90s", "container": "cilium-agent"}
+    assert doc["window"] == {"base": "3s"}
+
+    host.config.write_text('cluster_size = 1\n[docker]\ncontainer = "other"\n')
+    r = migrate_cli(node, host)
+    assert r.code == 78
+    assert "docker.container = 'other', but the agent's container" in r.stderr_lines[0]
+
+
+def test_the_gate_gets_every_variable_the_agents_definition_uses(node: Layout, host: Host) -> None:
+    """An agent whose image and mounts come from variables: the gate service passes each one
+    through, so that it reads the agent's definition as this `up` does."""
+    text = node.compose_file.read_text().replace(
+        f"image: {NODE_IMAGE}\n    container_name: cilium-agent",
+        "image: ${CILIUM_IMAGE:-quay.io/cilium/cilium:v1.16.5}\n    container_name: cilium-agent",
+    )
+    text = text.replace("./mount/config-map:", "${CILIUM_CONFIG_DIR:-./mount/config-map}:")
+    node.compose_file.write_text(text)
+    assert migrate_cli(node, host, "--cluster-size", "1").code == 0
+    override = yaml.safe_load((node.root / MIGRATE_OVERRIDE).read_text())
+    env = override["services"]["gate"]["environment"]
+    assert env == ["COMPOSE_FILE", "COMPOSE_PATH_SEPARATOR", "CILIUM_CONFIG_DIR", "CILIUM_IMAGE"]
 
 
 def test_a_missing_config_file_is_created_with_the_cluster_size(
@@ -349,7 +400,9 @@ def test_doctor_is_clean_on_the_migrated_deployment(node: Layout, host: Host) ->
 def test_doctor_finds_what_replacing_the_file_left_behind(node: Layout, host: Host) -> None:
     """The old README's migration (the shipped file, only the options copied): doctor names
     the etcd configuration the agent would crash-loop on and the kubeconfig it cannot see."""
-    host.config.write_text("cluster_size = 1\n" + CONFIG_TOML)
+    host.config.write_text(
+        "cluster_size = 1\n" + CONFIG_TOML + '\n[docker]\ncontainer = "cilium-agent"\n'
+    )
     (node.root / "replaced").mkdir()
     replaced = node.root / "replaced" / "docker-compose.yml"
     replaced.write_text(SHIPPED.read_text())
@@ -468,7 +521,7 @@ def test_migrated_reference_layout_starts_the_agent_through_the_gate(
     node = referencelayout.build(tmp_path / project, ref_image, f"{project}-")
     r = migrate_cli(node, host, "--cluster-size", "1", "--image", supervisor_image)
     assert r.code == 0, r.stderr
-    sandbox = tmp_path / "sandbox.yml"
+    sandbox = node.root / "sandbox.yml"  # in the project directory: the gate reads it too
     with running(docker_client, cmd, node, sandbox) as compose:
         t0 = time.time()
         up = compose("-f", "docker-compose.yaml", "-f", MIGRATE_OVERRIDE, "-f", str(sandbox),
@@ -487,14 +540,14 @@ def _check_started_through_the_gate(
     gate = service_container(client, project, "gate")
     assert gate is not None
     assert gate.attrs["State"]["ExitCode"] == 0
-    assert f"AGENT_SUPERVISOR_DOCKER_CONTAINER={agent.name}" in gate.attrs["Config"]["Env"]
     t_end = time.time()
     gate_died = [
         e.time for e in dockerutil.events(client, t0, t_end, gate.name) if e.action == "die"
     ]
     agent_started = dockerutil.starts(client, t0, t_end, agent.name)
     assert len(gate_died) == 1 and len(agent_started) == 1
-    assert gate_died[0] <= agent_started[0]
+    # One approval (the gate service's, or the supervisor's: both wait for the same slot),
+    # recorded before the one start.
     runs = StateStore(host.state).read("cilium-agent").state.runs
     assert len(runs) == 1
     assert runs[0].via == "gate"
@@ -544,12 +597,14 @@ def _check_the_supervisor_and_the_host(client: Any, project: str, node: Layout, 
     assert supervisor_c.attrs["Config"]["Cmd"] == [
         "run", "--agent", "cilium-agent", "--container", agent,
     ]  # fmt: skip
-    # The host's operators: no --cluster-size, no .env, nothing in the environment.
+    # The host's operators: no --cluster-size, no .env, nothing in the environment; config.toml
+    # names the agent's container, so `status` sees it running, at level 0.
     status = run_cli("status", "--json", *host.args())
     assert status.code == 0, status.stderr
     doc = json.loads(status.stdout)
     assert doc["cluster_size"] == 1
     assert len(doc["runs"]) == 1
+    assert (doc["running"], doc["backoff_level"]) == (True, 0)
 
 
 @pytest.mark.docker
@@ -565,10 +620,10 @@ def test_migrating_a_running_node_keeps_it_running_and_gated(
     supervisor_image = dockerutil.supervisor_image(docker_client)
     project = dockerutil.unique("ref")
     node = referencelayout.build(tmp_path / project, ref_image, f"{project}-")
-    sandbox = ["-f", str(tmp_path / "sandbox.yml")]
+    sandbox = ["-f", str(node.root / "sandbox.yml")]
     original = ["-f", "docker-compose.yaml"]
     migrated = [*original, "-f", MIGRATE_OVERRIDE]
-    with running(docker_client, cmd, node, tmp_path / "sandbox.yml") as compose:
+    with running(docker_client, cmd, node, node.root / "sandbox.yml") as compose:
         up = compose(*original, *sandbox, "up", "-d")
         assert up.returncode == 0, up.stdout + up.stderr
         old = docker_client.containers.get(node.container("cilium-agent"))
@@ -590,3 +645,62 @@ def test_migrating_a_running_node_keeps_it_running_and_gated(
         assert len(started) == 1
         assert runs[0].started_at <= started[0]
         assert runs[0].via == "gate"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.parametrize("cmd", implementations())
+def test_an_upgrade_of_the_migrated_node_starts_only_through_the_gate(
+    cmd: list[str], docker_client: Any, ref_image: str, tmp_path: Path, host: Host
+) -> None:
+    """The node's compose file gets a new image tag (config management's upgrade), then
+    `up -d`: the migrated gate service reads the project's files, so the new agent starts
+    only with the gate's approval (none recorded as started outside the gate), the old run is
+    recorded as stopped on purpose or as replaced, and a re-run `up -d` starts nothing."""
+    require_compose(cmd)
+    supervisor_image = dockerutil.supervisor_image(docker_client)
+    project = dockerutil.unique("ref")
+    node = referencelayout.build(tmp_path / project, ref_image, f"{project}-")
+    assert migrate_cli(node, host, "--cluster-size", "1", "--image", supervisor_image).code == 0
+    repo, _, old_tag = ref_image.rpartition(":")
+    new_image = f"{repo}:{old_tag}-2"
+    docker_client.images.get(ref_image).tag(repo, f"{old_tag}-2")
+    files = ["-f", "docker-compose.yaml", "-f", MIGRATE_OVERRIDE, "-f", "sandbox.yml"]
+    agent_name = node.container("cilium-agent")
+
+    def runs() -> Any:
+        return StateStore(host.state).read("cilium-agent").state.runs
+
+    def bound() -> Any:
+        c = docker_client.containers.get(agent_name)
+        r = runs()
+        return c.attrs["State"]["Running"] and r and r[-1].container == c.id and c
+
+    try:
+        with running(docker_client, cmd, node, node.root / "sandbox.yml") as compose:
+            up = compose(*files, "up", "-d")
+            assert up.returncode == 0, up.stdout + up.stderr
+            old = dockerutil.wait_for(bound, 60, "the agent to run, its run bound")
+            t0 = time.time()
+            text = node.compose_file.read_text()
+            node.compose_file.write_text(text.replace(f"image: {ref_image}", f"image: {new_image}"))
+            up = compose(*files, "up", "-d")
+            assert up.returncode == 0, up.stdout + up.stderr
+            new = dockerutil.wait_for(bound, 60, "the new agent to run, its run bound")
+            assert new.id != old.id and new.attrs["Config"]["Image"] == new_image
+            before, after = dockerutil.wait_for(
+                lambda: (r := runs()) and r[-2].ended_at is not None and r[-2:],
+                30,
+                "the old run's end",
+            )
+            assert [r.via for r in runs()] == ["gate", "gate"]
+            assert before.stopped_on_purpose or after.replaces == before.id, (before, after)
+            started = dockerutil.starts(docker_client, t0, time.time(), agent_name)
+            assert len(started) == 1 and after.started_at <= started[0]
+            again = compose(*files, "up", "-d")
+            assert again.returncode == 0, again.stdout + again.stderr
+            assert dockerutil.wait_for(bound, 60, "the agent").id == new.id
+            assert len(runs()) == 2
+    finally:
+        with contextlib.suppress(Exception):
+            docker_client.images.remove(new_image)

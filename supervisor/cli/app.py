@@ -12,6 +12,7 @@ from typing import Annotated, Any, Final, NoReturn
 import typer
 
 from supervisor.base import errors
+from supervisor.base.catalog import EventId
 from supervisor.base.errors import SupervisorError, UsageError, one_line
 from supervisor.base.log import configure, get_logger
 from supervisor.cli import deploy as cli_deploy
@@ -34,12 +35,13 @@ from supervisor.core.state import (
     OperatorFlag,
     Run,
     ask_document,
+    debug_document,
     flag_document,
     iso,
     iso_seconds,
 )
 from supervisor.gate.operators import authorize, current_operator
-from supervisor.gate.service import Cancelled, Gate, GateResult, OperatorResult
+from supervisor.gate.service import DEFAULT, Cancelled, Gate, GateResult, OperatorResult
 from supervisor.storage.config import Config
 
 app = typer.Typer(
@@ -55,9 +57,13 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from supervisor import __version__
+        from importlib.metadata import PackageNotFoundError, version
 
-        sys.stdout.write(f"agent-supervisor {__version__} (distribution agent-start-gate)\n")
+        try:
+            installed = version("agent-start-gate")
+        except PackageNotFoundError:  # a checkout on the path, not installed
+            installed = "unknown (not installed)"
+        sys.stdout.write(f"agent-supervisor {installed} (distribution agent-start-gate)\n")
         raise typer.Exit(0)
 
 
@@ -147,7 +153,11 @@ def gate(
     if reason is not None and not force:
         raise UsageError("--reason goes with --force (operator actions have their own commands)")
     op = current_operator()
-    service = Gate(cfg, agent, operator=op)
+    # In the compose gate service (the project mounted), the look also says whether this `up`
+    # is about to replace the running agent: an upgrade is a start like any other.
+    from supervisor.containers.recreate import hook_inspector
+
+    service = Gate(cfg, agent, operator=op, inspect=hook_inspector(cfg) or DEFAULT)
     service.policy  # noqa: B018 - cluster_size missing -> 78 before anything else
     if env_file is not None:
         _write_env_file(env_file, None)  # a stale id must never close another run
@@ -161,14 +171,14 @@ def gate(
                 source=cfg.source_of("operators_group"),
             )
         except errors.NotPermitted:
-            get_logger().warning("operator.refused", action="gate --force", user=op.display)
+            get_logger().warning(EventId.OPERATOR_REFUSED, action="gate --force", user=op.display)
             raise
     if wait:
         result = _wait(service, force, reason)
     else:
         result = service.decide(force=force, reason=reason)
     d = result.decision
-    if d.event == "gate.identity_refused":
+    if d.event == EventId.GATE_IDENTITY_REFUSED:
         cert = result.certificate
         if cert is not None:
             from supervisor.node.identity import identity_message
@@ -245,7 +255,9 @@ def _wait(service: Gate, force: bool, reason: str | None) -> GateResult:
             cancelled=lambda: flags["stop"],
         )
     except (_Interrupted, Cancelled) as exc:
-        get_logger().info("gate.wait_interrupted", agent=service.agent, signal=str(exc) or "signal")
+        get_logger().info(
+            EventId.GATE_WAIT_INTERRUPTED, agent=service.agent, signal=str(exc) or "signal"
+        )
         raise typer.Exit(errors.EXIT_NOT_NOW) from None
     finally:
         for s, h in old.items():
@@ -335,11 +347,10 @@ def _status_document(
     if doc["override"] is not None:
         doc["override"]["in_effect"] = doc["hold"] is None
     doc["ask"] = ask_document(state.ask)
+    doc["debug"] = debug_document(state.debug)
     doc["history_lost"] = state.history_lost
     doc["probe"] = (
-        None
-        if result.probe is None
-        else {"answer": result.probe.answer, "why": result.probe.why}
+        None if result.probe is None else {"answer": result.probe.answer, "why": result.probe.why}
     )
     doc["read_only"] = result.read_only
     if result.certificate is not None:
@@ -347,9 +358,7 @@ def _status_document(
     return doc
 
 
-def _status_lines(
-    result: GateResult, state: AgentState, policy: Policy, now: float
-) -> list[str]:
+def _status_lines(result: GateResult, state: AgentState, policy: Policy, now: float) -> list[str]:
     """The human form of ``status``: the decision, the flags, the last runs."""
     d = result.decision
     j = policy.admission_for(d.probe)
@@ -376,6 +385,13 @@ def _status_lines(
             until = iso_seconds(flag.until) if flag.until is not None else "released"
             note = " (no effect while the hold is in force)" if name == "override" and held else ""
             out.append(f"{name:<12} by {flag.user} until {until}: {flag.reason}{note}")
+    if state.debug is not None:
+        dbg = state.debug
+        out.append(
+            f"debug        by {dbg.user} since {iso_seconds(dbg.started_at)} "
+            f"({format_duration(now - dbg.started_at)}): docker exec -it {dbg.container} sh "
+            f"({dbg.reason}); end it with: agent-supervisor debug end"
+        )
     if state.ask is not None:
         out.append(
             f"asked        {iso_seconds(state.ask.at)} ({format_duration(now - state.ask.at)} ago)"
@@ -672,7 +688,7 @@ def main(argv: list[str] | None = None) -> None:
         _app_for(args)(args=args, prog_name="agent-supervisor")
     except SupervisorError as exc:
         msg = one_line(exc)
-        get_logger().debug("cli.error", error=msg, exit_code=exc.exit_code)
+        get_logger().debug(EventId.CLI_ERROR, error=msg, exit_code=exc.exit_code)
         _fail(msg, exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 130)

@@ -226,7 +226,8 @@ def migrate_command(
     Prints a diff of what compose runs before and after, and the commands to run next.
     Running it again changes nothing. Exit 0 done, 78 bad input, 2 usage.
     The cluster size must be in the config file, which the host and the containers read:
-    --cluster-size N writes it there.
+    --cluster-size N writes it there. The agent's container (docker.container) is written
+    there too, so that the host's status sees the agent as the gate does.
     """
     from supervisor.containers import migrate
 
@@ -246,6 +247,7 @@ def migrate_command(
     plan = migrate.plan(compose_file, settings, out)
     warnings = [*plan.notes, *migrate.environment_only(cfg)]
     size = _cluster_size_step(config_file, cluster_size, dry_run, warnings)
+    container = migrate.docker_container_step(config_file, plan.container)
     for w in warnings:
         sys.stderr.write(f"agent-supervisor: warning: {w}\n")
     sys.stdout.write(plan.diff() or "no change to what compose runs\n")
@@ -254,11 +256,16 @@ def migrate_command(
         lines = [f"dry run: {verb} {plan.out}"]
         if size is not None:
             lines.append(f"dry run: would add cluster_size = {size} to {config_file}")
+        if container is not None:
+            lines.append(f"dry run: would add docker.container = {container} to {config_file}")
     else:
         lines = []
         if size is not None:
             migrate.record_cluster_size(config_file, size)
             lines.append(f"added cluster_size = {size} to {config_file}")
+        if container is not None:
+            migrate.record_docker_container(config_file, container)
+            lines.append(f"added docker.container = {container} to {config_file}")
         lines.append(f"wrote {plan.out}" if migrate.write(plan) else f"up to date: {plan.out}")
     sys.stdout.write("\n".join(["", *lines, *plan.commands()]) + "\n")
     sys.stdout.flush()

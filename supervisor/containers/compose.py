@@ -175,11 +175,14 @@ class Compose:
     override: Path | None = None
     #: Every file read, in merge order: ``path``, the default override, then the extra ones.
     files: tuple[Path, ...] = ()
+    #: The project directory as the host knows it, when the files are read from elsewhere (the
+    #: gate service reads them where the project directory is mounted).
+    project_dir: Path | None = None
 
     @property
     def directory(self) -> Path:
         """The project directory: relative paths in the files are relative to it."""
-        return self.path.resolve().parent
+        return self.project_dir if self.project_dir is not None else self.path.resolve().parent
 
 
 def _services(doc: Any, path: Path) -> dict[str, dict[str, Any]]:
@@ -211,11 +214,19 @@ def load_compose(
     path: str | Path,
     env: Mapping[str, str] | None = None,
     extra: Sequence[str | Path] = (),
+    *,
+    default_override: bool = True,
+    project_dir: Path | None = None,
+    only: str | None = None,
 ) -> Compose:
     """Read ``path`` (then ``extra``, merged in order, as ``-f path -f extra...``) as compose
     would; ConfigError (78) naming the file when it cannot.
 
-    With ``extra`` files, as with several ``-f``, compose reads no default override file.
+    With ``extra`` files, as with several ``-f``, compose reads no default override file; nor
+    without ``default_override`` (the files are named, as by ``-f`` or ``COMPOSE_FILE``).
+    ``project_dir``: the project directory as the host knows it, when the files are read from
+    another place (a mount). ``only``: interpolate and keep that one service (a variable the
+    others require need not be set).
     """
     path = Path(path)
     environ = os.environ if env is None else env
@@ -223,7 +234,7 @@ def load_compose(
     merged_env = {**dotenv, **environ}
     doc = _parse_yaml(path)
     services = _services(doc, path)
-    override = None if extra else _default_override(path)
+    override = None if extra or not default_override else _default_override(path)
     files = [path] + ([override] if override is not None else []) + [Path(p) for p in extra]
     for more in files[1:]:
         for name, svc in _services(_parse_yaml(more), more).items():
@@ -231,6 +242,7 @@ def load_compose(
     services = {
         name: _interpolate_tree(svc, merged_env, f"{path}: services.{name}")
         for name, svc in services.items()
+        if only is None or name == only
     }
     raw_name = doc.get("name")
     return Compose(
@@ -243,7 +255,36 @@ def load_compose(
         env=merged_env,
         override=override,
         files=tuple(files),
+        project_dir=project_dir,
     )
+
+
+def variables_used(files: Sequence[Path], service: str) -> list[str]:
+    """The variables (``${VAR}``, ``$VAR``) that ``service``'s definition uses in ``files``,
+    before interpolation, sorted."""
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, str):
+            for m in _VAR.finditer(node):
+                expr = m.group(2) if m.group(2) is not None else m.group(3)
+                parsed = _VAR_EXPR.fullmatch(expr or "")
+                if parsed is not None:
+                    found.add(parsed.group(1))
+                    walk(parsed.group(3) or "")
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+        elif isinstance(node, dict):
+            for v in node.values():
+                walk(v)
+
+    for path in files:
+        doc = _parse_yaml(path)
+        services = doc.get("services") if isinstance(doc, dict) else None
+        if isinstance(services, dict):
+            walk(services.get(service))
+    return sorted(found)
 
 
 def with_override(
@@ -378,7 +419,9 @@ def _as_list(value: Any) -> list[Any]:
     return [value]
 
 
-def _tokens(value: Any) -> list[str]:
+def tokens(value: Any) -> list[str]:
+    """An entrypoint or command as compose passes it: a string split shell-like, a list as
+    it is."""
     if value is None:
         return []
     if isinstance(value, str):
@@ -393,19 +436,19 @@ def _tokens(value: Any) -> list[str]:
 
 def argv(svc: Mapping[str, Any]) -> list[str]:
     """entrypoint + command, as tokens (compose splits strings shell-like)."""
-    return _tokens(svc.get("entrypoint")) + _tokens(svc.get("command"))
+    return tokens(svc.get("entrypoint")) + tokens(svc.get("command"))
 
 
 def supervisor_args(svc: Mapping[str, Any]) -> list[str] | None:
     """The agent-supervisor arguments a service runs, or None if it does not run it."""
-    tokens = argv(svc)
-    for i, tok in enumerate(tokens):
+    words = argv(svc)
+    for i, tok in enumerate(words):
         if PurePosixPath(tok).name == "agent-supervisor":
-            return tokens[i + 1 :]
-        if tok == "-m" and tokens[i + 1 : i + 2] == ["supervisor"]:
-            return tokens[i + 2 :]
+            return words[i + 1 :]
+        if tok == "-m" and words[i + 1 : i + 2] == ["supervisor"]:
+            return words[i + 2 :]
     if "agent-supervisor" in str(svc.get("image", "")) and svc.get("entrypoint") is None:
-        return _tokens(svc.get("command"))
+        return tokens(svc.get("command"))
     return None
 
 
@@ -652,5 +695,7 @@ __all__ = [
     "roles",
     "subcommand",
     "supervisor_args",
+    "tokens",
+    "variables_used",
     "with_override",
 ]

@@ -42,13 +42,16 @@ from supervisor.containers.compose import (
     Role,
     agent_service,
     argv,
+    as_mapping,
     covering,
     depends_condition,
     mounts,
     option,
     restart_policy,
     roles,
+    variables_used,
 )
+from supervisor.containers.recreate import COMPOSE_MOUNT
 from supervisor.storage.config import DEFAULT_CONFIG_PATH, Config
 
 #: Targets that look like the agent's Kubernetes credentials when the kubeconfig path is
@@ -351,6 +354,18 @@ def file_cluster_size(path: Path) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def file_docker_container(path: Path) -> str | None:
+    """``docker.container`` as written in a configuration file itself (None: not there, or
+    the file is unreadable)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    docker = data.get("docker")
+    value = docker.get("container") if isinstance(docker, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
 def _gate_snippet(compose: Compose, service: str) -> str:
     return (
         f"add a gate service running 'agent-supervisor gate --wait' (see compose/"
@@ -438,6 +453,73 @@ def _check_gate(
     for g in good or gates[:1]:
         _check_role_basics(f, g, "gate", cfg)
         _check_gate_credentials(f, g, cfg)
+        _check_gate_project(f, compose, name, g)
+        _check_docker_container(f, g, cfg)
+
+
+def _check_gate_project(f: _Findings, compose: Compose, name: str, g: Role) -> None:
+    """The gate reads the project's files and gets the variables the agent's definition uses:
+    what it needs to see that an `up -d` is about to replace the running agent."""
+    mount = next((m for m in g.mounts if m.target == COMPOSE_MOUNT), None)
+    fix_mount = (
+        f"mount the project directory read-only in {g.name}: - .:{COMPOSE_MOUNT}:ro "
+        f"({_migrate_hint(compose)})"
+    )
+    why = (
+        f"with docker-compose 1.29, an `up -d` with a new image or configuration recreates the "
+        f"running {name} right after the gate said 'already running': an upgrade starts it "
+        "outside the gate, every node at once"
+    )
+    if mount is None:
+        f.problem(
+            "gate-project-files",
+            g.name,
+            f"the gate service {g.name} cannot read the project's compose files (nothing "
+            f"mounted at {COMPOSE_MOUNT}): {why}",
+            fix_mount,
+        )
+        return
+    if mount.kind == "bind" and mount.source != os.path.normpath(compose.directory):
+        f.problem(
+            "gate-project-files",
+            g.name,
+            f"the gate service {g.name} mounts {mount.source} at {COMPOSE_MOUNT}, not the "
+            f"project directory {compose.directory}: {why}",
+            fix_mount,
+        )
+        return
+    passed = set(as_mapping(compose.services[g.name].get("environment")))
+    used = variables_used(compose.files, name)
+    missing = [
+        v for v in used if v not in passed and not v.startswith(("AGENT_SUPERVISOR_", "COMPOSE_"))
+    ]
+    if missing:
+        f.problem(
+            "gate-variables",
+            g.name,
+            f"{name}'s definition uses {', '.join(missing)}, which {g.name} does not get: set "
+            f"in the shell of `up -d` (an upgrade: CILIUM_IMAGE=... up -d), they change what "
+            "compose creates without the gate seeing it",
+            f"pass them through in {g.name}'s environment: " + ", ".join(f"- {v}" for v in missing),
+        )
+        return
+    f.fine.append(f"{g.name} reads the project's files: an upgrade waits for the node's slot")
+
+
+def _check_docker_container(f: _Findings, g: Role, cfg: Config | None) -> None:
+    """docker.container in the one config.toml, not only in the gate's environment."""
+    in_env = g.env.get("AGENT_SUPERVISOR_DOCKER_CONTAINER")
+    if cfg is None or not in_env or cfg.docker_container:
+        return
+    where = cfg.config_file or DEFAULT_CONFIG_PATH
+    f.problem(
+        "docker-container",
+        g.name,
+        f"the agent's container ({in_env}) is set only in {g.name}'s environment "
+        f"(AGENT_SUPERVISOR_DOCKER_CONTAINER): status on this host does not ask Docker, and "
+        "says a healthy running agent failed (level 1)",
+        f'add to {where}: [docker] container = "{in_env}" (migrate writes it)',
+    )
 
 
 def _check_state_mount(f: _Findings, role: Role, verb: str, cfg: Config | None) -> None:
@@ -586,6 +668,46 @@ def _check_supervisor_target(f: _Findings, name: str, svc: Mapping[str, Any], d:
         )
 
 
+def _check_order(
+    f: _Findings,
+    compose: Compose,
+    name: str,
+    svc: Mapping[str, Any],
+    d: Role,
+    gates: Sequence[Role],
+) -> None:
+    """The agent depends on the supervisor, which depends on neither the agent nor a gate."""
+    dsvc = compose.services[d.name]
+    after = depends_condition(dsvc, name) is not None
+    if depends_condition(svc, d.name) is None or after:
+        wrong = (
+            f"{d.name} depends on {name}: compose stops {d.name} first at `down`"
+            if after
+            else f"{name} does not depend on {d.name}: compose stops {d.name} first at `down` "
+            f"(or together with {name})"
+        )
+        f.problem(
+            "supervisor-order",
+            d.name,
+            f"{wrong}, so the deliberate stop of {name} is never recorded and counts as a "
+            "failure; every `down` and `up` raises the backoff level",
+            f"in {name}: depends_on: {{{d.name}: {{condition: service_started}}}}, and no "
+            f"depends_on on {name} in {d.name} (compose then starts {d.name} first and stops "
+            "it last)",
+        )
+    else:
+        f.fine.append(f"{d.name} starts before {name} and stops after it")
+    waits = [g.name for g in gates if depends_condition(dsvc, g.name) is not None]
+    if waits:
+        f.problem(
+            "supervisor-order",
+            d.name,
+            f"{d.name} depends on the gate service {waits[0]}: when the gate is interrupted "
+            f"(killed while it waits), {d.name} never starts and nothing starts {name}",
+            f"remove {waits[0]} from {d.name}'s depends_on",
+        )
+
+
 def _check_shared_state(f: _Findings, d: Role, gates: Sequence[Role]) -> None:
     d_mount = covering(d.mounts, d.state_dir())
     for g in gates:
@@ -639,6 +761,7 @@ def _check_daemon(
     _check_docker_socket(f, d)
     _check_supervisor_restart(f, compose, d)
     _check_supervisor_target(f, name, svc, d)
+    _check_order(f, compose, name, svc, d, gates)
     _check_shared_state(f, d, gates)
 
 
@@ -806,6 +929,7 @@ __all__ = [
     "diagnose",
     "examine",
     "file_cluster_size",
+    "file_docker_container",
     "render",
     "shadowing",
 ]

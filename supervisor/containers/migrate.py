@@ -11,23 +11,30 @@ only what the gate needs:
 
 - the agent's ``restart: "no"`` (Docker's own restarts bypass any hook);
 - in ``compose`` mode (deployment mode 3) the ``gate`` service (``gate --wait``, the host's
-  state and configuration directories, ``AGENT_SUPERVISOR_DOCKER_CONTAINER`` set to the
-  agent's container) with the agent's ``depends_on: service_completed_successfully``, and the
-  ``supervisor`` service (``run --container``) that owns later restarts;
+  state and configuration directories, and the project directory read-only at
+  ``/run/agent-supervisor/compose`` with ``COMPOSE_FILE`` and every variable the agent's
+  definition uses passed through, so that it sees when an ``up -d`` is about to replace the
+  running agent) with the agent's ``depends_on: service_completed_successfully``, and the
+  ``supervisor`` service (``run --container``) that owns later restarts and records every
+  stop: the agent depends on it (``service_started``), so compose starts it first and stops
+  it last, and it waits for no gate;
 - a ``container_name`` for the agent only when it has none (the gate and the supervisor find
   the container by name).
 
-The cluster size comes from one place, the configuration file (default
-``/etc/agent-supervisor/config.toml``), which the host's commands read and the containers
-mount read-only. The plan is a value (:class:`Migration`): its text, its diff and its
-commands are computed without touching anything; :func:`write` writes the file (atomically,
-and only when it changed, so running migrate again changes nothing).
+The cluster size and the agent's container (``docker.container``) come from one place, the
+configuration file (default ``/etc/agent-supervisor/config.toml``), which the host's commands
+read and the containers mount read-only: migrate writes both there. The plan is a value
+(:class:`Migration`): its text, its diff and its commands are computed without touching
+anything; :func:`write` writes the file (atomically, and only when it changed, so running
+migrate again changes nothing).
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import os
+import re
 import shlex
 import stat
 from collections.abc import Mapping
@@ -47,9 +54,11 @@ from supervisor.containers.compose import (
     load_compose,
     restart_policy,
     roles,
+    variables_used,
     with_override,
 )
-from supervisor.containers.doctor import Mode, file_cluster_size
+from supervisor.containers.doctor import Mode, file_cluster_size, file_docker_container
+from supervisor.containers.recreate import COMPOSE_MOUNT
 from supervisor.storage.config import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, Config
 
 #: The supervisor image's tag: the README's build command and compose/.env use the same.
@@ -169,7 +178,11 @@ def _agent_changes(name: str, svc: Mapping[str, Any], settings: Settings) -> dic
     if not svc.get("container_name"):
         changes["container_name"] = name
     if settings.mode == "compose":
-        changes["depends_on"] = {GATE_SERVICE: {"condition": "service_completed_successfully"}}
+        changes["depends_on"] = {
+            GATE_SERVICE: {"condition": "service_completed_successfully"},
+            # Started first and stopped last: it records every stop of the agent, `down`'s too.
+            DAEMON_SERVICE: {"condition": "service_started"},
+        }
     return changes
 
 
@@ -183,53 +196,87 @@ def _supervisor_volumes(settings: Settings) -> list[str]:
     return [*volumes, f"{DOCKER_SOCKET}:{DOCKER_SOCKET}"]
 
 
-def _supervisor_environment(settings: Settings, container: str | None) -> dict[str, str]:
+def _supervisor_environment(settings: Settings) -> dict[str, str]:
+    """Only what config.toml cannot say (where it is). The agent's container is
+    ``docker.container`` there, which the host's commands read too."""
     env: dict[str, str] = {}
     if settings.config_file.name != DEFAULT_CONFIG_PATH.name:
         env["AGENT_SUPERVISOR_CONFIG"] = f"{CONFIG_TARGET}/{settings.config_file.name}"
-    if container is not None:
-        # Where the gate learns how the last run ended, and that the agent already runs.
-        env["AGENT_SUPERVISOR_DOCKER_CONTAINER"] = container
     return env
 
 
-def _gate(settings: Settings, container: str) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Project:
+    """What the gate service needs to see what ``up`` is about to create: the project
+    directory (its files and .env) and the variables the agent's definition uses."""
+
+    directory: Path
+    variables: tuple[str, ...]
+
+
+def _gate(settings: Settings, project: Project) -> dict[str, Any]:
+    env = [f"{k}={v}" for k, v in _supervisor_environment(settings).items()]
+    # Passed through from the shell of `docker compose up` (set there, they reach the gate):
+    # the files it reads when COMPOSE_FILE names them (else the gate takes the ones compose
+    # recorded on the running agent), and the variables the agent's definition uses.
+    env += ["COMPOSE_FILE", "COMPOSE_PATH_SEPARATOR", *project.variables]
     return {
         "image": settings.image,
         "command": ["gate", "--wait", "--agent", settings.agent],
         "network_mode": "host",
         "restart": "no",
-        "environment": _supervisor_environment(settings, container),
-        "volumes": _supervisor_volumes(settings),
+        "environment": env,
+        "volumes": [*_supervisor_volumes(settings), f"{project.directory}:{COMPOSE_MOUNT}:ro"],
     }
 
 
-def _daemon(settings: Settings, service: str, container: str) -> dict[str, Any]:
+def _daemon(settings: Settings, container: str) -> dict[str, Any]:
     svc: dict[str, Any] = {
         "image": settings.image,
         "command": ["run", "--agent", settings.agent, "--container", container],
         "network_mode": "host",
         # The daemon itself may be restarted by Docker: it never starts the agent ungated.
+        # It depends on nothing (the gate least of all): the agent depends on it.
         "restart": "unless-stopped",
         "volumes": _supervisor_volumes(settings),
-        "depends_on": {service: {"condition": "service_started"}},
     }
-    env = _supervisor_environment(settings, None)
+    env = _supervisor_environment(settings)
     if env:
         svc["environment"] = env
     return svc
 
 
 def override_services(
-    name: str, svc: Mapping[str, Any], settings: Settings
+    name: str, svc: Mapping[str, Any], settings: Settings, project: Project
 ) -> dict[str, dict[str, Any]]:
     """The services of the override file for agent service ``name`` of the original."""
     container = str(svc.get("container_name") or name)
     services = {name: _agent_changes(name, svc, settings)}
     if settings.mode == "compose":
-        services[GATE_SERVICE] = _gate(settings, container)
-        services[DAEMON_SERVICE] = _daemon(settings, name, container)
+        services[GATE_SERVICE] = _gate(settings, project)
+        services[DAEMON_SERVICE] = _daemon(settings, container)
     return services
+
+
+def _project(before: Compose, name: str, out: Path) -> tuple[Project, tuple[str, ...]]:
+    """The gate's view of the project, and notes on what it cannot see."""
+    directory = before.directory
+    notes = []
+    for path in (*before.files, out):
+        if directory not in path.resolve().parents:
+            notes.append(
+                f"{path} is outside the project directory {directory}: the gate service cannot "
+                "read it, and cannot tell when `up -d` is about to replace the running agent"
+            )
+    used = variables_used(before.files, name)
+    passed = tuple(v for v in used if not v.startswith(("AGENT_SUPERVISOR_", "COMPOSE_")))
+    skipped = [v for v in used if v.startswith("AGENT_SUPERVISOR_")]
+    if skipped:
+        notes.append(
+            f"{name} uses {', '.join(skipped)}, which the gate service cannot be given (its "
+            "own settings have that prefix): it compares the agent with their defaults"
+        )
+    return Project(directory, passed), tuple(notes)
 
 
 def _header(before: Compose, out: Path, settings: Settings) -> str:
@@ -302,10 +349,12 @@ def plan(
     _check_original(before, name, out)
     existing = _existing(out)
     svc = before.services[name]
-    services = override_services(name, svc, settings)
-    notes: tuple[str, ...] = ()
+    project, notes = _project(before, name, out)
+    services = override_services(name, svc, settings, project)
+    if settings.mode != "compose":
+        notes = ()
     if not svc.get("container_name"):
-        notes = (
+        notes += (
             f"{name} has no container_name: the override names its container {name!r} "
             "(the gate and the supervisor find it by name)",
         )
@@ -409,6 +458,42 @@ def record_cluster_size(path: Path, size: int) -> None:
     _write_file(target, line + old, mode)
 
 
+def docker_container_step(path: Path, container: str) -> str | None:
+    """The ``docker.container`` migrate must write to ``path`` (None: it says so already);
+    ConfigError when the file names another container."""
+    in_file = file_docker_container(path)
+    if in_file is None:
+        return container
+    if in_file != container:
+        raise ConfigError(
+            f"{path}: docker.container = {in_file!r}, but the agent's container in the compose "
+            f"file is {container!r}: change it in {path}, the one place the host and the "
+            "containers read"
+        )
+    return None
+
+
+def record_docker_container(path: Path, container: str) -> None:
+    """Add ``container = "<container>"`` to the ``[docker]`` table of ``path`` (a new table
+    at the end when there is none), every other byte and the file's mode kept."""
+    target = Path(os.path.realpath(path))
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+        old = target.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        mode, old = 0o644, ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StateError(f"{path}: cannot read: {exc}") from None
+    line = f"container = {json.dumps(container)}  # written by agent-supervisor migrate\n"
+    header = re.search(r"^[ \t]*\[[ \t]*docker[ \t]*\][ \t]*(#.*)?$", old, re.MULTILINE)
+    if header is not None:
+        at = header.end() + 1 if header.end() < len(old) else len(old)
+        text = old[:at] + ("" if old[:at].endswith("\n") else "\n") + line + old[at:]
+    else:
+        text = old + ("" if not old or old.endswith("\n") else "\n") + "\n[docker]\n" + line
+    _write_file(target, text, mode)
+
+
 def environment_only(cfg: Config) -> list[str]:
     """Keys set by ``AGENT_SUPERVISOR_*`` variables of this shell: the containers miss them."""
     return sorted(
@@ -432,10 +517,12 @@ __all__ = [
     "Migration",
     "Settings",
     "cluster_size_step",
+    "docker_container_step",
     "environment_only",
     "identity_dirs",
     "plan",
     "record_cluster_size",
+    "record_docker_container",
     "render_config",
     "write",
 ]

@@ -169,8 +169,10 @@ def reconcile(
         return _done(events, _pending(last, now, grace), "withdrawn" if events else None)
     f = info.finished_at
     if last is not None and _covers(last, info.id, d, grace):
-        if info.running and f is not None and last.started_at - SAME_RUN_SLACK <= f < d:
-            # Started, ended at f, started again at d: two starts since the approval.
+        if info.running and f is not None and last.started_at <= f < d:
+            # Started, ended at f, started again at d: two starts since the approval. (No
+            # slack before the approval: the approved run ends after its own start, which
+            # follows the record; an f just before it is the previous run's end.)
             if last.ended_at is None:
                 events.append(Ended(f, None, "docker", last.id))
             return _outside(state, events, info, d)
