@@ -49,6 +49,7 @@ from supervisor.core.state import (
     AgentState,
     Anchor,
     Ask,
+    DebugSession,
     OperatorFlag,
     Run,
     StateFormatError,
@@ -562,6 +563,7 @@ def test_decision_json_is_the_contract() -> None:
 
 
 EMPTY = AgentState(AGENT)
+SESSION = DebugSession("cilium-agent-debug", "cilium:v1", "sleep 10d", "alice", "delve", T0)
 ONE = AgentState(AGENT, runs=(Run("a", T0),), ask=Ask(T0 - 5, T0, "x"))
 
 
@@ -905,6 +907,8 @@ BAD_DOCUMENTS: list[tuple[object, str]] = [
     (state_doc(clock={**CLOCK, "boot_id": ""}), "clock.boot_id is empty"),
     (state_doc(clock=without(CLOCK, "wall")), "clock has no 'wall'"),
     (state_doc(deferral=without(FLAG, "set_at"), schema=2), "deferral has no 'set_at'"),
+    (state_doc(debug="x"), "debug is not an object"),
+    (state_doc(debug={"container": "c"}), "debug has no 'image'"),
 ]
 
 
@@ -962,6 +966,7 @@ def test_to_document_is_the_file_format() -> None:
         hold=OperatorFlag("bob", "incident", T0, T0 + 60),
         ask=Ask(T0 + 20, T0 + 300, "why"),
         anchor=Anchor("boot", T0 + 30, 12.5),
+        debug=SESSION,
     )
     doc = to_document(s, T0 + 40)
     assert doc == {
@@ -980,6 +985,14 @@ def test_to_document_is_the_file_format() -> None:
             "at": "2027-01-15T08:00:20.000000Z",
             "until": "2027-01-15T08:05:00.000000Z",
             "why": "why",
+        },
+        "debug": {
+            "container": "cilium-agent-debug",
+            "image": "cilium:v1",
+            "entrypoint": "sleep 10d",
+            "user": "alice",
+            "reason": "delve",
+            "started_at": "2027-01-15T08:00:00.000000Z",
         },
         "runs": [
             {

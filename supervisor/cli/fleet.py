@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from supervisor.base.catalog import EventId
 from supervisor.base.errors import EXIT_CONFIG, EXIT_OK, EXIT_PROBLEMS, UsageError
 from supervisor.base.log import get_logger
 from supervisor.cli.common import (
@@ -225,7 +226,7 @@ def simulate_command(
             raise UsageError(str(exc)) from None
         except OSError as exc:
             raise UsageError(f"--plot {str(plot)!r}: {exc.strerror or exc}") from None
-        get_logger().info("simulate.plot_written", path=str(plot))
+        get_logger().info(EventId.SIMULATE_PLOT_WRITTEN, path=str(plot))
     if json_out:
         emit_json(result.to_json())
         return

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from supervisor.base.catalog import EventId
 from supervisor.base.errors import ConfigError, IdentityError, UsageError
 from supervisor.base.log import get_logger
 from supervisor.cli.common import (
@@ -223,7 +224,7 @@ def config_import(
     addition = prepare(path, imported, cfg.agent if cfg.config_file else {})
     written = write and write_into(addition)
     if written:
-        get_logger().info("config.imported", config=str(path), source=str(directory))
+        get_logger().info(EventId.CONFIG_IMPORTED, config=str(path), source=str(directory))
     if json_out:
         emit_json(addition.to_json(written=written) | {"warnings": list(imported.warnings)})
     elif write:
@@ -355,7 +356,7 @@ def certs_csr(
         overwrite=force,
     )
     get_logger().info(
-        "certs.csr_written", key=str(files.key), csr=str(files.csr), subject=files.subject
+        EventId.CERTS_CSR_WRITTEN, key=str(files.key), csr=str(files.csr), subject=files.subject
     )
     if json_out:
         emit_json(files.to_json())
@@ -414,7 +415,7 @@ def kubeconfig_render(
         sys.stdout.flush()
         return
     write_kubeconfig(out, text, force=force)
-    get_logger().info("kubeconfig.written", path=str(out), server=url)
+    get_logger().info(EventId.KUBECONFIG_WRITTEN, path=str(out), server=url)
     _say([f"wrote {out} (server {url})"])
 
 

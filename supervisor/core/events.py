@@ -1,12 +1,12 @@
 """Everything that can happen to an agent's history, and the one function that applies it.
 
 A small closed set of events (a start approved, a start seen in Docker, Docker's start bound to
-an approval, an end reported, an approval withdrawn, a start asked for, an operator's flag set or
-released, a reset, the clock re-read, the history lost) and :func:`apply`, a pure function
-``(state, event) -> state``: the reducer of the design (urllib3's ``Retry.increment()`` returns a
-new value the same way). The Gate service is the only code that persists what it returns, one
-lock per operation; ``simulate`` runs the very same transitions on its virtual fleet, so the
-figures are those of the shipped recording, not of a model of it.
+an approval, an end reported, an approval withdrawn, a start asked for, an operator's flag set
+or released, a debug session begun or ended, a reset, the clock re-read, the history lost) and
+:func:`apply`, a pure function ``(state, event) -> state``: the reducer of the design (urllib3's
+``Retry.increment()`` returns a new value the same way). The Gate service is the only code that
+persists what it returns, one lock per operation; ``simulate`` runs the very same transitions on
+its virtual fleet, so the figures are those of the shipped recording, not of a model of it.
 
 ``apply`` returns the state it was given (the same object) when the event changes nothing, so a
 caller can tell whether there is anything to write.
@@ -23,6 +23,7 @@ from supervisor.core.state import (
     MAX_RUNS,
     AgentState,
     Ask,
+    DebugSession,
     EndSource,
     OperatorFlag,
     Run,
@@ -111,6 +112,18 @@ class Released:
 
 
 @dataclass(frozen=True, slots=True)
+class DebugStarted:
+    """An operator's debug session began (``debug start``; a hold comes with it)."""
+
+    session: DebugSession
+
+
+@dataclass(frozen=True, slots=True)
+class DebugEnded:
+    """The debug session ended (``debug end``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Reset:
     """An operator forgot the history (the store keeps a backup of the file)."""
 
@@ -141,6 +154,8 @@ Event = (
     | Asked
     | FlagSet
     | Released
+    | DebugStarted
+    | DebugEnded
     | Reset
     | Rebased
     | Lost
@@ -190,6 +205,10 @@ def apply(state: AgentState, event: Event) -> AgentState:
             if (state.hold, state.override, state.ask) == (None, None, None):
                 return state
             return replace(state, hold=None, override=None, ask=None)
+        case DebugStarted():
+            return replace(state, debug=event.session)
+        case DebugEnded():
+            return state if state.debug is None else replace(state, debug=None)
         case Reset():
             return AgentState(state.agent, anchor=state.anchor)
         case Rebased():

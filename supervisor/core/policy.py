@@ -28,9 +28,10 @@ answer holds a start beyond ``W * max_multiplier`` after its slot.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
+from supervisor.base.catalog import EventId
 from supervisor.core.answers import ProbeAnswer
 from supervisor.core.durations import format_duration
 from supervisor.core.events import Approved, Asked, Event
@@ -260,7 +261,7 @@ class Decision:
     next_allowed_at: float | None
     forced: bool = False
     via: Via = "gate"
-    event: str = "gate.allowed"
+    event: EventId = EventId.GATE_ALLOWED
     decided_at: float | None = None
     start: bool = False
     run_id: str | None = None
@@ -333,13 +334,13 @@ def decide(
     make = _Maker(policy, state, level, now, request, inputs)
 
     if docker == "running":
-        return make(True, "already running", "gate.already_running", start=False)
+        return make(True, "already running", EventId.GATE_ALREADY_RUNNING, start=False)
     if request.force:
         who = f" by {request.user}" if request.user else ""
         return make(
             True,
             f"forced{who}: {request.reason or 'no reason given'}",
-            "gate.forced",
+            EventId.GATE_FORCED,
             via="force",
             forced=True,
         )
@@ -348,14 +349,14 @@ def decide(
             False,
             f"Docker did not answer ({inputs.docker_why or 'no answer'}): cannot tell whether "
             f"the agent runs, so no start; asking again in {format_duration(DOCKER_RETRY)}",
-            "gate.docker_unknown",
+            EventId.GATE_DOCKER_UNKNOWN,
             nxt=micro(now + DOCKER_RETRY),
         )
     if inputs.identity:
         return make(
             False,
             "the agent's identity is not usable: " + "; ".join(inputs.identity),
-            "gate.identity_refused",
+            EventId.GATE_IDENTITY_REFUSED,
         )
     hold = state.hold
     if hold is not None and hold.active(now):
@@ -364,21 +365,24 @@ def decide(
         if hold.until is not None:
             after = _plan(policy, state, now, level, policy.admission_period, floor=hold.until)
             nxt = max(hold.until, after.due)
-        return make(False, f"held by {hold.user}{until}: {hold.reason}", "gate.held", nxt=nxt)
+        return make(False, f"held by {hold.user}{until}: {hold.reason}", EventId.GATE_HELD, nxt=nxt)
     if docker == "pending":
         last = state.last_run
         named = f" (run {last.id}, approved at {iso(last.started_at)})" if last else ""
         return make(
             True,
             f"a start approved within docker.grace is on its way{named}: nothing more to start",
-            "gate.pending",
+            EventId.GATE_PENDING,
             start=False,
         )
     ovr = state.override
     if ovr is not None and ovr.active(now):
         until = f" until {iso(ovr.until)}" if ovr.until is not None else ""
         return make(
-            True, f"override by {ovr.user}{until}: {ovr.reason}", "gate.override", via="override"
+            True,
+            f"override by {ovr.user}{until}: {ovr.reason}",
+            EventId.GATE_OVERRIDE,
+            via="override",
         )
     return _at_slot(policy, state, now, level, make)
 
@@ -387,6 +391,11 @@ def _at_slot(policy: Policy, state: AgentState, now: float, level: int, make: _M
     """Invariants 2, 3 and 11: wait for the node's slot, then for the probe's "ready"."""
     probe = make.inputs.probe
     plan = _plan(policy, state, now, level, policy.admission_for(probe))
+    if make.inputs.docker == "replacing" and plan.grid == "admission":
+        plan = replace(
+            plan,
+            why="replacing the running agent (an upgrade): waiting for this node's admission slot",
+        )
     if now < plan.due:
         return make.refused(plan, plan.due, plan.why)
     cap = plan.slot + policy.window * policy.max_multiplier
@@ -395,7 +404,7 @@ def _at_slot(policy: Policy, state: AgentState, now: float, level: int, make: _M
             return make(
                 False,
                 "this node's slot has come: asking the control plane",
-                "gate.probe_needed",
+                EventId.GATE_PROBE_NEEDED,
                 nxt=now,
                 plan=plan,
                 needs_probe=True,
@@ -406,7 +415,7 @@ def _at_slot(policy: Policy, state: AgentState, now: float, level: int, make: _M
                 plan,
                 nxt,
                 f"the control plane is {probe}: waiting for this node's next {plan.grid} slot",
-                event="gate.deferred",
+                event=EventId.GATE_DEFERRED,
             )
     why = plan.why.replace("waiting for", "at")
     if policy.probe_configured and now >= cap:
@@ -416,7 +425,7 @@ def _at_slot(policy: Policy, state: AgentState, now: float, level: int, make: _M
         )
     elif probe == "broken":
         why += "; the probe is broken (see status): decided as if none were configured"
-    return make(True, why, "gate.allowed", plan=plan)
+    return make(True, why, EventId.GATE_ALLOWED, plan=plan)
 
 
 def _plan(
@@ -526,7 +535,7 @@ class _Maker:
         self,
         allowed: bool,
         why: str,
-        event: str,
+        event: EventId,
         *,
         nxt: float | None = None,
         via: Via = "gate",
@@ -578,7 +587,7 @@ class _Maker:
         )
 
     def refused(
-        self, plan: _Plan, nxt: float, why: str, *, event: str = "gate.refused"
+        self, plan: _Plan, nxt: float, why: str, *, event: EventId = EventId.GATE_REFUSED
     ) -> Decision:
         """A refusal until ``nxt``, and the ask it leaves behind for every later caller."""
         ask = Ask(plan.asked_at, nxt, why)

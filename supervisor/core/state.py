@@ -188,6 +188,20 @@ class Ask:
 
 
 @dataclass(frozen=True, slots=True)
+class DebugSession:
+    """An operator's debug session: the agent stopped on purpose and held, and a debug
+    container of its image (same mounts, network, privileges) running another entrypoint for
+    the operator to ``docker exec`` into. The history ignores that container."""
+
+    container: str
+    image: str
+    entrypoint: str
+    user: str
+    reason: str
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Anchor:
     """The wall clock read ``wall`` when the boot clock of boot ``boot_id`` read ``boot``: the
     frame the state's times are written in (invariant 8)."""
@@ -207,6 +221,7 @@ class AgentState:
     override: OperatorFlag | None = None
     ask: Ask | None = None
     anchor: Anchor | None = None
+    debug: DebugSession | None = None
 
     @property
     def last_run(self) -> Run | None:
@@ -341,6 +356,20 @@ def ask_document(ask: Ask | None) -> dict[str, Any] | None:
     return {"at": iso(ask.at), "until": _opt_ts(ask.until), "why": ask.why}
 
 
+def debug_document(d: DebugSession | None) -> dict[str, Any] | None:
+    """A debug session as the state file (and ``status --json``) writes it."""
+    if d is None:
+        return None
+    return {
+        "container": d.container,
+        "image": d.image,
+        "entrypoint": d.entrypoint,
+        "user": d.user,
+        "reason": d.reason,
+        "started_at": iso(d.started_at),
+    }
+
+
 def run_document(r: Run) -> dict[str, Any]:
     """One run as the state file writes it."""
     return {
@@ -371,6 +400,7 @@ def to_document(state: AgentState, now: float) -> dict[str, Any]:
         "hold": flag_document(state.hold),
         "override": flag_document(state.override),
         "ask": ask_document(state.ask),
+        "debug": debug_document(state.debug),
         "runs": [run_document(r) for r in state.runs],
     }
 
@@ -413,6 +443,28 @@ def _ask(value: object, what: str) -> Ask | None:
         at=parse_iso(_field(value, "at", what), f"{what}.at"),
         until=None if until is None else parse_iso(until, f"{what}.until"),
         why=_opt_text(value.get("why"), f"{what}.why") or "",
+    )
+
+
+def _debug(value: object) -> DebugSession | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise StateFormatError("debug is not an object")
+
+    def text(key: str) -> str:
+        got = _opt_text(_field(value, key, "debug"), f"debug.{key}")
+        if got is None:
+            raise StateFormatError(f"debug.{key} is empty")
+        return got
+
+    return DebugSession(
+        container=text("container"),
+        image=text("image"),
+        entrypoint=text("entrypoint"),
+        user=text("user"),
+        reason=text("reason"),
+        started_at=parse_iso(_field(value, "started_at", "debug"), "debug.started_at"),
     )
 
 
@@ -495,9 +547,11 @@ def from_document(doc: object, agent: str) -> AgentState:
     if not isinstance(runs, list):
         raise StateFormatError("runs is not a list")
     parsed = tuple(_run(r, i, schema) for i, r in enumerate(runs[-MAX_RUNS:]))
+    debug = None
     if schema >= 3:
         ask = _ask(doc.get("ask"), "ask")
         anchor = _anchor(doc.get("clock"))
+        debug = _debug(doc.get("debug"))
     else:
         # Version 2 kept a probe's deferral: the start was asked for at set_at and told to
         # come back at until.
@@ -511,4 +565,5 @@ def from_document(doc: object, agent: str) -> AgentState:
         override=_flag(doc.get("override"), "override"),
         ask=ask,
         anchor=anchor,
+        debug=debug,
     )

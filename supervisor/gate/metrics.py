@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from supervisor.base.catalog import EventId
 from supervisor.base.log import get_logger
 
 PREFIX: Final = "agent_supervisor_"
@@ -92,7 +93,7 @@ def _read(path: Path) -> Series:
                     continue
                 series[(short, tuple(sorted(s.labels.items())))] = float(s.value)
     except (ValueError, TypeError, KeyError):
-        get_logger().warning("metrics.unparsable", path=str(path))
+        get_logger().warning(EventId.METRICS_UNPARSABLE, path=str(path))
         return {}
     return series
 
@@ -151,6 +152,6 @@ def update_metrics(path: str | Path, lock_dir: Path, snap: Snapshot) -> bool:
             with contextlib.suppress(OSError):
                 os.chmod(target, 0o644)
     except (OSError, Timeout) as exc:
-        log.warning("metrics.write_failed", path=str(target), why=str(exc))
+        log.warning(EventId.METRICS_WRITE_FAILED, path=str(target), why=str(exc))
         return False
     return True

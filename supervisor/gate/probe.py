@@ -69,6 +69,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes, urlsplit
 
+from supervisor.base.catalog import EventId
 from supervisor.base.log import get_logger
 from supervisor.core.answers import ProbeAnswer
 from supervisor.storage.config import Config, IdentityConfig
@@ -82,11 +83,11 @@ USER_AGENT: Final = "agent-supervisor-probe"
 ETCD_RANGE_PATHS: Final = ("/v3/kv/range", "/v3beta/kv/range", "/v3alpha/kv/range")
 
 #: The log event of each answer (a stable id per answer, for log pipelines to count).
-EVENTS: Final[Mapping[ProbeAnswer, str]] = {
-    "ready": "probe.ready",
-    "loaded": "probe.loaded",
-    "down": "probe.down",
-    "broken": "probe.broken",
+EVENTS: Final[Mapping[ProbeAnswer, EventId]] = {
+    "ready": EventId.PROBE_READY,
+    "loaded": EventId.PROBE_LOADED,
+    "down": EventId.PROBE_DOWN,
+    "broken": EventId.PROBE_BROKEN,
 }
 #: What the gate does about a "broken" answer, said where it is logged.
 BROKEN_HINT: Final = "the gate decides as if no probe were configured"

@@ -28,12 +28,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
+from supervisor.base.catalog import EventId
 from supervisor.base.clock import Now, read_now
 from supervisor.base.errors import DiskFull, StateError, one_line
 from supervisor.base.log import get_logger
 from supervisor.core.answers import ProbeAnswer
 from supervisor.core.container import ContainerInfo, reconcile
 from supervisor.core.events import (
+    DebugEnded,
+    DebugStarted,
     Ended,
     Event,
     FlagSet,
@@ -45,7 +48,7 @@ from supervisor.core.events import (
     apply_all,
 )
 from supervisor.core.policy import Decision, DockerView, Inputs, Policy, Request, decide
-from supervisor.core.state import AgentState, OperatorFlag, Run, iso, micro
+from supervisor.core.state import AgentState, DebugSession, OperatorFlag, Run, iso, micro
 from supervisor.gate.operators import Operator, authorize
 from supervisor.storage.config import Config
 from supervisor.storage.store import Loaded, StateStore, Transaction
@@ -54,6 +57,15 @@ if TYPE_CHECKING:
     from supervisor.gate.probe import ProbeReport
     from supervisor.node.identity import CertReport
 
+#: The event each operator action logs.
+OPERATOR_EVENTS: Final = {
+    "hold": EventId.OPERATOR_HOLD,
+    "override": EventId.OPERATOR_OVERRIDE,
+    "release": EventId.OPERATOR_RELEASE,
+    "reset": EventId.OPERATOR_RESET,
+    "debug start": EventId.OPERATOR_DEBUG_START,
+    "debug end": EventId.OPERATOR_DEBUG_END,
+}
 #: How often a waiting gate looks at the state file for an operator's action.
 POLL_SECONDS: Final = 1.0
 
@@ -196,12 +208,12 @@ class Gate:
             info = self.inspect()
         except Exception as exc:  # noqa: BLE001 - whatever Docker does, the gate must answer
             why = one_line(exc, 300)
-            self.log.warning("docker.unavailable", agent=self.agent, error=why)
+            self.log.warning(EventId.DOCKER_UNAVAILABLE, agent=self.agent, error=why)
             return Look(True, unknown=why)
         if isinstance(info, Look):
             return info
         if info is None:
-            self.log.info("docker.container_missing", agent=self.agent)
+            self.log.info(EventId.DOCKER_CONTAINER_MISSING, agent=self.agent)
         return Look(True, info)
 
     def certificate(self, at: float) -> CertReport | None:
@@ -211,7 +223,7 @@ class Gate:
         report = self.identity(at)
         if report is not None:
             for warning in report.warnings:
-                self.log.warning("identity.warning", agent=self.agent, problem=warning)
+                self.log.warning(EventId.IDENTITY_WARNING, agent=self.agent, problem=warning)
         return report
 
     def _ask_probe(self) -> ProbeReport | None:
@@ -300,7 +312,7 @@ class Gate:
             tx: Loaded = tx_cm.__enter__()
         except StateError as exc:
             if force:
-                self.log.error("gate.forced_unrecorded", agent=self.agent, why=one_line(exc))
+                self.log.error(EventId.GATE_FORCED_UNRECORDED, agent=self.agent, why=one_line(exc))
                 at = self.now().wall
                 d = decide(
                     self.policy,
@@ -367,7 +379,7 @@ class Gate:
         except StateError as exc:
             if must and not forced:
                 raise
-            event = "gate.forced_unrecorded" if must else "state.write_failed"
+            event = EventId.GATE_FORCED_UNRECORDED if must else EventId.STATE_WRITE_FAILED
             self.log.error(event, agent=self.agent, why=one_line(exc))
             return False
         return True
@@ -384,11 +396,11 @@ class Gate:
             state = apply_all(state, loaded.pending)
             if log:
                 self.log.warning(
-                    "state.journal_applied", agent=self.agent, ends=len(loaded.pending)
+                    EventId.STATE_JOURNAL_APPLIED, agent=self.agent, ends=len(loaded.pending)
                 )
         rebased = apply(state, Rebased(now))
         if log and rebased.runs != state.runs:
-            self.log.warning("state.clock_stepped", agent=self.agent, now=iso(now.wall))
+            self.log.warning(EventId.STATE_CLOCK_STEPPED, agent=self.agent, now=iso(now.wall))
         return rebased
 
     def _docker(
@@ -417,7 +429,7 @@ class Gate:
         last = new.last_run
         if outcome == "exited" and last is not None:
             self.log.info(
-                "docker.run_ended",
+                EventId.DOCKER_RUN_ENDED,
                 **fields,
                 run_id=last.id,
                 exit_code=last.exit_code,
@@ -425,7 +437,7 @@ class Gate:
             )
         elif outcome == "outside" and last is not None:
             self.log.warning(
-                "docker.started_outside_gate",
+                EventId.DOCKER_STARTED_OUTSIDE_GATE,
                 **fields,
                 run_id=last.id,
                 started_at=iso(last.started_at),
@@ -433,7 +445,7 @@ class Gate:
         elif outcome == "withdrawn":
             gone = [r for r in old.runs if new.run(r.id) is None]
             self.log.warning(
-                "docker.approval_withdrawn",
+                EventId.DOCKER_APPROVAL_WITHDRAWN,
                 **fields,
                 run_id=gone[0].id if gone else None,
                 approved_at=iso(gone[0].started_at) if gone else None,
@@ -463,7 +475,7 @@ class Gate:
         """
         if exit_code is None:
             why = "no exit status: the agent never ran (nothing recorded)"
-            self.log.info("run.exit_ignored", agent=self.agent, run_id=run_id, why=why)
+            self.log.info(EventId.RUN_EXIT_IGNORED, agent=self.agent, run_id=run_id, why=why)
             return EndResult(False, why, run_id)
         look = look if look is not None else (self.look() if run_id is None else NO_LOOK)
         with self.store.transaction(self.agent, self.clock()) as tx:
@@ -482,7 +494,7 @@ class Gate:
                 self._save(tx, state, now, must=False, forced=False)
                 why = _not_closed(target, run_id)
                 self.log.info(
-                    "run.exit_ignored",
+                    EventId.RUN_EXIT_IGNORED,
                     agent=self.agent,
                     run_id=run_id,
                     exit_code=exit_code,
@@ -497,11 +509,11 @@ class Gate:
                 # Named, so that it can only ever close this run when it is applied.
                 self.store.journal_end(self.agent, replace(end, run_id=target.id))
                 self.log.error(
-                    "state.journaled", agent=self.agent, run_id=target.id, why=one_line(exc)
+                    EventId.STATE_JOURNALED, agent=self.agent, run_id=target.id, why=one_line(exc)
                 )
                 return EndResult(True, "kept in the journal", target.id, seconds, journaled=True)
         self.log.info(
-            "run.exited",
+            EventId.RUN_EXITED,
             agent=self.agent,
             run_id=target.id,
             exit_code=exit_code,
@@ -543,7 +555,9 @@ class Gate:
                 source=self.cfg.source_of("operators_group"),
             )
         except Exception:
-            self.log.warning("operator.refused", action=action, agent=self.agent, user=op.display)
+            self.log.warning(
+                EventId.OPERATOR_REFUSED, action=action, agent=self.agent, user=op.display
+            )
             raise
         with self.store.transaction(self.agent, self.clock()) as tx:
             now = self.now()
@@ -566,9 +580,11 @@ class Gate:
                 )
             except StateError as exc:
                 # The change is made and durable; say so, and that the audit line is missing.
-                self.log.error("audit.write_failed", agent=self.agent, action=action, why=str(exc))
+                self.log.error(
+                    EventId.AUDIT_WRITE_FAILED, agent=self.agent, action=action, why=str(exc)
+                )
         self.log.info(
-            "operator." + action, agent=self.agent, user=op.display, reason=reason, **fields
+            OPERATOR_EVENTS[action], agent=self.agent, user=op.display, reason=reason, **fields
         )
         if self.cfg.metrics_file and self.cfg.cluster_size is not None:
             # Refresh the gauges (hold_active, next start); no probe, no Docker: an operator's
@@ -599,6 +615,24 @@ class Gate:
     def release(self, reason: str | None) -> OperatorResult:
         """Clear the hold and the override; the next ask is a first ask."""
         return self.operator_action("release", reason, lambda _s, _n: (Released(),))
+
+    def debug_started(self, session: DebugSession) -> OperatorResult:
+        """A debug session began: the hold that keeps every gated start away for its length
+        (until released) and the session itself, in one locked change, audited."""
+
+        def events(_state: AgentState, now: float) -> Sequence[Event]:
+            why = f"debug session in {session.container}: {session.reason}"
+            flag = OperatorFlag(session.user, why, micro(now), None)
+            return (FlagSet("hold", flag), DebugStarted(replace(session, started_at=micro(now))))
+
+        return self.operator_action(
+            "debug start", session.reason, events, container=session.container
+        )
+
+    def debug_ended(self, reason: str | None) -> OperatorResult:
+        """The debug session ended: the session cleared and the hold released (the caller
+        then starts the agent as an audited operator start)."""
+        return self.operator_action("debug end", reason, lambda _s, _n: (DebugEnded(), Released()))
 
     def reset(self, reason: str | None) -> OperatorResult:
         """Forget the history (a backup of the file is kept); names the flags it drops."""
@@ -637,7 +671,7 @@ class Gate:
                 look=None if look is None else look(),
             )
             d = result.decision
-            if d.allowed or d.event == "gate.identity_refused":
+            if d.allowed or d.event == EventId.GATE_IDENTITY_REFUSED:
                 self._announce(result, reason)
                 return result
             key = (d.event, d.next_allowed_at, d.backoff_level)
@@ -682,7 +716,7 @@ class Gate:
             self.log.warning(
                 d.event, user=self.operator.display if self.operator else None, **fields
             )
-        elif d.event in ("gate.identity_refused", "gate.docker_unknown"):
+        elif d.event in (EventId.GATE_IDENTITY_REFUSED, EventId.GATE_DOCKER_UNKNOWN):
             self.log.error(d.event, **fields)
         else:
             self.log.info(d.event, **fields)
@@ -701,7 +735,7 @@ class Gate:
                     run_id=d.run_id,
                 )
             except StateError as exc:
-                self.log.error("audit.write_failed", agent=self.agent, why=str(exc))
+                self.log.error(EventId.AUDIT_WRITE_FAILED, agent=self.agent, why=str(exc))
 
 
 def _not_closed(target: Run | None, run_id: str | None) -> str:
@@ -803,7 +837,7 @@ def identity_check_for(cfg: Config) -> IdentityCheck | None:
 
         report = check_identity(identity, cfg.node_name, at)
         if not report.ok:
-            get_logger().error("identity.refused", problems=list(report.problems))
+            get_logger().error(EventId.IDENTITY_REFUSED, problems=list(report.problems))
         return report
 
     return check

@@ -49,6 +49,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
+from supervisor.base.catalog import EventId
 from supervisor.base.errors import ConfigError, StateError
 from supervisor.base.files import fsync_dir, held_lock, write_new
 from supervisor.base.log import get_logger
@@ -393,7 +394,7 @@ def render_options(
             return result
         _replace(target, options, set(result.unchanged) | set(result.kept), current is not None)
     get_logger().info(
-        "config.rendered",
+        EventId.CONFIG_RENDERED,
         output=str(output),
         added=len(result.added),
         changed=len(result.changed),
@@ -530,7 +531,7 @@ def _recover_locked(target: Path) -> str | None:
         newest = olds.pop()  # names carry time_ns: the last one is the latest aside
         os.rename(newest, target)
         restored = str(newest)
-        get_logger().warning("config.recovered", output=str(target), restored_from=restored)
+        get_logger().warning(EventId.CONFIG_RECOVERED, output=str(target), restored_from=restored)
     for stale in olds + temps:
         shutil.rmtree(stale, ignore_errors=True)
     if restored is not None or olds or temps:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from supervisor.base.catalog import EventId
 from supervisor.base.errors import DiskFull, StateError
 from supervisor.base.files import atomic_write, fsync_dir, held_lock, temp_prefix
 from supervisor.base.log import get_logger
@@ -296,7 +297,7 @@ class StateStore:
                 f"state file {path} is corrupt ({why}) and cannot be moved aside: {exc.strerror}"
             ) from None
         self.log.error(
-            "state.quarantined",
+            EventId.STATE_QUARANTINED,
             path=str(path),
             moved_to=str(target),
             why=why,
@@ -346,7 +347,7 @@ class StateStore:
             docs = json.loads(raw.decode("utf-8"))
             return tuple(_ended_from(d) for d in docs)
         except (ValueError, TypeError, KeyError, StateFormatError) as exc:
-            self.log.error("state.journal_unreadable", path=str(path), why=str(exc)[:200])
+            self.log.error(EventId.STATE_JOURNAL_UNREADABLE, path=str(path), why=str(exc)[:200])
             return ()
 
     def journal_end(self, agent: str, end: Ended) -> None:
