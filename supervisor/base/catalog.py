@@ -69,6 +69,12 @@ class EventId(StrEnum):
     OPERATOR_DEBUG_END = "operator.debug_end"
     OPERATOR_REFUSED = "operator.refused"
     AUDIT_WRITE_FAILED = "audit.write_failed"
+    # The debug workflow (debug start, debug end).
+    DEBUG_AGENT_STOPPED = "debug.agent_stopped"
+    DEBUG_CONTAINER_RUNNING = "debug.container_running"
+    DEBUG_CONTAINER_REMOVED = "debug.container_removed"
+    DEBUG_AGENT_STARTED = "debug.agent_started"
+    DEBUG_NO_SESSION = "debug.no_session"
     # The daemon (mode 2).
     DAEMON_STARTED = "daemon.started"
     DAEMON_STOPPED = "daemon.stopped"
@@ -183,6 +189,20 @@ MEANING: Final[dict[EventId, tuple[Level, str]]] = {
     ),
     EventId.OPERATOR_REFUSED: ("warning", "an operator action by someone who may not (77)"),
     EventId.AUDIT_WRITE_FAILED: ("error", "an audit line could not be written"),
+    EventId.DEBUG_AGENT_STOPPED: (
+        "info",
+        "debug start stopped the agent on purpose (docker stop, or systemctl stop of its unit)",
+    ),
+    EventId.DEBUG_CONTAINER_RUNNING: (
+        "info",
+        "the debug container runs (created, or started again): the history ignores it",
+    ),
+    EventId.DEBUG_CONTAINER_REMOVED: ("info", "debug end removed a debug container"),
+    EventId.DEBUG_AGENT_STARTED: (
+        "info",
+        "debug end started the agent at once (docker start, or systemctl start of its unit)",
+    ),
+    EventId.DEBUG_NO_SESSION: ("info", "debug end found no debug session: nothing to end"),
     EventId.DAEMON_STARTED: ("info", "the daemon started supervising"),
     EventId.DAEMON_STOPPED: ("info", "the daemon stopped (the agent is left as it is)"),
     EventId.DAEMON_RECONNECTED: ("info", "the daemon is connected to Docker again"),

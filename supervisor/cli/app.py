@@ -15,6 +15,7 @@ from supervisor.base import errors
 from supervisor.base.catalog import EventId
 from supervisor.base.errors import SupervisorError, UsageError, one_line
 from supervisor.base.log import configure, get_logger
+from supervisor.cli import debug as cli_debug
 from supervisor.cli import deploy as cli_deploy
 from supervisor.cli import fleet as cli_fleet
 from supervisor.cli import node as cli_node
@@ -387,11 +388,13 @@ def _status_lines(result: GateResult, state: AgentState, policy: Policy, now: fl
             out.append(f"{name:<12} by {flag.user} until {until}: {flag.reason}{note}")
     if state.debug is not None:
         dbg = state.debug
-        out.append(
+        also = "" if d.agent == "cilium-agent" else f" --agent {d.agent}"
+        out += [
             f"debug        by {dbg.user} since {iso_seconds(dbg.started_at)} "
-            f"({format_duration(now - dbg.started_at)}): docker exec -it {dbg.container} sh "
-            f"({dbg.reason}); end it with: agent-supervisor debug end"
-        )
+            f"({format_duration(now - dbg.started_at)} ago): {dbg.reason}",
+            f"             shell: docker exec -it {dbg.container} sh ({dbg.entrypoint} runs "
+            f"there); end: agent-supervisor debug end{also}",
+        ]
     if state.ask is not None:
         out.append(
             f"asked        {iso_seconds(state.ask.at)} ({format_duration(now - state.ask.at)} ago)"
@@ -643,6 +646,7 @@ def window(
 cli_node.register(app)
 cli_fleet.register(app)
 cli_deploy.register(app)
+cli_debug.register(app)
 
 
 def _fail(message: str, code: int) -> NoReturn:

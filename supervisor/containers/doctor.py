@@ -11,7 +11,10 @@ needs:
   certificate, no config directory, the files the agent's options name missing from its
   mounts or from this host, no Docker socket for the supervisor);
 - the Python environment: another package installed under the import name ``supervisor``
-  (supervisord's) in the environment of agent-supervisor itself.
+  (supervisord's) in the environment of agent-supervisor itself;
+- a forgotten debug session of this node (the state directory and Docker are asked): one
+  whose debug container is gone or stopped (the agent stays down and held for nothing), one
+  older than a day, or a debug container that no session owns.
 
 The agent's option files are read when they are on this host (doctor runs on the node): the
 files they name (``k8s-kubeconfig-path`` and the certificates in the kubeconfig,
@@ -813,7 +816,19 @@ def examine(
         if mode == "daemon" and gates:
             _check_gate(f, compose, name, svc, gates, cfg)
         _second_supervisors(f, name, daemons, mode)
+    if cfg is not None:
+        _check_debug_sessions(f, cfg)
     return Report(tuple(f.problems), tuple(f.fine), _notes(compose))
+
+
+def _check_debug_sessions(f: _Findings, cfg: Config) -> None:
+    """A forgotten debug session (``debug start`` without ``debug end``): its debug container
+    gone or stopped, or older than a day; or a debug container with no session. Looked for
+    only where the state directory exists (see :func:`supervisor.containers.debug.forgotten`)."""
+    from supervisor.containers.debug import forgotten
+
+    for found in forgotten(cfg):
+        f.problem("debug-session", found.agent, found.problem, found.fix)
 
 
 def diagnose(
