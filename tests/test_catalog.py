@@ -53,3 +53,37 @@ def test_ids_are_dotted_lowercase_and_unique() -> None:
     """Ids are ``area.what`` in lower case, and no two members share one."""
     assert all(re.fullmatch(r"[a-z]+\.[a-z_]+", e.value) for e in EventId)
     assert len({e.value for e in EventId}) == len(EventId)
+
+
+DOCS = PKG.parent / "docs" / "metrics-and-logs.md"
+
+
+def table_rows(heading: str) -> list[list[str]]:
+    """The rows of the first table under ``heading`` in the metrics and logs page."""
+    text = DOCS.read_text()
+    section = text[text.index(heading) :]
+    rows = []
+    for line in section.splitlines()[1:]:
+        if line.startswith("#"):
+            break
+        if line.startswith("| `"):
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def test_the_docs_list_of_events_is_the_catalog() -> None:
+    """docs/metrics-and-logs.md lists exactly the catalog's events, with their levels."""
+    documented = {(r[0].strip("`"), r[1]) for r in table_rows("## Logs")}
+    assert documented == {(e.value, MEANING[e][0]) for e in EventId}
+
+
+def test_the_docs_list_of_metrics_is_what_the_code_writes() -> None:
+    """docs/metrics-and-logs.md lists exactly the metric families the code can write."""
+    from supervisor.gate.metrics import FAMILIES, PREFIX
+
+    documented = {r[0].strip("`").split("{")[0] for r in table_rows("## Metrics")}
+    written = {
+        PREFIX + name + ("_total" if kind == "counter" else "")
+        for name, (kind, _) in FAMILIES.items()
+    }
+    assert documented == written

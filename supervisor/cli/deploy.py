@@ -1,7 +1,7 @@
 """The deployment commands: ``run`` (the Docker-watching daemon), ``doctor`` and ``migrate``.
 
 :func:`register` adds them to the main app; errors are raised as :class:`SupervisorError`
-subclasses and become one line and an exit code in :func:`supervisor.cli.main`, like every
+subclasses and become one line and an exit code in :func:`supervisor.cli.app.main`, like every
 other command's.
 """
 

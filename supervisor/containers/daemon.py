@@ -2,7 +2,7 @@
 
 ``agent-supervisor run --container NAME`` (or ``--compose-file F --service S``) watches the
 agent's container through the Docker SDK. On every exit it records how the run ended, waits for
-the gate (the very :class:`~supervisor.gate.Gate` of ``gate --wait``, with the same events,
+the gate (the very :class:`~supervisor.gate.service.Gate` of ``gate --wait``, with the same events,
 metrics and answers, so the start is recorded before the container is started), then starts the
 container again. At launch it starts a container that is not running, through the same gate.
 

@@ -44,7 +44,7 @@ DEFAULT_STABLE_AFTER: Final = 600.0
 #: J with a probe, as a fraction of W (config ``window.admission`` sets J itself). Without a
 #: probe J is W: nothing else says what a fleet may cost the control plane. With one, the probe
 #: paces the fleet to what the control plane serves, and J only bounds how long a lone node
-#: waits and how often a waiting fleet asks; chosen by measurement (docs/figures.md, simulate
+#: waits and how often a waiting fleet asks; chosen by measurement (docs/fleet.md, simulate
 #: --scenario crash-live): 1/12 keeps a 5,000-node crash on a live control plane within
 #: N/C + J, and a lone crash waits J/2 on average (2m30s at 5,000 nodes).
 ADMISSION_FRACTION_WITH_PROBE: Final = 1 / 12

@@ -6,7 +6,7 @@ With a ``capacity`` C (full resyncs a minute), every start once it is up is a fu
 in a first-come queue that is worked through C a minute; the start's client waits
 ``fail_after`` seconds: a resync worked through by then is served (the agent is healthy from
 that moment), one that is not fails. Served or not, a resync stays in the queue: a real etcd
-completes every Range request, also those whose client has given up (``bench/lab.py`` counts
+completes every Range request, also those whose client has given up (``bench/lab/`` counts
 them in etcd's own metrics). That is what makes a storm metastable: a fleet that restarts
 together puts more in the queue each round than is worked through in one wait.
 

@@ -225,7 +225,11 @@ KEYS: Final[tuple[_Key, ...]] = (
     _Key("slot_mode", _choice(*SLOT_MODE_SETTINGS), "slot offsets (default auto)"),
     _Key("slot_index", _int(0, MAX_CLUSTER_SIZE), "this node's ordinal for exact slots"),
     _Key("slot_count", _int(1, MAX_CLUSTER_SIZE), "number of ordinals for exact slots"),
-    _Key("node_id", _int(0, 2**63 - 1), "integer node id for address slots (default from name)"),
+    _Key(
+        "node_id",
+        _int(0, 2**63 - 1),
+        "integer node id for address slots (default: the IPv4 address in the node name)",
+    ),
     _Key("metrics_file", _path, "Prometheus textfile to write after every decision"),
     _Key("operators_group", _text, "Unix group whose members may run operator commands"),
     _Key("agent_config_dir", _path, "where `config render` writes the agent's options"),
@@ -247,7 +251,11 @@ KEYS: Final[tuple[_Key, ...]] = (
         "period J of the admission grid (default: the window without a probe, a fraction of "
         "it with one)",
     ),
-    _Key("probe.urls", _url_list, "control-plane URLs the probe asks (see docs/probe.md)"),
+    _Key(
+        "probe.urls",
+        _url_list,
+        "control-plane URLs the probe asks (docs/configuration.md#the-probe)",
+    ),
     _Key(
         "probe.timeout",
         _bounded(0.0, 300.0),
@@ -265,7 +273,12 @@ KEYS: Final[tuple[_Key, ...]] = (
     _Key("identity.group", _text, "expected O (default cilium-agents)"),
     _Key("identity.renew_before", _duration, "warn when the certificate expires within (7d)"),
     _Key("identity.server", _text, "kube-apiserver URL for `kubeconfig render`"),
-    _Key("docker.container", _text, "container whose State tells the end of the last run"),
+    _Key(
+        "docker.container",
+        _text,
+        "the agent's container: Docker's State says which starts happened, how runs ended and "
+        "whether the agent runs",
+    ),
     _Key(
         "docker.grace",
         _bounded(0.0, 86400.0),
