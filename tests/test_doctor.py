@@ -632,3 +632,28 @@ def test_the_shipped_file_is_for_compose_mode_only(tmp_path: Path) -> None:
     plain = load_compose(_write(tmp_path, doc), env={})
     assert diagnose(plain, mode="systemd", cfg=host_cfg(tmp_path)) == []
     assert diagnose(plain, mode="daemon", cfg=host_cfg(tmp_path)) == []
+
+
+@pytest.mark.parametrize(
+    ("urls", "note"),
+    [
+        ((), "no control-plane probe is configured"),
+        (("https://10.0.0.1:6443/readyz",), "exempt from API Priority and Fairness"),
+        (("https://10.0.0.1:6443/apis/cilium.io/v2/ciliumnodes?limit=1",), None),
+        (("https://10.0.0.1:2379/v3/kv/range?key=cilium/&prefix=true",), None),
+    ],
+)
+def test_doctor_warns_about_a_probe_that_is_missing_or_cannot_see_load(
+    urls: tuple[str, ...], note: str | None
+) -> None:
+    """Issue 15: doctor warns when no probe is configured, or when it asks /readyz (exempt
+    from APF: never "loaded"); a list under the agents' FlowSchema or an etcd range is fine."""
+    from supervisor.containers.doctor import probe_notes
+    from supervisor.storage.config import Config, ProbeConfig
+
+    notes = probe_notes(Config(cluster_size=10, probe=ProbeConfig(urls=urls)))
+    if note is None:
+        assert notes == ()
+    else:
+        assert len(notes) == 1 and note in notes[0]
+    assert probe_notes(None) == ()

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 from supervisor.containers.compose import (
     DOCKER_SOCKET,
@@ -818,7 +819,32 @@ def examine(
         _second_supervisors(f, name, daemons, mode)
     if cfg is not None:
         _check_debug_sessions(f, cfg)
-    return Report(tuple(f.problems), tuple(f.fine), _notes(compose))
+    return Report(tuple(f.problems), tuple(f.fine), (*_notes(compose), *probe_notes(cfg)))
+
+
+#: Paths that answer without queueing where the agents' resync queues (exempt from APF, or a
+#: plain health check): a probe there sees "down" but never "loaded".
+_LOAD_BLIND: Final = ("/readyz", "/livez", "/healthz", "/health")
+
+
+def probe_notes(cfg: Config | None) -> tuple[str, ...]:
+    """Warnings about the control-plane probe (invariant 11): none configured, or one that
+    cannot see load."""
+    if cfg is None:
+        return ()
+    if not cfg.probe.urls:
+        return (
+            "no control-plane probe is configured (probe.urls): a start is admitted "
+            "at its slot whatever the control plane's load, and J is the whole window; point "
+            "a probe at what the agents' resync uses (docs/configuration.md#the-probe)",
+        )
+    blind = [u for u in cfg.probe.urls if urlsplit(u).path.rstrip("/") in _LOAD_BLIND]
+    return tuple(
+        f"probe URL {u} answers without queueing where the agents do (/readyz is "
+        "exempt from API Priority and Fairness): it sees 'down' but never 'loaded'; ask a "
+        "small list under the agents' FlowSchema, or a range on etcd instead"
+        for u in blind
+    )
 
 
 def _check_debug_sessions(f: _Findings, cfg: Config) -> None:
