@@ -581,13 +581,15 @@ def test_this_project_alone_is_not_a_problem(tmp_path: Path) -> None:
 
 def test_report_lists_what_is_fine_before_the_verdict(reference: Path) -> None:
     """The text report starts with what doctor checked and found fine (the agent's options
-    and kubeconfig here), then the problems, each with its fix."""
+    and kubeconfig here), then its notes (no probe configured), then the problems, each with
+    its fix."""
     code, out, _ = doctor_cli("--compose-file", str(reference))
     assert code == 1
     lines = out.splitlines()
     assert lines[0].startswith("ok: cilium-agent reads 1 option file from ")
     assert lines[1].startswith("ok: cilium-agent's kubeconfig /etc/kubernetes/kubelet.kubeconfig")
-    assert lines[2].endswith("3 problems that would bypass or break the gate")
+    assert lines[2].startswith("note: no control-plane probe is configured")
+    assert lines[3].endswith("3 problems that would bypass or break the gate")
 
 
 def test_cluster_size_only_in_dotenv_is_a_problem_for_the_host(tmp_path: Path) -> None:
