@@ -852,6 +852,7 @@ def test_the_state_file_is_sorted_indented_json(state_dir: Path) -> None:
         '  "boot_id": "b00t",\n'
         '  "wall": "2027-01-15T08:00:00.000000Z"\n'
         " },\n"
+        ' "debug": null,\n'
         ' "hold": null,\n'
         ' "override": null,\n'
         ' "runs": [\n'
