@@ -477,42 +477,47 @@ def _check_reason(reason: str | None, required: bool) -> str | None:
     return reason
 
 
-@app.command(epilog=EXAMPLES["override"])
-@with_settings()
-def override(
-    reason: ReasonReq,
-    for_: OverrideForOpt = None,
-    agent: AgentOpt = "cilium-agent",
-    *,
-    settings: Settings,
-) -> None:
-    """Let every start through until it expires (default 1h), whatever the backoff says."""
-    agent, cfg = check_agent(agent), settings.load()
-    _check_reason(reason, True)
-    given = _duration_opt(for_, "--for")
-    seconds = 3600.0 if given is None else given
+def _flag_command(kind: str, for_opt: Any, default: float | None, doc: str) -> Callable[..., None]:
+    """``override`` or ``hold``: the same options, one flag each (``default``: --for's)."""
 
-    _operator_gate(agent, cfg).override(seconds, reason)
-    sys.stdout.write(f"override set for {format_duration(seconds)}: {reason}\n")
+    def command(
+        reason: ReasonReq,
+        for_: Any = None,
+        agent: AgentOpt = "cilium-agent",
+        *,
+        settings: Settings,
+    ) -> None:
+        agent, cfg = check_agent(agent), settings.load()
+        _check_reason(reason, True)
+        given = _duration_opt(for_, "--for")
+        seconds = default if given is None else given
+        gate = _operator_gate(agent, cfg)
+        (gate.override if kind == "override" else gate.hold)(seconds, reason)
+        until = "until released" if seconds is None else f"for {format_duration(seconds)}"
+        sys.stdout.write(f"{kind} set {until}: {reason}\n")
+
+    command.__annotations__["for_"] = for_opt
+    command.__doc__ = doc
+    command.__name__ = kind
+    return with_settings()(command)
 
 
-@app.command(epilog=EXAMPLES["hold"])
-@with_settings()
-def hold(
-    reason: ReasonReq,
-    for_: HoldForOpt = None,
-    agent: AgentOpt = "cilium-agent",
-    *,
-    settings: Settings,
-) -> None:
-    """Block every start but a forced one, until released (or for --for)."""
-    agent, cfg = check_agent(agent), settings.load()
-    _check_reason(reason, True)
-    seconds = _duration_opt(for_, "--for")
-
-    _operator_gate(agent, cfg).hold(seconds, reason)
-    until = "until released" if seconds is None else f"for {format_duration(seconds)}"
-    sys.stdout.write(f"hold set {until}: {reason}\n")
+override = app.command("override", epilog=EXAMPLES["override"])(
+    _flag_command(
+        "override",
+        OverrideForOpt,
+        3600.0,
+        "Let every start through until it expires (default 1h), whatever the backoff says.",
+    )
+)
+hold = app.command("hold", epilog=EXAMPLES["hold"])(
+    _flag_command(
+        "hold",
+        HoldForOpt,
+        None,
+        "Block every start but a forced one, until released (or for --for).",
+    )
+)
 
 
 @app.command(epilog=EXAMPLES["release"])

@@ -8,6 +8,7 @@ other command's.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,16 +18,12 @@ from supervisor.base import errors
 from supervisor.base.errors import SupervisorError, UsageError
 from supervisor.cli.common import (
     AgentOpt,
-    ClusterSizeOpt,
-    ConfigOpt,
     JsonOpt,
-    NodeNameOpt,
-    SetOpt,
-    StateDirOpt,
+    Settings,
     check_agent,
     config_path,
     emit_json,
-    load,
+    with_settings,
 )
 
 if TYPE_CHECKING:
@@ -65,17 +62,15 @@ ProjectOpt = Annotated[
 ]
 
 
+@with_settings()
 def run_command(
     container: ContainerOpt = None,
     compose_file: ComposeFileOpt = None,
     service: ServiceOpt = None,
     project_name: ProjectOpt = None,
     agent: AgentOpt = "cilium-agent",
-    config: ConfigOpt = None,
-    state_dir: StateDirOpt = None,
-    cluster_size: ClusterSizeOpt = None,
-    node_name: NodeNameOpt = None,
-    sets: SetOpt = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Supervise the agent's container: on every exit record it, wait for the gate, start it.
 
@@ -90,7 +85,7 @@ def run_command(
         raise UsageError("give either --container or --compose-file, not both")
     if (service is not None or project_name is not None) and compose_file is None:
         raise UsageError("--service and --project-name go with --compose-file")
-    cfg = load(config, state_dir, cluster_size, node_name, sets)
+    cfg = settings.load()
     cfg.require_cluster_size()
     if compose_file is not None:
         target = compose_target(compose_file, service or DEFAULT_SERVICE, project_name)
@@ -123,6 +118,7 @@ def _check_mode(mode: str) -> Mode:
     return mode  # type: ignore[return-value]
 
 
+@with_settings()
 def doctor_command(
     compose_files: Annotated[
         list[Path],
@@ -136,11 +132,8 @@ def doctor_command(
     service: ServiceOpt = None,
     mode: ModeOpt = "compose",
     json_out: JsonOpt = False,
-    config: ConfigOpt = None,
-    state_dir: StateDirOpt = None,
-    cluster_size: ClusterSizeOpt = None,
-    node_name: NodeNameOpt = None,
-    sets: SetOpt = None,
+    *,
+    settings: Settings,
 ) -> None:
     """List what in a compose deployment would bypass or break the gate, each with its fix.
 
@@ -152,7 +145,7 @@ def doctor_command(
     from supervisor.containers import doctor
 
     checked_mode = _check_mode(mode)
-    cfg = load(config, state_dir, cluster_size, node_name, sets)
+    cfg = settings.load()
     compose = compose_model.load_compose(compose_files[0], extra=compose_files[1:])
     name = compose_model.agent_service(compose, service)
     report = doctor.examine(compose, name, mode=checked_mode, cfg=cfg)
@@ -176,6 +169,7 @@ def doctor_command(
     raise typer.Exit(errors.EXIT_PROBLEMS if problems else errors.EXIT_OK)
 
 
+@with_settings(cluster=False, node=False)
 def migrate_command(
     compose_file: Annotated[
         Path,
@@ -207,8 +201,6 @@ def migrate_command(
         ),
     ] = None,
     agent: AgentOpt = "cilium-agent",
-    config: ConfigOpt = None,
-    state_dir: StateDirOpt = None,
     cluster_size: Annotated[
         int | None,
         typer.Option(
@@ -217,6 +209,8 @@ def migrate_command(
             show_default=False,
         ),
     ] = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Gate an existing compose deployment without losing anything of it.
 
@@ -233,9 +227,9 @@ def migrate_command(
 
     checked_mode = _check_mode(mode)
     agent = check_agent(agent)
-    config_file = config_path(config)
-    cfg = _load_maybe_missing(config_file, state_dir)
-    settings = migrate.Settings(
+    config_file = config_path(settings.config)
+    cfg = _load_maybe_missing(config_file, settings)
+    wanted = migrate.Settings(
         mode=checked_mode,
         agent=agent,
         service=service,
@@ -244,7 +238,7 @@ def migrate_command(
         config_file=config_file.absolute(),
         identity_dirs=migrate.identity_dirs(cfg),
     )
-    plan = migrate.plan(compose_file, settings, out)
+    plan = migrate.plan(compose_file, wanted, out)
     warnings = [*plan.notes, *migrate.environment_only(cfg)]
     size = _cluster_size_step(config_file, cluster_size, dry_run, warnings)
     container = migrate.docker_container_step(config_file, plan.container)
@@ -271,15 +265,15 @@ def migrate_command(
     sys.stdout.flush()
 
 
-def _load_maybe_missing(path: Path, state_dir: str | None) -> Config:
+def _load_maybe_missing(path: Path, settings: Settings) -> Config:
     """The configuration of ``path``, or the environment's and defaults alone when ``path``
     does not exist yet (migrate --cluster-size creates it)."""
     import tempfile
 
     if path.exists():
-        return load(str(path), state_dir)
+        return replace(settings, config=str(path)).load()
     with tempfile.NamedTemporaryFile(suffix=".toml") as empty:
-        return load(empty.name, state_dir)
+        return replace(settings, config=empty.name).load()
 
 
 def _cluster_size_step(

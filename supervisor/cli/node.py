@@ -34,28 +34,20 @@ if TYPE_CHECKING:
     from supervisor.node.agentconfig import RenderResult
     from supervisor.node.configimport import Addition
 
-_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
-config_app = typer.Typer(
-    help="The agent's node-local config directory (one file per option).",
-    no_args_is_help=True,
-    context_settings=_SETTINGS,
-)
-certs_app = typer.Typer(
-    help="The agent's client certificate: check it, or make a key and CSR.",
-    no_args_is_help=True,
-    context_settings=_SETTINGS,
-)
-kubeconfig_app = typer.Typer(
-    help="A kubeconfig for the agent's own identity.",
-    no_args_is_help=True,
-    context_settings=_SETTINGS,
-)
-apf_app = typer.Typer(
-    help="API Priority and Fairness objects for the agents' group.",
-    no_args_is_help=True,
-    context_settings=_SETTINGS,
-)
+def _group(help_text: str) -> typer.Typer:
+    """A command group (``config``, ``certs``, ...) with its one-line help."""
+    return typer.Typer(
+        help=help_text,
+        no_args_is_help=True,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+
+config_app = _group("The agent's node-local config directory (one file per option).")
+certs_app = _group("The agent's client certificate: check it, or make a key and CSR.")
+kubeconfig_app = _group("A kubeconfig for the agent's own identity.")
+apf_app = _group("API Priority and Fairness objects for the agents' group.")
 
 OutputDirOpt = Annotated[
     Path | None,
