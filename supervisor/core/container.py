@@ -167,32 +167,54 @@ def reconcile(
         last = state.last_run
     if info is None or d is None:
         return _done(events, _pending(last, now, grace), "withdrawn" if events else None)
-    f = info.finished_at
     if last is not None and _covers(last, info.id, d, grace):
-        if info.running and f is not None and last.started_at <= f < d:
-            # Started, ended at f, started again at d: two starts since the approval. (No
-            # slack before the approval: the approved run ends after its own start, which
-            # follows the record; an f just before it is the previous run's end.)
-            if last.ended_at is None:
-                events.append(Ended(f, None, "docker", last.id))
-            return _outside(state, events, info, d)
-        if info.running:
-            if last.ended_at is None and last.container != info.id:
-                events.append(Bound(last.id, info.id))
-            return _done(events, "running", "running" if last.ended_at is None else None)
-        if last.ended_at is None and f is not None and f >= d:
-            events.append(Bound(last.id, info.id))
-            events.append(Ended(f, info.exit_code, "docker", last.id))
-            return _done(events, "stopped", "exited")
-        return _done(events, _pending(last, now, grace), "withdrawn" if events else None)
+        return _own_start(state, last, events, info, d, now, grace)
     if (last is None or d > last.started_at) and (known is None or d > known):
-        bound_open = last is not None and last.ended_at is None and last.container is not None
-        if bound_open and last is not None and f is not None and last.started_at <= f < d:
-            events.append(Ended(f, None, "docker", last.id))
-        return _outside(state, events, info, d)
+        return _new_start(state, last, events, info, d)
     # Docker's latest start is older than the latest run: nothing of it is news.
     view = "running" if info.running else _pending(last, now, grace)
     return _done(events, view, "withdrawn" if events else None)
+
+
+def _own_start(
+    state: AgentState,
+    last: Run,
+    events: list[Event],
+    info: ContainerInfo,
+    d: float,
+    now: float,
+    grace: float,
+) -> Reconciled:
+    """Docker's start ``d`` is the latest run's own: bind it, end it, or see a second start."""
+    f = info.finished_at
+    if info.running and f is not None and last.started_at <= f < d:
+        # Started, ended at f, started again at d: two starts since the approval. (No slack
+        # before the approval: the approved run ends after its own start, which follows the
+        # record; an f just before it is the previous run's end.)
+        if last.ended_at is None:
+            events.append(Ended(f, None, "docker", last.id))
+        return _outside(state, events, info, d)
+    if info.running:
+        if last.ended_at is None and last.container != info.id:
+            events.append(Bound(last.id, info.id))
+        return _done(events, "running", "running" if last.ended_at is None else None)
+    if last.ended_at is None and f is not None and f >= d:
+        events.append(Bound(last.id, info.id))
+        events.append(Ended(f, info.exit_code, "docker", last.id))
+        return _done(events, "stopped", "exited")
+    return _done(events, _pending(last, now, grace), "withdrawn" if events else None)
+
+
+def _new_start(
+    state: AgentState, last: Run | None, events: list[Event], info: ContainerInfo, d: float
+) -> Reconciled:
+    """A start no run covers: the open run bound to the container ended at FinishedAt when
+    Docker says so, and ``d`` is a start outside the gate."""
+    f = info.finished_at
+    bound_open = last is not None and last.ended_at is None and last.container is not None
+    if bound_open and last is not None and f is not None and last.started_at <= f < d:
+        events.append(Ended(f, None, "docker", last.id))
+    return _outside(state, events, info, d)
 
 
 def _unfollowed(

@@ -14,9 +14,9 @@ caller can tell whether there is anything to write.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Final, Literal
 
 from supervisor.base.clock import Now
 from supervisor.core.state import (
@@ -164,59 +164,76 @@ Event = (
 
 def apply(state: AgentState, event: Event) -> AgentState:
     """The state after ``event``; ``state`` itself when the event changes nothing."""
-    match event:
-        case Approved():
-            run = Run(
-                id=event.run_id,
-                started_at=micro(event.at),
-                via=event.via,
-                user=event.user,
-                reason=event.reason,
-                replaces=event.replaces,
-            )
-            return _started(state, run)
-        case Outside():
-            run = Run(
-                id=event.run_id,
-                started_at=micro(event.at),
-                via="docker",
-                container=event.container,
-                reason="started outside the gate",
-            )
-            return _started(state, run)
-        case Bound():
-            return _bound(state, event)
-        case Ended():
-            return _ended(state, event)
-        case Withdrawn():
-            runs = tuple(
-                r
-                for r in state.runs
-                if not (r.id == event.run_id and r.ended_at is None and r.container is None)
-            )
-            return state if len(runs) == len(state.runs) else replace(state, runs=runs)
-        case Asked():
-            return state if state.ask == event.ask else replace(state, ask=event.ask)
-        case FlagSet():
-            if event.kind == "hold":
-                return replace(state, hold=event.flag)
-            return replace(state, override=event.flag)
-        case Released():
-            if (state.hold, state.override, state.ask) == (None, None, None):
-                return state
-            return replace(state, hold=None, override=None, ask=None)
-        case DebugStarted():
-            return replace(state, debug=event.session)
-        case DebugEnded():
-            return state if state.debug is None else replace(state, debug=None)
-        case Reset():
-            return AgentState(state.agent, anchor=state.anchor)
-        case Rebased():
-            return rebase(state, event.now)
-        case Lost():
-            lost = Run(id=event.run_id, started_at=micro(event.at), via="unknown", reason=event.why)
-            return AgentState(state.agent, runs=(lost,), anchor=state.anchor)
-    raise TypeError(f"not an event: {event!r}")  # pragma: no cover - the union is closed
+    return _TRANSITIONS[type(event)](state, event)
+
+
+def _approved(state: AgentState, event: Approved) -> AgentState:
+    run = Run(
+        id=event.run_id,
+        started_at=micro(event.at),
+        via=event.via,
+        user=event.user,
+        reason=event.reason,
+        replaces=event.replaces,
+    )
+    return _started(state, run)
+
+
+def _outside(state: AgentState, event: Outside) -> AgentState:
+    run = Run(
+        id=event.run_id,
+        started_at=micro(event.at),
+        via="docker",
+        container=event.container,
+        reason="started outside the gate",
+    )
+    return _started(state, run)
+
+
+def _withdrawn(state: AgentState, event: Withdrawn) -> AgentState:
+    runs = tuple(
+        r
+        for r in state.runs
+        if not (r.id == event.run_id and r.ended_at is None and r.container is None)
+    )
+    return state if len(runs) == len(state.runs) else replace(state, runs=runs)
+
+
+def _asked(state: AgentState, event: Asked) -> AgentState:
+    return state if state.ask == event.ask else replace(state, ask=event.ask)
+
+
+def _flag_set(state: AgentState, event: FlagSet) -> AgentState:
+    if event.kind == "hold":
+        return replace(state, hold=event.flag)
+    return replace(state, override=event.flag)
+
+
+def _released(state: AgentState, _event: Released) -> AgentState:
+    if (state.hold, state.override, state.ask) == (None, None, None):
+        return state
+    return replace(state, hold=None, override=None, ask=None)
+
+
+def _debug_started(state: AgentState, event: DebugStarted) -> AgentState:
+    return replace(state, debug=event.session)
+
+
+def _debug_ended(state: AgentState, _event: DebugEnded) -> AgentState:
+    return state if state.debug is None else replace(state, debug=None)
+
+
+def _reset(state: AgentState, _event: Reset) -> AgentState:
+    return AgentState(state.agent, anchor=state.anchor)
+
+
+def _rebased(state: AgentState, event: Rebased) -> AgentState:
+    return rebase(state, event.now)
+
+
+def _lost(state: AgentState, event: Lost) -> AgentState:
+    lost = Run(id=event.run_id, started_at=micro(event.at), via="unknown", reason=event.why)
+    return AgentState(state.agent, runs=(lost,), anchor=state.anchor)
 
 
 def apply_all(state: AgentState, events: Iterable[Event]) -> AgentState:
@@ -260,3 +277,21 @@ def _ended(state: AgentState, event: Ended) -> AgentState:
 def _replace_run(state: AgentState, run: Run) -> AgentState:
     runs = tuple(run if r.id == run.id else r for r in state.runs)
     return replace(state, runs=runs)
+
+
+#: Each event's transition (one small function each: what ``apply`` dispatches to).
+_TRANSITIONS: Final[dict[type, Callable[[AgentState, Any], AgentState]]] = {
+    Approved: _approved,
+    Outside: _outside,
+    Bound: _bound,
+    Ended: _ended,
+    Withdrawn: _withdrawn,
+    Asked: _asked,
+    FlagSet: _flag_set,
+    Released: _released,
+    DebugStarted: _debug_started,
+    DebugEnded: _debug_ended,
+    Reset: _reset,
+    Rebased: _rebased,
+    Lost: _lost,
+}
