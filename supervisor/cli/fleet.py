@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -32,7 +32,9 @@ from supervisor.core.slots import SlotMode
 from supervisor.fleet.scenarios import DEFAULT_OUTAGE, DESCRIPTIONS, LIVE, ScenarioKind
 
 if TYPE_CHECKING:
-    from supervisor.fleet.plan import Problem
+    from supervisor.fleet.plan import FleetCheck, Plan, Problem
+    from supervisor.fleet.simulate import SimulationResult
+    from supervisor.storage.config import Config
 
 # The simulator and the planner are imported inside the commands: registering the commands
 # runs on every gate call, and importing them there cost about 25 ms. The literals come from
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
 MAX_NODES = 1_000_000
 #: When ``restart-all`` restarts every supervisor if ``--at`` is not given.
 DEFAULT_RESTART_AT = "45m"
+#: A configured duration, which some settings leave unset (None: the simulator's default).
+_Configured = TypeVar("_Configured", float, float | None)
 
 NodesOpt = Annotated[
     int,
@@ -165,31 +169,14 @@ def simulate_command(
     whether and when the fleet recovered. The probe of agent-supervisor+probe asks the same
     queue: "loaded" when its request would wait longer than --max-latency.
     """
-    from supervisor.fleet.simulate import (
-        Fleet,
-        PlotUnavailableError,
-        Scenario,
-        render_table,
-        require_matplotlib,
-        simulate,
-        write_plot,
-    )
+    from supervisor.fleet.simulate import Fleet, Scenario, simulate
 
-    kind = scenario
-    if plot is not None:
-        try:
-            require_matplotlib()
-        except PlotUnavailableError as exc:
-            raise UsageError(str(exc)) from None
-    if at is not None and kind != "restart-all":
-        raise UsageError("--at goes with --scenario restart-all")
-    if outage is not None and kind in LIVE:
-        raise UsageError(f"--outage does not go with --scenario {kind}: the control plane stays up")
+    _check_scenario_options(scenario, outage=outage, at=at, plot=plot)
     cfg = settings.load(cluster_size=nodes)
-    outage_text = outage if outage is not None else DEFAULT_OUTAGE[kind]
+    outage_text = outage if outage is not None else DEFAULT_OUTAGE[scenario]
     try:
         sc = Scenario(
-            kind=kind,
+            kind=scenario,
             nodes=nodes,
             outage=duration_option(outage_text, "--outage"),
             fail_after=duration_option(fail_after, "--fail-after"),
@@ -204,12 +191,8 @@ def simulate_command(
             unused_addresses=unused_addresses,
             stable_after=cfg.stable_after,
             max_multiplier=cfg.max_multiplier,
-            admission=cfg.window.admission
-            if admission is None
-            else duration_option(admission, "--admission"),
-            max_latency=cfg.probe.max_latency
-            if max_latency is None
-            else duration_option(max_latency, "--max-latency"),
+            admission=_duration_or(admission, "--admission", cfg.window.admission),
+            max_latency=_duration_or(max_latency, "--max-latency", cfg.probe.max_latency),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -220,13 +203,52 @@ def simulate_command(
         raise UsageError(f"--horizon {horizon!r}: must be positive")
     result = simulate(sc, fleet, seed=seed, horizon=until)
     if plot is not None:
+        _write_plot(result, plot)
+    _print_simulation(result, json_out=json_out, plot=plot)
+
+
+def _check_scenario_options(
+    kind: ScenarioKind, *, outage: str | None, at: str | None, plot: Path | None
+) -> None:
+    """Usage errors of options that do not go with the scenario, before the configuration is
+    read; a missing matplotlib is said before the simulation, not after a minute of work."""
+    from supervisor.fleet.simulate import PlotUnavailableError, require_matplotlib
+
+    if plot is not None:
         try:
-            write_plot(result, plot)
+            require_matplotlib()
         except PlotUnavailableError as exc:
             raise UsageError(str(exc)) from None
-        except OSError as exc:
-            raise UsageError(f"--plot {str(plot)!r}: {exc.strerror or exc}") from None
-        get_logger().info(EventId.SIMULATE_PLOT_WRITTEN, path=str(plot))
+    if at is not None and kind != "restart-all":
+        raise UsageError("--at goes with --scenario restart-all")
+    if outage is not None and kind in LIVE:
+        raise UsageError(f"--outage does not go with --scenario {kind}: the control plane stays up")
+
+
+def _duration_or(text: str | None, option: str, configured: _Configured) -> _Configured:
+    """The duration ``option`` gives, else the configured one (None: the simulator's default):
+    the simulated gates are the configured gates unless an option says otherwise."""
+    return configured if text is None else duration_option(text, option)
+
+
+def _write_plot(result: SimulationResult, plot: Path) -> None:
+    """Write the PNG of ``--plot`` and log where; a file that cannot be written is a usage
+    error naming it."""
+    from supervisor.fleet.simulate import PlotUnavailableError, write_plot
+
+    try:
+        write_plot(result, plot)
+    except PlotUnavailableError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"--plot {str(plot)!r}: {exc.strerror or exc}") from None
+    get_logger().info(EventId.SIMULATE_PLOT_WRITTEN, path=str(plot))
+
+
+def _print_simulation(result: SimulationResult, *, json_out: bool, plot: Path | None) -> None:
+    """The result as JSON, or as the table (without the sparklines when a plot was written)."""
+    from supervisor.fleet.simulate import render_table
+
     if json_out:
         emit_json(result.to_json())
         return
@@ -294,32 +316,15 @@ def plan_command(
     The check uses the configured window for cluster_size (else the number of names) and
     slot_mode (--slots overrides it); exact slots take the names' order as the ordinals.
     """
-    from supervisor.fleet.plan import check_fleet, render_check, render_plan, used_mode
     from supervisor.fleet.plan import plan as make_plan
+    from supervisor.fleet.plan import used_mode
 
-    # typer's own usage errors, not ours: they exit 2 with the usage however plan is invoked,
-    # as the missing options did when --nodes and --max-start-rate were both required.
-    if nodes is not None and nodes_file is not None:
-        raise typer.BadParameter("give --nodes or --nodes-file, not both", param_hint="'--nodes'")
-    if nodes is None and nodes_file is None:
-        raise typer.BadParameter(
-            "give the fleet's size, or its names with --nodes-file", param_hint="'--nodes'"
-        )
-    if nodes_file is None and max_start_rate is None:
-        raise typer.BadParameter(
-            "needed to size a window (or check a fleet's names with --nodes-file)",
-            param_hint="'--max-start-rate'",
-        )
+    _check_plan_options(nodes, nodes_file, max_start_rate)
     check_agent(agent)
-    names: tuple[str, ...] = ()
-    repeats = 0
-    if nodes_file is not None:
-        names, repeats = _read_names(nodes_file)
+    names, repeats = ((), 0) if nodes_file is None else _read_names(nodes_file)
     cfg = settings.load(cluster_size=nodes)
     size = len(names) or nodes or 1
-    # Without a file the sizing keeps its old default (hash); a fleet check is of the mode the
-    # fleet's gates use, so it defaults to the configured slot_mode.
-    setting = slots or (cfg.slot_mode if nodes_file is not None else "hash")
+    setting = _slot_setting(slots, cfg, checking=nodes_file is not None)
     ordinals = cfg.slot_index is not None and cfg.slot_count is not None
     mode = used_mode(setting, ordinals=ordinals)
     p = check = None
@@ -333,20 +338,85 @@ def plan_command(
                 outage=duration_option(outage, "--outage"),
             )
         if nodes_file is not None:
-            check = check_fleet(
+            check = _check_names(
                 names,
+                repeats,
                 setting,
+                cfg,
+                p,
                 agent=agent,
-                window=window_seconds(cfg.window, cfg.cluster_size or size),
-                slot_count=cfg.slot_count,
+                size=size,
                 ordinals=ordinals,
-                cluster_size=cfg.cluster_size,
-                repeats=repeats,
-                source="stdin" if nodes_file == "-" else nodes_file,
-                budget=None if p is None else (p.max_start_rate, p.window),
+                nodes_file=nodes_file,
             )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    _print_plan(p, check, json_out=json_out)
+    if check is not None:
+        raise typer.Exit(_check_exit_code(check.problems))
+
+
+def _check_plan_options(
+    nodes: int | None, nodes_file: str | None, max_start_rate: float | None
+) -> None:
+    """Either the fleet's size or its names, and a rate unless only the names are checked."""
+    # typer's own usage errors, not ours: they exit 2 with the usage however plan is invoked,
+    # as the missing options did when --nodes and --max-start-rate were both required.
+    if nodes is not None and nodes_file is not None:
+        raise typer.BadParameter("give --nodes or --nodes-file, not both", param_hint="'--nodes'")
+    if nodes is None and nodes_file is None:
+        raise typer.BadParameter(
+            "give the fleet's size, or its names with --nodes-file", param_hint="'--nodes'"
+        )
+    if nodes_file is None and max_start_rate is None:
+        raise typer.BadParameter(
+            "needed to size a window (or check a fleet's names with --nodes-file)",
+            param_hint="'--max-start-rate'",
+        )
+
+
+def _slot_setting(slots: SlotMode | None, cfg: Config, *, checking: bool) -> str:
+    """The slot mode setting: --slots, else what the command is about. Without a file the
+    sizing keeps its old default (hash); a fleet check is of the mode the fleet's gates use, so
+    it defaults to the configured slot_mode."""
+    return slots or (cfg.slot_mode if checking else "hash")
+
+
+def _check_names(
+    names: tuple[str, ...],
+    repeats: int,
+    setting: str,
+    cfg: Config,
+    p: Plan | None,
+    *,
+    agent: str,
+    size: int,
+    ordinals: bool,
+    nodes_file: str,
+) -> FleetCheck:
+    """The fleet check of ``--nodes-file``: in the window the fleet's gates compute (for the
+    configured cluster_size, else the number of names), against the plan's budget if any."""
+    from supervisor.fleet.plan import check_fleet
+
+    return check_fleet(
+        names,
+        setting,
+        agent=agent,
+        window=window_seconds(cfg.window, cfg.cluster_size or size),
+        slot_count=cfg.slot_count,
+        ordinals=ordinals,
+        cluster_size=cfg.cluster_size,
+        repeats=repeats,
+        source="stdin" if nodes_file == "-" else nodes_file,
+        budget=None if p is None else (p.max_start_rate, p.window),
+    )
+
+
+def _print_plan(p: Plan | None, check: FleetCheck | None, *, json_out: bool) -> None:
+    """The plan, then the fleet check: one JSON document (the check as its ``fleet``), or the
+    two texts one after the other; flushed before the exit code ends the process."""
+    from supervisor.fleet.plan import render_check, render_plan
+
     if json_out:
         doc = {} if p is None else p.to_json()
         if check is not None:
@@ -358,8 +428,6 @@ def plan_command(
             text += render_check(check)
         sys.stdout.write(text)
     sys.stdout.flush()
-    if check is not None:
-        raise typer.Exit(_check_exit_code(check.problems))
 
 
 def _read_names(path: str) -> tuple[tuple[str, ...], int]:

@@ -164,17 +164,53 @@ def create_args(
     by id; compose's labels are dropped and ``labels`` added; the healthcheck is off (a
     sleep is not the agent and would only be reported unhealthy).
     """
+    host = _debug_host_config(attrs)
     config: Mapping[str, Any] = attrs.get("Config") or {}
+    return {
+        "image": attrs["Image"],
+        "name": name,
+        "entrypoint": list(entrypoint),
+        "environment": list(config.get("Env") or []),
+        "user": config.get("User") or "",
+        "working_dir": config.get("WorkingDir") or None,
+        "labels": {**_kept_labels(config), **labels},
+        "host_config": host,
+        "healthcheck": {"Test": ["NONE"]},
+    }
+
+
+def _debug_host_config(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The agent's HostConfig (a copy: ``attrs`` is left as it is) with restart "no" and no
+    auto-removal, and the image's volumes added to its mounts.
+
+    Docker must not restart the debug container on its own (the agent's policy would bring a
+    second container with the agent's mounts and privileges back after a reboot), nor remove
+    it when its entrypoint exits: ``debug start`` run again starts it again, and ``debug end``
+    and ``doctor`` find it by its labels.
+    """
     host: dict[str, Any] = copy.deepcopy(dict(attrs.get("HostConfig") or {}))
     host["RestartPolicy"] = {"Name": "no", "MaximumRetryCount": 0}
     host["AutoRemove"] = False
     mounts: list[dict[str, Any]] = list(host.get("Mounts") or [])
+    mounts += _image_volumes(attrs, host, mounts)
+    if mounts:
+        host["Mounts"] = mounts
+    return host
+
+
+def _image_volumes(
+    attrs: Mapping[str, Any], host: Mapping[str, Any], mounts: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The named volumes the agent has mounted where neither a bind nor a mount of ``host``
+    does: the image's anonymous volumes, which no HostConfig names, so that the debug
+    container gets the agent's data rather than new empty volumes. One mount a target."""
     taken = {_bind_target(b) for b in host.get("Binds") or []}
     taken |= {str(m.get("Target")) for m in mounts}
+    added: list[dict[str, Any]] = []
     for m in attrs.get("Mounts") or []:
         target = str(m.get("Destination") or "")
         if m.get("Type") == "volume" and m.get("Name") and target and target not in taken:
-            mounts.append(
+            added.append(
                 {
                     "Type": "volume",
                     "Source": m["Name"],
@@ -183,23 +219,16 @@ def create_args(
                 }
             )
             taken.add(target)
-    if mounts:
-        host["Mounts"] = mounts
-    kept = {
+    return added
+
+
+def _kept_labels(config: Mapping[str, Any]) -> dict[str, str]:
+    """The agent's labels but compose's own (:data:`COMPOSE_LABELS`): with them, compose and
+    a daemon that finds the agent by them would take the debug container for the agent."""
+    return {
         str(k): str(v)
         for k, v in (config.get("Labels") or {}).items()
         if not str(k).startswith(COMPOSE_LABELS)
-    }
-    return {
-        "image": attrs["Image"],
-        "name": name,
-        "entrypoint": list(entrypoint),
-        "environment": list(config.get("Env") or []),
-        "user": config.get("User") or "",
-        "working_dir": config.get("WorkingDir") or None,
-        "labels": {**kept, **labels},
-        "host_config": host,
-        "healthcheck": {"Test": ["NONE"]},
     }
 
 

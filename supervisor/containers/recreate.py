@@ -46,7 +46,7 @@ says so (``docker.recreate_unknown``, an error) and answers as before ("already 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -204,6 +204,10 @@ def _actual_mounts(container: Mapping[str, Any]) -> list[Any]:
     return sorted(out, key=repr)
 
 
+#: One comparison: what, what compose would create, what Docker recorded of the container.
+_Pair = tuple[str, object, object]
+
+
 def differences(
     svc: Mapping[str, Any],
     *,
@@ -218,59 +222,124 @@ def differences(
     would keep it. ``image``: the inspect document of the image the service's reference names
     now (None: not on this node, compose would pull it). ``directory``: the project directory
     (relative host paths); ``read``: where a host path of the project can be read here."""
-    out: list[str] = []
-    cfg = container.get("Config") or {}
-    host = container.get("HostConfig") or {}
-    icfg = (image or {}).get("Config") or {}
-
-    def differ(what: str, want: object, have: object) -> None:
-        if want != have:
-            out.append(f"{what}: {have!r} -> {want!r}")
-
     ref = svc.get("image")
-    if ref is not None:
-        differ("image", normal_ref(str(ref)), normal_ref(str(cfg.get("Image") or "")))
-        if image is None:
-            out.append(f"image {ref}: not on this node (compose pulls it)")
-            return out
-        differ("image id", image.get("Id"), container.get("Image"))
+    if ref is not None and image is None:
+        # Nothing else can be compared with an image this node does not have.
+        pulled = f"image {ref}: not on this node (compose pulls it)"
+        return [*_differing(_image_pairs(ref, container, None)), pulled]
+    icfg = (image or {}).get("Config") or {}
+    return _differing(
+        [
+            *_image_pairs(ref, container, image),
+            *_process_pairs(svc, container, icfg, env, read),
+            *_host_pairs(svc, container, icfg, directory),
+            *_identity_pairs(svc, container, icfg),
+            *_isolation_pairs(svc, container, icfg),
+        ]
+    )
+
+
+def _differing(pairs: Iterable[_Pair]) -> list[str]:
+    """The comparisons that differ, each as ``what: now -> then``, in the order given."""
+    return [f"{what}: {have!r} -> {want!r}" for what, want, have in pairs if want != have]
+
+
+def _image_pairs(
+    ref: object, container: Mapping[str, Any], image: Mapping[str, Any] | None
+) -> list[_Pair]:
+    """The image reference, one spelling each side, and the image's id when it is on this
+    node: a reference that names another image now (a tag moved) is a recreation too."""
+    if ref is None:
+        return []
+    cfg = container.get("Config") or {}
+    pairs: list[_Pair] = [("image", normal_ref(str(ref)), normal_ref(str(cfg.get("Image") or "")))]
+    if image is not None:
+        pairs.append(("image id", image.get("Id"), container.get("Image")))
+    return pairs
+
+
+def _process_pairs(
+    svc: Mapping[str, Any],
+    container: Mapping[str, Any],
+    icfg: Mapping[str, Any],
+    env: Mapping[str, str],
+    read: Callable[[Path], Path],
+) -> list[_Pair]:
+    """What the agent runs: entrypoint, command and environment, each the service's over the
+    image's, as Docker records them (the image's own variables and the env_files included)."""
+    cfg = container.get("Config") or {}
     ep, cmd = _argv(svc, icfg)
-    differ("entrypoint", ep, list(cfg.get("Entrypoint") or []))
-    differ("command", cmd, list(cfg.get("Cmd") or []))
     want_env = {**_env_dict(icfg.get("Env")), **_env_files(svc, read), **environment(svc, env)}
-    differ("environment", want_env, _env_dict(cfg.get("Env")))
-    differ("volumes", _mounts(svc, directory, icfg), _actual_mounts(container))
+    return [
+        ("entrypoint", ep, list(cfg.get("Entrypoint") or [])),
+        ("command", cmd, list(cfg.get("Cmd") or [])),
+        ("environment", want_env, _env_dict(cfg.get("Env"))),
+    ]
+
+
+def _host_pairs(
+    svc: Mapping[str, Any], container: Mapping[str, Any], icfg: Mapping[str, Any], directory: Path
+) -> list[_Pair]:
+    """What the agent sees of the node: volumes, tmpfs, privileges, network mode, restart.
+    The network mode only when it is one Docker records as written (``host``, ``none``,
+    ``bridge``): a project network or ``service:...`` is recorded as compose resolved it."""
+    host = container.get("HostConfig") or {}
     tmpfs = [str(t).split(":")[0] for t in _listed(svc.get("tmpfs"))]
-    differ("tmpfs", sorted(tmpfs), sorted((host.get("Tmpfs") or {}).keys()))
-    differ("privileged", bool(svc.get("privileged")), bool(host.get("Privileged")))
+    pairs: list[_Pair] = [
+        ("volumes", _mounts(svc, directory, icfg), _actual_mounts(container)),
+        ("tmpfs", sorted(tmpfs), sorted((host.get("Tmpfs") or {}).keys())),
+        ("privileged", bool(svc.get("privileged")), bool(host.get("Privileged"))),
+    ]
     mode = svc.get("network_mode")
     if isinstance(mode, str) and mode in _SIMPLE_NETWORK_MODES:
-        differ("network_mode", mode, host.get("NetworkMode"))
+        pairs.append(("network_mode", mode, host.get("NetworkMode")))
     policy = (host.get("RestartPolicy") or {}).get("Name") or "no"
-    differ("restart", restart_policy(svc).split(":")[0], policy)
+    pairs.append(("restart", restart_policy(svc).split(":")[0], policy))
+    return pairs
+
+
+def _identity_pairs(
+    svc: Mapping[str, Any], container: Mapping[str, Any], icfg: Mapping[str, Any]
+) -> list[_Pair]:
+    """Labels, user and working directory, the service's over the image's; the labels
+    compose and Docker Desktop add of their own (:data:`_OWN_LABELS`) are not the service's."""
+    cfg = container.get("Config") or {}
     labels = {**(icfg.get("Labels") or {}), **_labels(svc.get("labels"))}
     have = {k: v for k, v in (cfg.get("Labels") or {}).items() if not k.startswith(_OWN_LABELS)}
-    differ("labels", labels, have)
-    differ("user", str(svc.get("user") or icfg.get("User") or ""), cfg.get("User") or "")
-    differ(
-        "working_dir",
-        str(svc.get("working_dir") or icfg.get("WorkingDir") or ""),
-        cfg.get("WorkingDir") or "",
-    )
-    differ("cap_add", _caps(svc.get("cap_add")), _caps(host.get("CapAdd")))
-    differ("cap_drop", _caps(svc.get("cap_drop")), _caps(host.get("CapDrop")))
+    return [
+        ("labels", labels, have),
+        ("user", str(svc.get("user") or icfg.get("User") or ""), cfg.get("User") or ""),
+        (
+            "working_dir",
+            str(svc.get("working_dir") or icfg.get("WorkingDir") or ""),
+            cfg.get("WorkingDir") or "",
+        ),
+    ]
+
+
+def _isolation_pairs(
+    svc: Mapping[str, Any], container: Mapping[str, Any], icfg: Mapping[str, Any]
+) -> list[_Pair]:
+    """Capabilities, pid and ipc modes, stop signal, read-only root, tty and stdin. The pid
+    and ipc modes only when the service sets them: Docker's default depends on the daemon's
+    configuration (``private`` or ``shareable`` ipc), which the files do not say."""
+    cfg = container.get("Config") or {}
+    host = container.get("HostConfig") or {}
+    pairs: list[_Pair] = [
+        ("cap_add", _caps(svc.get("cap_add")), _caps(host.get("CapAdd"))),
+        ("cap_drop", _caps(svc.get("cap_drop")), _caps(host.get("CapDrop"))),
+    ]
     for key, field in (("pid", "PidMode"), ("ipc", "IpcMode")):
         if svc.get(key) is not None:
-            differ(key, str(svc[key]), host.get(field) or "")
-    differ(
-        "stop_signal",
-        _signal(svc.get("stop_signal") or icfg.get("StopSignal")),
-        _signal(cfg.get("StopSignal")),
-    )
-    differ("read_only", bool(svc.get("read_only")), bool(host.get("ReadonlyRootfs")))
-    differ("tty", bool(svc.get("tty")), bool(cfg.get("Tty")))
-    differ("stdin_open", bool(svc.get("stdin_open")), bool(cfg.get("OpenStdin")))
-    return out
+            pairs.append((key, str(svc[key]), host.get(field) or ""))
+    stop_signal = _signal(svc.get("stop_signal") or icfg.get("StopSignal"))
+    return [
+        *pairs,
+        ("stop_signal", stop_signal, _signal(cfg.get("StopSignal"))),
+        ("read_only", bool(svc.get("read_only")), bool(host.get("ReadonlyRootfs"))),
+        ("tty", bool(svc.get("tty")), bool(cfg.get("Tty"))),
+        ("stdin_open", bool(svc.get("stdin_open")), bool(cfg.get("OpenStdin"))),
+    ]
 
 
 def _labels(value: Any) -> dict[str, str]:

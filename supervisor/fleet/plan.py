@@ -434,7 +434,71 @@ def check_fleet(
         raise ValueError(f"window {window!r}: must be positive")
     if setting not in SLOT_MODE_SETTINGS:
         raise ValueError(f"slot_mode {setting!r} is not one of {', '.join(SLOT_MODE_SETTINGS)}")
-    slots = used_mode(setting, ordinals=ordinals)
+    placed = _place(
+        names, setting, used_mode(setting, ordinals=ordinals), agent=agent, slot_count=slot_count
+    )
+    on_instant = Counter(placed.offsets.values())
+    most = max(on_instant.values(), default=0)
+    values = list(placed.offsets.values())
+    busiest = busiest_minute(values, window)
+    target = peak_target(placed.slots, n, window)
+    rate, planned = budget if budget is not None else (None, None)
+    planned_busiest = None if planned is None else busiest_minute(values, planned)
+    size = cluster_size or n
+    found = (
+        _no_slot(placed),
+        _shared_slot(placed, on_instant, most),
+        _over_target(placed, busiest, target, window),
+        _over_budget(placed, budget, planned_busiest),
+        _repeated_names(repeats),
+        _cluster_size_off(size, n, window),
+    )
+    return FleetCheck(
+        source=source,
+        nodes=n,
+        setting=setting,
+        slots=placed.slots,
+        agent=agent,
+        window=window,
+        cluster_size=size,
+        cluster_size_configured=cluster_size is not None,
+        placed=len(placed.offsets),
+        distinct_slots=len(on_instant),
+        most_on_one_instant=most,
+        busiest_minute=busiest,
+        target=target,
+        problems=tuple(p for p in found if p is not None),
+        max_start_rate=rate,
+        planned_window=planned,
+        planned_busiest_minute=planned_busiest,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Placement:
+    """Where the slot mode puts a fleet's names: each placed name's offset, and the names it
+    refuses with the first refusal's message. ``count``: the slot_count of exact slots."""
+
+    slots: SlotMode
+    nodes: int
+    count: int | None
+    offsets: dict[str, float]
+    refused: tuple[str, ...]
+    first_error: str
+
+    @property
+    def label(self) -> str:
+        """The slot mode as the problems name it."""
+        return f"{self.slots} slots"
+
+
+def _place(
+    names: Sequence[str], setting: str, slots: SlotMode, *, agent: str, slot_count: int | None
+) -> _Placement:
+    """Every name's offset from :func:`~supervisor.core.slots.slot_offset` itself, so that the
+    check measures what the gates will do, not a model of it; exact slots take the names'
+    order as the ordinals, of ``slot_count`` (else N), since a list of names has no other."""
+    n = len(names)
     by_index = slots == "index"
     count = (slot_count or n) if by_index else None
     offsets: dict[str, float] = {}
@@ -452,91 +516,90 @@ def check_fleet(
         except ValueError as exc:  # SlotError, or an ordinal beyond slot_count
             refused.append(name)
             first_error = first_error or str(exc)
-    problems: list[Problem] = []
-    label = f"{slots} slots"
-    if refused:
-        hint = ""
-        if by_index and count is not None and count < n:
-            hint = f" (slot_count = {count} is less than the {n} names)"
-        problems.append(
-            Problem(
-                "refused",
-                "no_slot",
-                f"{len(refused)} of {n} names get no slot with {label}{hint}; the first: "
-                f"{first_error}",
-            )
-        )
-    on_instant = Counter(offsets.values())
-    most = max(on_instant.values(), default=0)
-    if most > 1:
-        crowded = max(on_instant, key=lambda o: on_instant[o])
-        group = [name for name, o in offsets.items() if o == crowded]
-        shared = sum(c for c in on_instant.values() if c > 1)
-        problems.append(
-            Problem(
-                "refused",
-                "shared_slot",
-                f"{shared} of {n} names share a start instant with another name with {label} "
-                f"(up to {most} on one, e.g. {group[0]!r} and {group[1]!r}): their ids are not "
-                "unique; set node_id per node, or use slot_mode = index or hash",
-            )
-        )
-    values = list(offsets.values())
-    busiest = busiest_minute(values, window)
-    target = peak_target(slots, n, window)
+    return _Placement(slots, n, count, offsets, tuple(refused), first_error)
+
+
+def _no_slot(placed: _Placement) -> Problem | None:
+    """``refused``: names the mode gives no slot (their gates would exit 78), with the likely
+    cause when slot_count is less than the names."""
+    if not placed.refused:
+        return None
+    n, count = placed.nodes, placed.count
+    hint = ""
+    if placed.slots == "index" and count is not None and count < n:
+        hint = f" (slot_count = {count} is less than the {n} names)"
+    return Problem(
+        "refused",
+        "no_slot",
+        f"{len(placed.refused)} of {n} names get no slot with {placed.label}{hint}; the first: "
+        f"{placed.first_error}",
+    )
+
+
+def _shared_slot(placed: _Placement, on_instant: Counter[float], most: int) -> Problem | None:
+    """``refused``: names on one start instant, which start together whatever the window;
+    names two of them, since their ids are what is not unique."""
+    if most <= 1:
+        return None
+    crowded = max(on_instant, key=lambda o: on_instant[o])
+    group = [name for name, o in placed.offsets.items() if o == crowded]
+    shared = sum(c for c in on_instant.values() if c > 1)
+    return Problem(
+        "refused",
+        "shared_slot",
+        f"{shared} of {placed.nodes} names share a start instant with another name with "
+        f"{placed.label} (up to {most} on one, e.g. {group[0]!r} and {group[1]!r}): their ids "
+        "are not unique; set node_id per node, or use slot_mode = index or hash",
+    )
+
+
+def _is_over(placed: _Placement, busiest: int, limit: float) -> bool:
+    """Whether the busiest minute is over ``limit``; never for a fleet with no slot at all
+    (that is :func:`_no_slot`'s problem)."""
+    return bool(placed.offsets and busiest > limit + 1e-9)
+
+
+def _over_target(placed: _Placement, busiest: int, target: float, window: float) -> Problem | None:
+    """The busiest minute against the mode's target (:func:`peak_target`)."""
+    if not _is_over(placed, busiest, target):
+        return None
+    n = placed.nodes
     mean = n * 60.0 / window
-    if values and busiest > target + 1e-9:
-        problems.append(_over(slots, "over_target", busiest, mean, target, "the target", count, n))
-    rate = planned = planned_busiest = None
-    if budget is not None:
-        rate, planned = budget
-        planned_busiest = busiest_minute(values, planned)
-        if values and planned_busiest > rate + 1e-9:
-            problems.append(
-                _over(
-                    slots,
-                    "over_budget",
-                    planned_busiest,
-                    n * 60.0 / planned,
-                    rate,
-                    f"the budget in the planned {format_duration(planned)} window",
-                    count,
-                    n,
-                )
-            )
-    if repeats:
-        problems.append(
-            Problem("warning", "repeated_names", f"{repeats} repeated names, each counted once")
-        )
-    size = cluster_size or n
-    if abs(size - n) > CLUSTER_SIZE_TOLERANCE * n:
-        problems.append(
-            Problem(
-                "warning",
-                "cluster_size",
-                f"cluster_size = {size} but {n} names: the gates' window "
-                f"({format_duration(window)}) is sized for {size} nodes; set cluster_size to "
-                "the fleet's size",
-            )
-        )
-    return FleetCheck(
-        source=source,
-        nodes=n,
-        setting=setting,
-        slots=slots,
-        agent=agent,
-        window=window,
-        cluster_size=size,
-        cluster_size_configured=cluster_size is not None,
-        placed=len(offsets),
-        distinct_slots=len(on_instant),
-        most_on_one_instant=most,
-        busiest_minute=busiest,
-        target=target,
-        problems=tuple(problems),
-        max_start_rate=rate,
-        planned_window=planned,
-        planned_busiest_minute=planned_busiest,
+    return _over(placed.slots, "over_target", busiest, mean, target, "the target", placed.count, n)
+
+
+def _over_budget(
+    placed: _Placement, budget: tuple[float, float] | None, busiest: int | None
+) -> Problem | None:
+    """The busiest minute of these names in the planned window, against the budget's rate:
+    the plan's promise, held to the real names."""
+    if budget is None or busiest is None or not _is_over(placed, busiest, budget[0]):
+        return None
+    rate, planned = budget
+    what = f"the budget in the planned {format_duration(planned)} window"
+    n = placed.nodes
+    mean = n * 60.0 / planned
+    return _over(placed.slots, "over_budget", busiest, mean, rate, what, placed.count, n)
+
+
+def _repeated_names(repeats: int) -> Problem | None:
+    """A ``warning``: a name listed twice is one node, counted once."""
+    if not repeats:
+        return None
+    return Problem("warning", "repeated_names", f"{repeats} repeated names, each counted once")
+
+
+def _cluster_size_off(size: int, n: int, window: float) -> Problem | None:
+    """A ``warning`` when cluster_size is further from the number of names than
+    :data:`CLUSTER_SIZE_TOLERANCE`: the gates size their window for cluster_size."""
+    if abs(size - n) <= CLUSTER_SIZE_TOLERANCE * n:
+        return None
+    return Problem(
+        "warning",
+        "cluster_size",
+        f"cluster_size = {size} but {n} names: the gates' window "
+        f"({format_duration(window)}) is sized for {size} nodes; set cluster_size to "
+        "the fleet's size",
     )
 
 

@@ -403,6 +403,128 @@ def _malformed(kind: str, body: bytes) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """What to send for one URL, and how to read its answer (``kind``, :func:`_kind`)."""
+
+    method: str
+    path: str
+    body: bytes | None
+    headers: Mapping[str, str]
+    host: str
+    port: int
+    https: bool
+    kind: str
+
+
+def _request(url: str) -> _Request:
+    """The request for ``url``: a GET, or for an etcd range URL a POST of its query as JSON.
+
+    Built before any connection, so that a URL that cannot succeed is "broken" at once, without
+    spending the deadline; raises :class:`_Broken` saying why.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise _Broken(f"not a valid URL: {_describe(exc)}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Broken("not an http(s) URL")
+    path = parts.path or "/"
+    kind = _kind(path)
+    method, body = "GET", None
+    headers = {"User-Agent": USER_AGENT, "Accept": "*/*"}
+    if kind == "etcd":
+        try:
+            method, body = "POST", etcd_range_body(parts.query)
+        except ValueError as exc:
+            raise _Broken(str(exc)) from None
+        headers.update({"Accept": "application/json", "Content-Type": "application/json"})
+    else:
+        if parts.query:
+            path += "?" + parts.query
+        if kind == "kube":
+            headers["Accept"] = "application/json"
+    https = parts.scheme == "https"
+    return _Request(method, path, body, headers, parts.hostname, port, https, kind)
+
+
+def _connection(
+    req: _Request, ctx: ssl.SSLContext | None, sock: socket.socket
+) -> http.client.HTTPConnection:
+    """An HTTP(S) connection over ``sock``, which is connected (and wrapped) already within the
+    deadline: http.client would otherwise connect again, with a timeout of its own."""
+    if ctx is not None:
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            req.host, req.port, context=ctx
+        )
+    else:
+        conn = http.client.HTTPConnection(req.host, req.port)
+    conn.sock = sock  # connected and armed: http.client uses it as it is
+    return conn
+
+
+def _answer_body(resp: http.client.HTTPResponse, sock: socket.socket, deadline: _Deadline) -> bytes:
+    """The body as far as the answer needs it: a 2xx body whole (one byte more than
+    :data:`MAX_BODY` says it is too long to parse), a failing one only for words in ``why``."""
+    if 200 <= resp.status < 300:
+        return _read_body(resp, sock, deadline, MAX_BODY + 1)
+    # The status has decided; the body only adds words to ``why`` (best effort).
+    try:
+        return _read_body(resp, sock, deadline, 4 * BODY_SNIPPET)
+    except (OSError, http.client.HTTPException):
+        return b""
+
+
+def _served(
+    shown: str, kind: str, status: int, data: bytes, latency: float, max_latency: float
+) -> ProbeResult:
+    """A 2xx: "broken" when the body is not what the URL's kind promises (the URL leads
+    elsewhere), "loaded" when slower than ``max_latency`` (the control plane queues), else
+    "ready"."""
+    took = f"HTTP {status} in {latency:.3f} s"
+    bad = _malformed(kind, data)
+    if bad is not None:
+        return ProbeResult(shown, "broken", status, latency, bad)
+    if latency > max_latency:
+        why = f"{took}, slower than probe.max_latency {max_latency:g} s"
+        return ProbeResult(shown, "loaded", status, latency, why)
+    return ProbeResult(shown, "ready", status, latency, took)
+
+
+def _refused_why(resp: http.client.HTTPResponse, data: bytes, hint: str) -> str:
+    """A status other than 2xx in one line, with what helps to fix it: where a redirect leads
+    (credentials redacted), the server's Retry-After, the start of the body (``/readyz?verbose``
+    says what is down) and the hint of :func:`classify_status`."""
+    why = f"HTTP {resp.status} {resp.reason}".strip()
+    location = resp.getheader("Location")
+    if location:
+        why += f" to {_one_line(redact(location))}"
+    retry = resp.getheader("Retry-After")
+    if retry:
+        why += f" (Retry-After {_one_line(retry, 20)})"
+    snippet = _one_line(data[:BODY_SNIPPET].decode("utf-8", "replace"))
+    if snippet:
+        why += f": {snippet}"
+    if hint:
+        why += f"; {hint}"
+    return why
+
+
+def _failed(
+    shown: str, exc: Exception, host: str, deadline: _Deadline | None, timeout: float
+) -> ProbeResult:
+    """An exception while asking, as an answer: a timeout says in which stage the deadline ran
+    out (resolving, connecting, TLS, ...), which says where to look; anything else is what
+    :func:`classify_error` makes of it."""
+    spent = None if deadline is None else deadline.elapsed()
+    if isinstance(exc, TimeoutError) and deadline is not None:
+        why = f"timed out after {timeout:g} s {deadline.stage}"
+        return ProbeResult(shown, "down", None, spent, why)
+    answer, why = classify_error(exc, host)
+    return ProbeResult(shown, answer, None, spent, why)
+
+
 def check_url(
     url: str,
     timeout: float,
@@ -424,86 +546,30 @@ def check_url(
     sock: socket.socket | None = None
     resp: http.client.HTTPResponse | None = None
     try:
-        try:
-            parts = urlsplit(url)
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError as exc:
-            return ProbeResult(shown, "broken", why=f"not a valid URL: {_describe(exc)}")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            return ProbeResult(shown, "broken", why="not an http(s) URL")
-        host = parts.hostname
-        path = parts.path or "/"
-        kind = _kind(path)
-        method, body = "GET", None
-        headers = {"User-Agent": USER_AGENT, "Accept": "*/*"}
-        if kind == "etcd":
-            try:
-                method, body = "POST", etcd_range_body(parts.query)
-            except ValueError as exc:
-                return ProbeResult(shown, "broken", why=str(exc))
-            headers.update({"Accept": "application/json", "Content-Type": "application/json"})
-        else:
-            if parts.query:
-                path += "?" + parts.query
-            if kind == "kube":
-                headers["Accept"] = "application/json"
-        ctx = tls_context(identity) if parts.scheme == "https" else None
+        req = _request(url)
+        host = req.host
+        ctx = tls_context(identity) if req.https else None
 
         deadline = _Deadline(timeout, clock)
-        sock = _connect(host, port, deadline)
+        sock = _connect(host, req.port, deadline)
         if ctx is not None:
             deadline.arm(sock, "in the TLS handshake")
             sock = ctx.wrap_socket(sock, server_hostname=host)
-            conn = http.client.HTTPSConnection(host, port, context=ctx)
-        else:
-            conn = http.client.HTTPConnection(host, port)
-        conn.sock = sock  # connected and armed: http.client uses it as it is
+        conn = _connection(req, ctx, sock)
         deadline.arm(sock, "sending the request")
-        conn.request(method, path, body=body, headers=headers)
+        conn.request(req.method, req.path, body=req.body, headers=req.headers)
         deadline.arm(sock, "waiting for the answer")
         resp = conn.getresponse()
-        status = resp.status
-        if 200 <= status < 300:
-            data = _read_body(resp, sock, deadline, MAX_BODY + 1)
-        else:
-            # The status has decided; the body only adds words to ``why`` (best effort).
-            try:
-                data = _read_body(resp, sock, deadline, 4 * BODY_SNIPPET)
-            except (OSError, http.client.HTTPException):
-                data = b""
+        data = _answer_body(resp, sock, deadline)
         latency = deadline.elapsed()
-        took = f"HTTP {status} in {latency:.3f} s"
-        if 200 <= status < 300:
-            bad = _malformed(kind, data)
-            if bad is not None:
-                return ProbeResult(shown, "broken", status, latency, bad)
-            if latency > max_latency:
-                why = f"{took}, slower than probe.max_latency {max_latency:g} s"
-                return ProbeResult(shown, "loaded", status, latency, why)
-            return ProbeResult(shown, "ready", status, latency, took)
-        answer, hint = classify_status(status)
-        why = f"HTTP {status} {resp.reason}".strip()
-        location = resp.getheader("Location")
-        if location:
-            why += f" to {_one_line(redact(location))}"
-        retry = resp.getheader("Retry-After")
-        if retry:
-            why += f" (Retry-After {_one_line(retry, 20)})"
-        snippet = _one_line(data[:BODY_SNIPPET].decode("utf-8", "replace"))
-        if snippet:
-            why += f": {snippet}"
-        if hint:
-            why += f"; {hint}"
-        return ProbeResult(shown, answer, status, latency, why)
+        if 200 <= resp.status < 300:
+            return _served(shown, req.kind, resp.status, data, latency, max_latency)
+        answer, hint = classify_status(resp.status)
+        return ProbeResult(shown, answer, resp.status, latency, _refused_why(resp, data, hint))
     except _Broken as exc:
         return ProbeResult(shown, "broken", why=str(exc))
     except Exception as exc:  # noqa: BLE001 - every failure is an answer, never an exception
-        spent = None if deadline is None else deadline.elapsed()
-        if isinstance(exc, TimeoutError) and deadline is not None:
-            why = f"timed out after {timeout:g} s {deadline.stage}"
-            return ProbeResult(shown, "down", None, spent, why)
-        answer, why = classify_error(exc, host)
-        return ProbeResult(shown, answer, None, spent, why)
+        return _failed(shown, exc, host, deadline, timeout)
     finally:
         # The response holds the socket once http.client hands it over (Connection: close):
         # close all three, or the socket is left to the garbage collector.
