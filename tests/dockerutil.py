@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from supervisor.base.files import held_lock
+
 REPO: Final = Path(__file__).resolve().parent.parent
 BUSYBOX: Final = Path("/bin/busybox")
 DEBIAN_MIRROR: Final = os.environ.get(
@@ -192,60 +194,33 @@ def standin_image(client: Any) -> str:
 
 
 def base_image(client: Any) -> str:
-    """A minimal Debian with python3 and venv, made by debootstrap (cached by tag)."""
+    """A minimal Debian with python3 and venv, made by the documented recipe
+    (``compose/local-base.sh``: debootstrap and ``docker import``; cached by tag)."""
     if _image_exists(client, BASE_TAG):
         return BASE_TAG
-    from filelock import FileLock
-
-    with FileLock(os.path.join(tempfile.gettempdir(), "agent-supervisor-base-image.lock")):
+    with held_lock(
+        os.path.join(tempfile.gettempdir(), "agent-supervisor-base-image.lock"),
+        timeout=1800,
+        mode=0o600,
+        busy="another test process has been building the base image for 30 minutes",
+        failed="cannot lock the base image build",
+    ):
         if _image_exists(client, BASE_TAG):
             return BASE_TAG
         if shutil.which("debootstrap") is None:
             raise AssertionError("debootstrap is not installed (apt-get install debootstrap)")
-        work = Path(tempfile.mkdtemp(prefix="agent-supervisor-rootfs-", dir="/var/tmp"))
-        try:
-            root = work / "root"
-            proc = subprocess.run(
-                [
-                    "debootstrap",
-                    "--variant=minbase",
-                    "--include=python3,python3-venv,ca-certificates",
-                    "bookworm",
-                    str(root),
-                    DEBIAN_MIRROR,
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=900,
+        proc = subprocess.run(
+            [str(REPO / "compose" / "local-base.sh"), BASE_TAG, DEBIAN_MIRROR],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=900,
+        )
+        if proc.returncode != 0:
+            raise AssertionError(
+                f"compose/local-base.sh failed ({proc.returncode}):\n{proc.stdout[-2000:]}"
+                f"\n{proc.stderr[-2000:]}"
             )
-            if proc.returncode != 0:
-                raise AssertionError(
-                    f"debootstrap failed ({proc.returncode}):\n{proc.stdout[-2000:]}"
-                    f"\n{proc.stderr[-2000:]}"
-                )
-            # What an image does not need: downloaded packages, documentation, apt lists.
-            for sub in (
-                "var/cache/apt/archives",
-                "var/lib/apt/lists",
-                "usr/share/doc",
-                "usr/share/man",
-                "usr/share/info",
-                "usr/share/locale",
-            ):
-                target = root / sub
-                if target.is_dir():
-                    shutil.rmtree(target)
-                    target.mkdir()
-            tarball = work / "rootfs.tar"
-            subprocess.run(
-                ["tar", "--numeric-owner", "-C", str(root), "-cf", str(tarball), "."],
-                check=True,
-            )
-            repo, tag = BASE_TAG.split(":")
-            client.api.import_image_from_file(str(tarball), repository=repo, tag=tag)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
     return BASE_TAG
 
 
