@@ -8,16 +8,25 @@ asserted in order.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
+import signal
 import stat
+import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import killed_at_random
 
 from supervisor.base import files
+from supervisor.base.errors import StateError
 from supervisor.base.files import TEMP_TAG, atomic_write, temp_prefix, write_new
 
 
@@ -195,3 +204,145 @@ def test_kill_9_mid_write_leaves_the_old_or_the_new_file(tmp_path: Path) -> None
     argv = [sys.executable, str(script), str(target)]
     for _ in killed_at_random(argv, rounds=10, seed=11, max_delay=0.05):
         assert target.read_bytes() in (b"a" * 300_000, b"b" * 200_000)
+
+
+# --- held_lock: flock(2) on a lock file that stays in place ------------------------------------
+
+HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def _holder(path: Path) -> Iterator[subprocess.Popen[str]]:
+    """A real other process holding an exclusive flock on ``path`` until its stdin closes
+    (or it is killed); killed and reaped on the way out whatever happened."""
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+            yield proc
+        finally:
+            proc.kill()
+
+
+def _lock(path: Path, timeout: float = 0.0, mode: int = 0o600) -> Any:
+    return files.held_lock(path, timeout=timeout, mode=mode, busy="busy", failed="failed")
+
+
+def test_held_lock_creates_the_file_with_its_exact_mode_and_leaves_it_in_place(
+    tmp_path: Path,
+) -> None:
+    """A new lock file gets the mode asked for whatever the umask, is exclusively locked inside
+    the block (another descriptor cannot take it) and stays in place, unlocked, after it."""
+    path = tmp_path / "a.lock"
+    old = os.umask(0o077)
+    try:
+        with _lock(path, mode=0o644):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o644
+            fd = os.open(path, os.O_RDWR)
+            try:
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(fd)
+    finally:
+        os.umask(old)
+    assert path.exists()
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released: taken at once
+    finally:
+        os.close(fd)
+
+
+def test_held_lock_keeps_the_mode_of_an_existing_lock_file(tmp_path: Path) -> None:
+    """An existing lock file (an operator's chmod) keeps its mode: only a file we create is set."""
+    path = tmp_path / "a.lock"
+    path.write_bytes(b"")
+    path.chmod(0o640)
+    with _lock(path, mode=0o600):
+        pass
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_held_lock_waits_for_a_holder_then_gives_up_with_busy(tmp_path: Path) -> None:
+    """While another process holds the lock the caller retries until its timeout, then raises
+    StateError(busy) without running the block; once the holder lets go it goes ahead."""
+    path = tmp_path / "a.lock"
+    ran = []
+    with _holder(path) as holder:
+        began = time.monotonic()
+        with pytest.raises(StateError) as excinfo, _lock(path, timeout=0.3):
+            ran.append(1)
+        assert time.monotonic() - began >= 0.3  # it waited its timeout, not less
+        assert str(excinfo.value) == "busy" and excinfo.value.exit_code == 74 and not ran
+        assert holder.stdin is not None
+        holder.stdin.close()
+        assert holder.wait(timeout=30) == 0
+    with _lock(path, timeout=0.0):
+        ran.append(2)
+    assert ran == [2]
+
+
+def test_held_lock_is_taken_as_soon_as_the_holder_is_killed(tmp_path: Path) -> None:
+    """A holder killed with SIGKILL leaves no lock behind: the waiter gets it within its
+    timeout (flock dies with its process; nothing to clean up)."""
+    path = tmp_path / "a.lock"
+    with _holder(path) as holder:
+        killer = threading.Timer(0.2, holder.kill)
+        killer.start()
+        try:
+            with _lock(path, timeout=60):
+                assert holder.wait(timeout=30) == -signal.SIGKILL
+        finally:
+            killer.cancel()
+
+
+def test_held_lock_refuses_a_symlink_at_the_lock_path(tmp_path: Path) -> None:
+    """A symlink planted at the lock's name is not followed (O_NOFOLLOW): one StateError line
+    naming what failed, and the target is neither created nor touched."""
+    path = tmp_path / "a.lock"
+    victim = tmp_path / "victim"
+    path.symlink_to(victim)
+    with pytest.raises(StateError) as excinfo, _lock(path):
+        pass
+    assert str(excinfo.value).startswith("failed: ") and "\n" not in str(excinfo.value)
+    assert not victim.exists()
+
+
+def test_held_lock_reports_a_directory_it_cannot_write(tmp_path: Path) -> None:
+    """A lock file that cannot be created (no such directory) is StateError(failed: why)."""
+    with pytest.raises(StateError) as excinfo, _lock(tmp_path / "missing" / "a.lock"):
+        pass
+    assert str(excinfo.value) == "failed: No such file or directory"
+
+
+def _descriptors_of(path: Path) -> list[int]:
+    """This process's open descriptors of ``path`` (read from /proc/self/fd)."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # listdir's own descriptor, gone by now
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path.resolve()):
+                out.append(int(fd))
+    return out
+
+
+def test_held_lock_closes_its_descriptor_and_is_not_inherited(tmp_path: Path) -> None:
+    """The lock's descriptor is close-on-exec inside the block (a command the gate runs does
+    not keep the lock) and closed after it, even when the block raises."""
+    path = tmp_path / "a.lock"
+    with pytest.raises(RuntimeError), _lock(path):
+        fds = _descriptors_of(path)
+        assert len(fds) == 1 and not os.get_inheritable(fds[0])
+        assert fcntl.fcntl(fds[0], fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        raise RuntimeError("the block failed")
+    assert _descriptors_of(path) == []

@@ -142,9 +142,9 @@ def test_every_command_the_docs_show_is_one_the_cli_takes() -> None:
     option it uses is one that command takes (the examples block above also runs them)."""
     import typer
 
-    from supervisor.cli.app import app
+    from supervisor.cli.app import full_app
 
-    root = typer.main.get_command(app)
+    root = typer.main.get_command(full_app())
     shown = shown_commands()
     assert len(shown) > 40
     wrong = []

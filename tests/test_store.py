@@ -595,13 +595,12 @@ def test_a_state_path_that_cannot_be_examined_is_an_io_error(state_dir: Path) ->
 # --- the lock ---------------------------------------------------------------------------------
 
 HOLD_LOCK = """
-import sys
-from filelock import FileLock
-lock = FileLock(sys.argv[1])
-lock.acquire()
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
 print("held", flush=True)
 sys.stdin.read()
-lock.release()
+os.close(fd)
 """
 
 
@@ -646,20 +645,19 @@ def test_a_symlink_planted_while_waiting_for_the_lock_is_refused(
 ) -> None:
     """The state file is checked again under the lock: a symlink put in its place after the
     first look, while the caller waited for the lock, is refused and nothing is read through it."""
-    import filelock
+    import fcntl
 
     store = StateStore(state_dir)
     store.prepare()
     victim = tmp_path / "victim.json"
     victim.write_text('{"schema": 2, "agent": "cilium-agent", "runs": []}')
-    real = filelock.FileLock
+    real = fcntl.flock
 
-    class PlantingLock(real):  # type: ignore[misc, valid-type]
-        def acquire(self, *args: object, **kwargs: object) -> object:
-            (state_dir / f"{AGENT}.json").symlink_to(victim)
-            return super().acquire(*args, **kwargs)
+    def planting_flock(fd: int, operation: int) -> None:
+        (state_dir / f"{AGENT}.json").symlink_to(victim)
+        real(fd, operation)
 
-    monkeypatch.setattr(filelock, "FileLock", PlantingLock)
+    monkeypatch.setattr(fcntl, "flock", planting_flock)
     with pytest.raises(StateError) as excinfo:
         locked(store, AGENT, T0)
     refused(

@@ -15,10 +15,6 @@ from supervisor.base import errors
 from supervisor.base.catalog import EventId
 from supervisor.base.errors import SupervisorError, UsageError, one_line
 from supervisor.base.log import configure, get_logger
-from supervisor.cli import debug as cli_debug
-from supervisor.cli import deploy as cli_deploy
-from supervisor.cli import fleet as cli_fleet
-from supervisor.cli import node as cli_node
 from supervisor.cli.common import (
     AgentOpt,
     JsonOpt,
@@ -29,6 +25,7 @@ from supervisor.cli.common import (
     emit_json,
     with_settings,
 )
+from supervisor.containers import COMPOSE_MOUNT
 from supervisor.core.durations import format_duration
 from supervisor.core.policy import Decision, Policy, next_grid_slot, window_seconds
 from supervisor.core.state import (
@@ -41,8 +38,15 @@ from supervisor.core.state import (
     iso,
     iso_seconds,
 )
-from supervisor.gate.operators import authorize, current_operator
-from supervisor.gate.service import DEFAULT, Cancelled, Gate, GateResult, OperatorResult
+from supervisor.gate.operators import Operator, authorize, current_operator
+from supervisor.gate.service import (
+    DEFAULT,
+    Cancelled,
+    Gate,
+    GateResult,
+    Inspect,
+    OperatorResult,
+)
 from supervisor.storage.config import Config
 
 app = typer.Typer(
@@ -154,38 +158,15 @@ def gate(
     if reason is not None and not force:
         raise UsageError("--reason goes with --force (operator actions have their own commands)")
     op = current_operator()
-    # In the compose gate service (the project mounted), the look also says whether this `up`
-    # is about to replace the running agent: an upgrade is a start like any other.
-    from supervisor.containers.recreate import hook_inspector
-
-    service = Gate(cfg, agent, operator=op, inspect=hook_inspector(cfg) or DEFAULT)
-    service.policy  # noqa: B018 - cluster_size missing -> 78 before anything else
+    service = _gate_service(cfg, agent, op)
     if env_file is not None:
         _write_env_file(env_file, None)  # a stale id must never close another run
     if force:
-        try:
-            authorize(
-                op,
-                "gate --force",
-                cfg.state_dir,
-                cfg.operators_group,
-                source=cfg.source_of("operators_group"),
-            )
-        except errors.NotPermitted:
-            get_logger().warning(EventId.OPERATOR_REFUSED, action="gate --force", user=op.display)
-            raise
-    if wait:
-        result = _wait(service, force, reason)
-    else:
-        result = service.decide(force=force, reason=reason)
+        _authorize_force(op, cfg)
+    result = _wait(service, force, reason) if wait else service.decide(force=force, reason=reason)
     d = result.decision
     if d.event == EventId.GATE_IDENTITY_REFUSED:
-        cert = result.certificate
-        if cert is not None:
-            from supervisor.node.identity import identity_message
-
-            raise errors.IdentityError(identity_message(cert))
-        raise errors.IdentityError(d.reason)
+        _refuse_identity(result)
     if env_file is not None and d.run_id is not None:
         _write_env_file(env_file, d.run_id)
     if json_out:
@@ -200,6 +181,49 @@ def gate(
         return
     if command:
         _exec(command, service, d.run_id)
+
+
+def _gate_service(cfg: Config, agent: str, op: Operator) -> Gate:
+    """The Gate for this call; a missing cluster_size is exit 78 here, before anything else.
+
+    In the compose gate service (the project mounted at :data:`COMPOSE_MOUNT`), the look also
+    says whether this ``up`` is about to replace the running agent: an upgrade is a start like
+    any other. Only there is the compose model imported (the gate's start-up pays for it only
+    where it is used).
+    """
+    hook: Inspect | None = None
+    if cfg.docker_container and os.path.isdir(COMPOSE_MOUNT):
+        from supervisor.containers.recreate import hook_inspector
+
+        hook = hook_inspector(cfg)
+    service = Gate(cfg, agent, operator=op, inspect=hook or DEFAULT)
+    service.policy  # noqa: B018 - cluster_size missing -> 78 before anything else
+    return service
+
+
+def _authorize_force(op: Operator, cfg: Config) -> None:
+    """``gate --force`` is an operator action: refused (exit 77, logged) to anyone else."""
+    try:
+        authorize(
+            op,
+            "gate --force",
+            cfg.state_dir,
+            cfg.operators_group,
+            source=cfg.source_of("operators_group"),
+        )
+    except errors.NotPermitted:
+        get_logger().warning(EventId.OPERATOR_REFUSED, action="gate --force", user=op.display)
+        raise
+
+
+def _refuse_identity(result: GateResult) -> NoReturn:
+    """Exit 78 with what is wrong with the agent's certificate, in one line."""
+    cert = result.certificate
+    if cert is not None:
+        from supervisor.node.identity import identity_message
+
+        raise errors.IdentityError(identity_message(cert))
+    raise errors.IdentityError(result.decision.reason)
 
 
 def _write_env_file(path: str, run_id: str | None) -> None:
@@ -648,10 +672,23 @@ def window(
 
 
 # Commands owned by other modules: node config and identity, fleet planning, deployments.
-cli_node.register(app)
-cli_fleet.register(app)
-cli_deploy.register(app)
-cli_debug.register(app)
+_groups_added = False
+
+
+def full_app() -> typer.Typer:
+    """The whole program: the top-level commands and every group (node, fleet, deploy, debug).
+
+    The groups' modules are imported here, on first use, not when this module is: the hot
+    commands (gate, record-exit), run on every start of the agent, never pay for them.
+    """
+    global _groups_added
+    if not _groups_added:
+        from supervisor.cli import debug, deploy, fleet, node
+
+        for group in (node, fleet, deploy, debug):
+            group.register(app)
+        _groups_added = True
+    return app
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -673,7 +710,7 @@ def _app_for(args: list[str]) -> typer.Typer:
     whole program) gets the full app.
     """
     if not args or args[0] not in _HOT:
-        return app
+        return full_app()
     hot = typer.Typer(
         add_completion=False,
         pretty_exceptions_enable=False,

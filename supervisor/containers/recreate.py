@@ -54,6 +54,7 @@ from typing import Any, Final
 from supervisor.base.catalog import EventId
 from supervisor.base.errors import ConfigError, one_line
 from supervisor.base.log import get_logger
+from supervisor.containers import COMPOSE_MOUNT
 from supervisor.containers.compose import (
     PROJECT_LABEL,
     SERVICE_LABEL,
@@ -69,8 +70,6 @@ from supervisor.core.container import ContainerInfo
 from supervisor.gate.service import Inspect, Look
 from supervisor.storage.config import Config
 
-#: Where the gate service finds the compose project's directory (read-only).
-COMPOSE_MOUNT: Final = "/run/agent-supervisor/compose"
 WORKING_DIR_LABEL: Final = "com.docker.compose.project.working_dir"
 CONFIG_FILES_LABEL: Final = "com.docker.compose.project.config_files"
 #: Labels of their own that compose and Docker Desktop put on containers (not the service's).

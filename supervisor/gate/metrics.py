@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from supervisor.base.catalog import EventId
+from supervisor.base.errors import StateError, one_line
+from supervisor.base.files import held_lock
 from supervisor.base.log import get_logger
 
 PREFIX: Final = "agent_supervisor_"
@@ -137,21 +139,25 @@ class _Collector:
 
 def update_metrics(path: str | Path, lock_dir: Path, snap: Snapshot) -> bool:
     """Merge ``snap`` into the textfile at ``path``; False (and a log line) if that failed."""
-    from filelock import FileLock, Timeout
     from prometheus_client import CollectorRegistry, write_to_textfile
 
     target = Path(path)
-    log = get_logger()
+    lock = lock_dir / "metrics.lock"
     try:
-        lock = FileLock(str(lock_dir / "metrics.lock"), mode=0o600, timeout=10)
-        with lock:
+        with held_lock(
+            lock,
+            timeout=10,
+            mode=0o600,
+            busy=f"cannot lock {lock}: held by another process for 10s",
+            failed=f"cannot lock {lock}",
+        ):
             series = _merge(_read(target), snap)
             registry = CollectorRegistry(auto_describe=False)
             registry.register(_Collector(series))
             write_to_textfile(str(target), registry)
             with contextlib.suppress(OSError):
                 os.chmod(target, 0o644)
-    except (OSError, Timeout) as exc:
-        log.warning(EventId.METRICS_WRITE_FAILED, path=str(target), why=str(exc))
+    except (OSError, StateError) as exc:
+        get_logger().warning(EventId.METRICS_WRITE_FAILED, path=str(target), why=one_line(exc))
         return False
     return True

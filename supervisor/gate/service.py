@@ -507,7 +507,7 @@ class Gate:
                 tx.write(_anchored(new, now), now.wall)
             except DiskFull as exc:
                 # Named, so that it can only ever close this run when it is applied.
-                self.store.journal_end(self.agent, replace(end, run_id=target.id))
+                self.store.journal_end(self.agent, end._replace(run_id=target.id))
                 self.log.error(
                     EventId.STATE_JOURNALED, agent=self.agent, run_id=target.id, why=one_line(exc)
                 )

@@ -6,9 +6,9 @@ import itertools
 import os
 from pathlib import Path
 
-from filelock import FileLock
 from loadgen import AGENT, WINDOW, percentile, run_load
 
+from supervisor.base.files import held_lock
 from supervisor.storage.store import StateStore
 
 SECONDS = float(os.environ.get("AGENT_SUPERVISOR_LOAD_SECONDS", "30"))
@@ -30,7 +30,7 @@ def test_200_concurrent_callers_keep_the_invariants(tmp_path: Path) -> None:
     assert gated
     assert all(b - a >= WINDOW - 1e-6 for a, b in itertools.pairwise(gated))
     # No lock left behind: it can be taken at once; no temp file remains; the state reads.
-    with FileLock(str(sd / f"{AGENT}.lock"), timeout=0):
+    with held_lock(sd / f"{AGENT}.lock", timeout=0, mode=0o600, busy="held", failed="broken"):
         pass
     assert not list(sd.glob(".*.tmp-*"))
     loaded = StateStore(sd).read(AGENT)
