@@ -659,3 +659,41 @@ def test_doctor_warns_about_a_probe_that_is_missing_or_cannot_see_load(
     else:
         assert len(notes) == 1 and note in notes[0]
     assert probe_notes(None) == ()
+
+
+@pytest.mark.parametrize(("status", "broken"), [(403, True), (200, False), (503, False)])
+def test_doctor_asks_the_probe_and_names_a_broken_one(
+    tmp_path: Path, status: int, broken: bool
+) -> None:
+    """Invariant 11: doctor asks the probe once against a real server; a broken answer (403:
+    credentials) is a problem with its fix, an answer (ready, or down: the control plane, not
+    the probe) is fine."""
+    import http.server
+    import threading
+
+    from supervisor.containers.doctor import examine
+    from supervisor.storage.config import Config, ProbeConfig
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/readyz"
+        cfg = Config(cluster_size=10, probe=ProbeConfig(urls=(url,)), state_dir=tmp_path / "s")
+        report = examine(load_compose(_write(tmp_path, _shipped_doc()), env={}), cfg=cfg)
+    finally:
+        server.shutdown()
+        server.server_close()
+    problems = [p for p in report.problems if p.check == "probe-broken"]
+    assert bool(problems) is broken
+    if broken:
+        assert "HTTP 403" in problems[0].problem and "identity.ca" in problems[0].fix
+    else:
+        assert any(url in line for line in report.fine)

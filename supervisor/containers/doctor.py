@@ -819,7 +819,33 @@ def examine(
         _second_supervisors(f, name, daemons, mode)
     if cfg is not None:
         _check_debug_sessions(f, cfg)
+        _check_probe(f, cfg)
     return Report(tuple(f.problems), tuple(f.fine), (*_notes(compose), *probe_notes(cfg)))
+
+
+def _check_probe(f: _Findings, cfg: Config) -> None:
+    """Ask the control-plane probe once, as the gate would: a broken URL (an unknown host, a
+    TLS or credentials failure, a wrong path) is a problem, since the gate then decides as if
+    no probe were configured (invariant 11); a URL that answers is fine, whatever its load."""
+    if not cfg.probe.urls:
+        return
+    from supervisor.gate.probe import probe_once
+
+    report = probe_once(
+        cfg.probe.urls, cfg.probe.timeout, cfg.identity, max_latency=cfg.probe.max_latency
+    )
+    for r in report.results:
+        if r.answer == "broken":
+            f.problem(
+                "probe-broken",
+                None,
+                f"probe URL {r.url} cannot succeed ({r.why}): the gate decides as if no probe "
+                "were configured",
+                "fix probe.urls, the CA (identity.ca) or the client certificate "
+                "(identity.cert/key) so that the URL answers 2xx (docs/configuration.md)",
+            )
+        else:
+            f.fine.append(f"probe URL {r.url} answers ({r.answer}: {r.why or r.status})")
 
 
 #: Paths that answer without queueing where the agents' resync queues (exempt from APF, or a
