@@ -605,18 +605,13 @@ class Target:
         By compose labels: the service's container with the lowest number, never a one-off
         ``compose run`` container.
         """
-        import docker.errors
+        from supervisor.gate.inspect import get_container, labelled_containers
 
         if self.container is not None:
-            try:
-                return client.containers.get(self.container)
-            except docker.errors.NotFound:
-                return None
+            return get_container(client, self.container)
         found = [
             c
-            for c in client.containers.list(
-                all=True, filters={"label": self.labels()}, ignore_removed=True
-            )
+            for c in labelled_containers(client, self.labels())
             if (c.labels or {}).get(ONEOFF_LABEL, "False") != "True"
         ]
         if not found:

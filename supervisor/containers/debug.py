@@ -71,7 +71,12 @@ from supervisor.base.log import get_logger
 from supervisor.core.container import SAME_RUN_SLACK, ContainerInfo
 from supervisor.core.policy import Decision
 from supervisor.core.state import AgentState, DebugSession, Run
-from supervisor.gate.inspect import connect_from_env, inspect_container
+from supervisor.gate.inspect import (
+    connect_from_env,
+    get_container,
+    inspect_container,
+    labelled_containers,
+)
 from supervisor.gate.operators import Operator, authorize
 from supervisor.gate.service import Gate
 from supervisor.storage.config import Config
@@ -346,7 +351,7 @@ class Workflow:
         unit = self.unit or find_unit(self.agent, self.systemctl)
         client = self._client()
         try:
-            agent_c = self._get(client, name)
+            agent_c = get_container(client, name)
             if agent_c is None:
                 raise DebugError(
                     f"no container {name!r}: the agent's container must exist to be debugged "
@@ -355,7 +360,7 @@ class Workflow:
             agent_name = str(agent_c.name)
             session = self.gate.store.read(self.agent).state.debug
             debug = session.container if session is not None else debug_name(agent_name)
-            self._check_ours(self._get(client, debug), debug)
+            self._check_ours(get_container(client, debug), debug)
             resumed = session is not None
             if session is None:
                 image = str((agent_c.attrs.get("Config") or {}).get("Image") or agent_c.image.id)
@@ -450,7 +455,7 @@ class Workflow:
         """The debug container running: created, started again, or left running."""
         import docker.errors
 
-        found = self._get(client, session.container)
+        found = get_container(client, session.container)
         try:
             if found is not None:
                 if (found.attrs.get("State") or {}).get("Running"):
@@ -628,15 +633,6 @@ class Workflow:
         except Exception as exc:  # noqa: BLE001 - whatever the SDK raises: one line
             raise DebugError(f"Docker did not answer: {one_line(exc, 300)}") from None
 
-    @staticmethod
-    def _get(client: Any, name: str) -> Any | None:
-        import docker.errors
-
-        try:
-            return client.containers.get(name)
-        except docker.errors.NotFound:
-            return None
-
     def _check_ours(self, found: Any | None, name: str) -> None:
         if found is not None and (found.labels or {}).get(DEBUG_LABEL) != self.agent:
             raise DebugError(
@@ -648,16 +644,14 @@ class Workflow:
         """The session's debug container, and any other of this agent and state directory."""
         found = {}
         if session is not None:
-            c = self._get(client, session.container)
+            c = get_container(client, session.container)
             if c is not None and (c.labels or {}).get(DEBUG_LABEL) == self.agent:
                 found[c.id] = c
-        filters = {
-            "label": [
-                f"{DEBUG_LABEL}={self.agent}",
-                f"{STATE_DIR_LABEL}={Path(self.cfg.state_dir).absolute()}",
-            ]
-        }
-        for c in client.containers.list(all=True, filters=filters, ignore_removed=True):
+        labels = [
+            f"{DEBUG_LABEL}={self.agent}",
+            f"{STATE_DIR_LABEL}={Path(self.cfg.state_dir).absolute()}",
+        ]
+        for c in labelled_containers(client, labels):
             found.setdefault(c.id, c)
         return list(found.values())
 
@@ -789,8 +783,8 @@ def forgotten(
     try:
         out = [_session_problem(client, a, d, now, after) for a, d in sessions.items()]
         found = [f for f in out if f is not None]
-        filters = {"label": [DEBUG_LABEL, f"{STATE_DIR_LABEL}={state_dir.absolute()}"]}
-        for c in client.containers.list(all=True, filters=filters, ignore_removed=True):
+        labels = [DEBUG_LABEL, f"{STATE_DIR_LABEL}={state_dir.absolute()}"]
+        for c in labelled_containers(client, labels):
             agent = (c.labels or {}).get(DEBUG_LABEL, "")
             if agent in sessions and sessions[agent].container == c.name:
                 continue
@@ -811,16 +805,12 @@ def forgotten(
 def _session_problem(
     client: Any, agent: str, session: DebugSession, now: float, after: float
 ) -> Forgotten | None:
-    import docker.errors
 
     from supervisor.core.container import parse_docker_time
 
     since = f"by {session.user} {_ago(now - session.started_at)} ago ({session.reason})"
     end = f"agent-supervisor debug end --agent {agent}"
-    try:
-        c = client.containers.get(session.container)
-    except docker.errors.NotFound:
-        c = None
+    c = get_container(client, session.container)
     state = {} if c is None else (c.attrs.get("State") or {})
     if not state.get("Running"):
         what = "is gone" if c is None else f"is {state.get('Status') or 'not running'}"

@@ -463,26 +463,29 @@ def hook_inspector(cfg: Config, mount: str = COMPOSE_MOUNT) -> Inspect | None:
     def inspect() -> ContainerInfo | Look | None:
         import docker.errors
 
-        from supervisor.gate.inspect import HOOK_TIMEOUT, connect_from_env
+        from supervisor.gate.inspect import (
+            HOOK_TIMEOUT,
+            connect_from_env,
+            get_container,
+            image_attrs,
+        )
 
         client = connect_from_env(HOOK_TIMEOUT)
         try:
-            try:
-                attrs = client.containers.get(name).attrs
-            except docker.errors.NotFound:
+            container = get_container(client, name)
+            if container is None:
                 return None
+            attrs = container.attrs
             info = ContainerInfo.from_attrs(attrs)
             if not info.running:
                 return Look(True, info)
-
-            def image_of(ref: str) -> Mapping[str, Any] | None:
-                try:
-                    return dict(client.images.get(ref).attrs)
-                except docker.errors.ImageNotFound:
-                    return None
-
             try:
-                found = verdict(attrs, image_of, mount=Path(mount), environ=os.environ)
+                found = verdict(
+                    attrs,
+                    lambda ref: image_attrs(client, ref),
+                    mount=Path(mount),
+                    environ=os.environ,
+                )
             except (docker.errors.DockerException, OSError):
                 raise  # Docker did not answer: the gate's "unknown"
             except Exception as exc:  # noqa: BLE001 - a file it cannot make sense of must not stall `up`

@@ -1,4 +1,10 @@
-"""The gate's Docker calls: connect to the engine, inspect the agent's container.
+"""Docker lookups, in one place: connect to the engine, get a container by name, list the
+containers that carry some labels, get an image's attributes, inspect the agent's container.
+
+Every module that asks Docker what is there (the gate, the compose model, the compose hook,
+the debug workflow, doctor) asks through these functions, so a lookup means the same thing
+everywhere: a container that is not there is None (never an exception to catch at each call),
+a listing includes stopped containers and skips those removed while it was being made.
 
 The docker SDK is imported inside these functions only: the gate imports this module on every
 call (when ``docker.container`` is set), and must not pay for the SDK otherwise.
@@ -7,6 +13,7 @@ call (when ``docker.container`` is set), and must not pay for the SDK otherwise.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any, Final
 
 from supervisor.core.container import ContainerInfo
@@ -50,14 +57,39 @@ def connect_from_env(timeout: float) -> Any:
     return docker.from_env(timeout=timeout)
 
 
-def inspect_container(name: str, timeout: float = HOOK_TIMEOUT) -> ContainerInfo | None:
-    """``docker inspect NAME`` as a :class:`ContainerInfo`; None when there is no such one."""
+def get_container(client: Any, name: str) -> Any | None:
+    """The container ``name`` (a name or an id), inspected; None when there is none."""
     import docker.errors
 
-    client = connect_from_env(timeout)
     try:
-        return ContainerInfo.from_attrs(client.containers.get(name).attrs)
+        return client.containers.get(name)
     except docker.errors.NotFound:
         return None
+
+
+def labelled_containers(client: Any, labels: Sequence[str]) -> list[Any]:
+    """Every container, running or not, that carries all of ``labels`` (``key`` or
+    ``key=value``); one removed while the list was made is left out, not an error."""
+    return list(
+        client.containers.list(all=True, filters={"label": list(labels)}, ignore_removed=True)
+    )
+
+
+def image_attrs(client: Any, ref: str) -> dict[str, Any] | None:
+    """``docker image inspect REF``; None when the node does not have that image."""
+    import docker.errors
+
+    try:
+        return dict(client.images.get(ref).attrs)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def inspect_container(name: str, timeout: float = HOOK_TIMEOUT) -> ContainerInfo | None:
+    """``docker inspect NAME`` as a :class:`ContainerInfo`; None when there is no such one."""
+    client = connect_from_env(timeout)
+    try:
+        found = get_container(client, name)
+        return None if found is None else ContainerInfo.from_attrs(found.attrs)
     finally:
         client.close()
