@@ -120,9 +120,14 @@ def docker_client() -> Iterator[Any]:
         if REQUIRE_DOCKER:
             pytest.fail(msg + " (AGENT_SUPERVISOR_REQUIRE_DOCKER=1)")
         pytest.skip(msg)
+    import dockerutil
+
+    recorder = dockerutil.RECORDERS[id(client)] = dockerutil.Recorder(client)
     try:
         yield client
     finally:
+        del dockerutil.RECORDERS[id(client)]
+        recorder.close()
         client.close()
 
 

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -367,8 +368,89 @@ class Event:
     exit_code: int | None = None
 
 
+def _event(ev: dict[str, Any]) -> Event:
+    attrs = ev.get("Actor", {}).get("Attributes", {})
+    code = attrs.get("exitCode")
+    return Event(
+        ev.get("timeNano", 0) / 1e9 or float(ev.get("time", 0)),
+        ev.get("Action", ev.get("status", "")),
+        attrs.get("name", ""),
+        int(code) if code is not None else None,
+    )
+
+
+class Recorder:
+    """The engine's container start/die events, read live from the moment it starts.
+
+    Replaying past events (``since``/``until``) reads the engine's ring buffer, which keeps only
+    its last 256 events of every kind: under other traffic on the same engine (another test's
+    containers, networks, volumes) the early events of a busy test are gone, and a test that
+    counts starts undercounts. A live stream has no such limit. :meth:`sync` makes sure every
+    event up to now has arrived: it creates and removes a uniquely named volume and waits until
+    the stream has delivered that create (events arrive in the order the engine emits them).
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.since = time.time()
+        self._lock = threading.Lock()
+        self._seen: list[Event] = []
+        self._marks: set[str] = set()
+        self._stream = client.events(
+            decode=True,
+            filters={"type": ["container", "volume"], "event": ["start", "die", "create"]},
+        )
+        self._thread = threading.Thread(target=self._read, name="docker-events", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(Exception):  # the stream closed under us: the end
+            for ev in self._stream:
+                with self._lock:
+                    if ev.get("Type") == "volume":
+                        self._marks.add(ev.get("Actor", {}).get("ID", ""))
+                    elif ev.get("Action") in ("start", "die"):
+                        self._seen.append(_event(ev))
+
+    def sync(self, client: Any, timeout: float = 30.0) -> None:
+        """Return once every event the engine emitted before this call has been read."""
+        mark = unique("events-sync")
+        client.volumes.create(name=mark)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                with self._lock:
+                    if mark in self._marks:
+                        return
+                time.sleep(0.01)
+            raise AssertionError(f"the engine's event stream did not deliver {mark} in {timeout}s")
+        finally:
+            with contextlib.suppress(Exception):
+                client.volumes.get(mark).remove(force=True)
+
+    def events(self, since: float, until: float, name: str) -> list[Event]:
+        with self._lock:
+            return [
+                e for e in self._seen if e.name == name and since - 0.001 <= e.time <= until + 0.001
+            ]
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._stream.close()
+        self._thread.join(timeout=10)
+
+
+#: Live recorders by client (the ``docker_client`` fixture starts one for its client).
+RECORDERS: dict[int, Recorder] = {}
+
+
 def events(client: Any, since: float, until: float, name: str) -> list[Event]:
-    """The engine's own record of a container's start/die events in [since, until]."""
+    """The engine's own record of a container's start/die events in [since, until]: from the
+    client's live :class:`Recorder` when one has been running since ``since``, else replayed
+    from the engine (its last 256 events only)."""
+    rec = RECORDERS.get(id(client))
+    if rec is not None and rec.since <= since:
+        rec.sync(client)
+        return rec.events(since, until, name)
     stream = client.events(
         since=int(since) - 1,
         until=int(until) + 1,
@@ -378,18 +460,9 @@ def events(client: Any, since: float, until: float, name: str) -> list[Event]:
     out: list[Event] = []
     try:
         for ev in stream:
-            t = ev.get("timeNano", 0) / 1e9 or float(ev.get("time", 0))
-            if since - 0.001 <= t <= until + 0.001:
-                attrs = ev.get("Actor", {}).get("Attributes", {})
-                code = attrs.get("exitCode")
-                out.append(
-                    Event(
-                        t,
-                        ev.get("Action", ev.get("status", "")),
-                        attrs.get("name", ""),
-                        int(code) if code is not None else None,
-                    )
-                )
+            e = _event(ev)
+            if since - 0.001 <= e.time <= until + 0.001:
+                out.append(e)
     finally:
         stream.close()
     return out
