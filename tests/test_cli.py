@@ -648,3 +648,20 @@ def test_help_says_what_a_hold_without_for_does_and_shows_examples() -> None:
     assert "default: until released" in r.stdout and "Examples:" in r.stdout
     hot = run_cli("gate", "--help", env=clean_env(COLUMNS="200"))
     assert "Examples:" in hot.stdout and "--env-file" in hot.stdout
+
+
+def test_help_flows_each_paragraph_of_a_docstring() -> None:
+    """--help shows a docstring's paragraphs as flowing text (no line broken where the source
+    was), for the hot commands' own app and for the groups alike; examples stay as written."""
+    from supervisor.cli.app import reflowed
+
+    assert reflowed(
+        "First line\n    goes on.\n\n    Second\n    paragraph.\n\n      kept  as\n      is"
+    ) == ("First line goes on.\n\nSecond paragraph.\n\n  kept  as\n  is")
+    env = {**clean_env(), "COLUMNS": "300"}
+    debug = run_cli("debug", "start", "--help", env=env)
+    assert debug.code == 0
+    assert "has the agent container's mounts, network, privileges, capabilities" in debug.stdout
+    gate = run_cli("gate", "--help", env=env)
+    assert gate.code == 0
+    assert "77 not permitted. The approved run's id is in the decision JSON" in gate.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import sys
@@ -544,37 +545,46 @@ hold = app.command("hold", epilog=EXAMPLES["hold"])(
 )
 
 
-@app.command(epilog=EXAMPLES["release"])
-@with_settings()
-def release(
-    reason: ReasonOpt = None,
-    agent: AgentOpt = "cilium-agent",
-    *,
-    settings: Settings,
-) -> None:
-    """Clear the hold and the override."""
-    agent, cfg = check_agent(agent), settings.load()
-    _check_reason(reason, False)
+def _history_command(
+    name: str, doc: str, act: Callable[[Gate, str | None], None]
+) -> Callable[..., None]:
+    """``release`` or ``reset``: an optional --reason and --agent, one operator action each."""
 
-    _operator_gate(agent, cfg).release(reason)
+    def command(
+        reason: ReasonOpt = None,
+        agent: AgentOpt = "cilium-agent",
+        *,
+        settings: Settings,
+    ) -> None:
+        agent, cfg = check_agent(agent), settings.load()
+        _check_reason(reason, False)
+        act(_operator_gate(agent, cfg), reason)
+
+    command.__doc__ = doc
+    command.__name__ = name
+    return with_settings()(command)
+
+
+def _release(gate: Gate, reason: str | None) -> None:
+    gate.release(reason)
     sys.stdout.write("hold and override cleared; the next start is asked for afresh\n")
 
 
-@app.command(epilog=EXAMPLES["reset"])
-@with_settings()
-def reset(
-    reason: ReasonOpt = None,
-    agent: AgentOpt = "cilium-agent",
-    *,
-    settings: Settings,
-) -> None:
-    """Forget the agent's history (a backup is kept beside the state file)."""
-    agent, cfg = check_agent(agent), settings.load()
-    _check_reason(reason, False)
-    done: OperatorResult = _operator_gate(agent, cfg).reset(reason)
+def _reset(gate: Gate, reason: str | None) -> None:
+    done: OperatorResult = gate.reset(reason)
     for dropped in done.dropped:
         sys.stdout.write(f"dropped {dropped}\n")
     sys.stdout.write("state reset" + (f"; backup at {done.backup}" if done.backup else "") + "\n")
+
+
+release = app.command("release", epilog=EXAMPLES["release"])(
+    _history_command("release", "Clear the hold and the override.", _release)
+)
+reset = app.command("reset", epilog=EXAMPLES["reset"])(
+    _history_command(
+        "reset", "Forget the agent's history (a backup is kept beside the state file).", _reset
+    )
+)
 
 
 _SIGNALS = {s.name: int(s) for s in signal.Signals}
@@ -687,8 +697,32 @@ def full_app() -> typer.Typer:
 
         for group in (node, fleet, deploy, debug):
             group.register(app)
+        _reflow_help(app)
         _groups_added = True
     return app
+
+
+def reflowed(doc: str | None) -> str | None:
+    """A docstring as --help shows it: each paragraph one flowing line (typer 0.28 keeps the
+    source's line breaks inside a paragraph), indented lines (examples) kept as they are."""
+    if not doc:
+        return doc
+    out = []
+    for paragraph in inspect.cleandoc(doc).split("\n\n"):
+        lines = paragraph.splitlines()
+        keep = any(line.startswith(" ") for line in lines)
+        out.append(paragraph if keep else " ".join(line.strip() for line in lines))
+    return "\n\n".join(out)
+
+
+def _reflow_help(typer_app: typer.Typer) -> None:
+    """Give every command of ``typer_app`` (and of its groups) its reflowed docstring as help."""
+    for info in typer_app.registered_commands:
+        if info.help is None and info.callback is not None:
+            info.help = reflowed(info.callback.__doc__)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _reflow_help(group.typer_instance)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -718,7 +752,7 @@ def _app_for(args: list[str]) -> typer.Typer:
     )
     hot.callback()(_no_callback)  # keep the command name as a subcommand
     command: Callable[..., None] = _HOT[args[0]]
-    hot.command(args[0], help=command.__doc__, epilog=EXAMPLES[args[0]])(command)
+    hot.command(args[0], help=reflowed(command.__doc__), epilog=EXAMPLES[args[0]])(command)
     return hot
 
 

@@ -14,10 +14,10 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Final, ParamSpec, TypeVar
+from typing import Annotated, Any, Final, TypeVar
 
 import typer
 
@@ -152,8 +152,49 @@ _OPTIONS: Final = {
     "node_name": NodeNameOpt,
     "sets": SetOpt,
 }
-_P = ParamSpec("_P")
 _R = TypeVar("_R")
+
+
+def graft_options(
+    fn: Callable[..., _R],
+    options: Mapping[str, tuple[Any, Any]],
+    into: str,
+    build: Callable[..., Any],
+) -> Callable[..., _R]:
+    """``fn`` with keyword options grafted onto its signature, handed to it as one argument.
+
+    ``options`` maps each parameter name to its (typer ``Annotated`` type, default); ``fn``
+    declares a keyword parameter ``into`` instead, and receives ``build(**given)``. typer sees
+    the options as if written out; decorators of this kind stack.
+    """
+    # Evaluated now (the module's names are all defined when its decorators run): typer takes
+    # a signature given as __signature__ as it is, strings and all.
+    sig = inspect.signature(fn, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.name != into]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=opt)
+        for name, (opt, default) in options.items()
+    ]
+
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> _R:
+        given = {name: kwargs.pop(name, default) for name, (_, default) in options.items()}
+        return fn(*args, **{into: build(**given)}, **kwargs)
+
+    command.__signature__ = sig.replace(  # type: ignore[attr-defined]
+        parameters=[*own, *added], return_annotation=sig.return_annotation
+    )
+    return command
+
+
+def _settings(
+    config: str | None = None,
+    state_dir: str | None = None,
+    cluster_size: int | None = None,
+    node_name: str | None = None,
+    sets: list[str] | None = None,
+) -> Settings:
+    return Settings(config, state_dir, cluster_size, node_name, tuple(sets or ()))
 
 
 def with_settings(
@@ -170,27 +211,9 @@ def with_settings(
     chosen += ["cluster_size"] if cluster else []
     chosen += ["node_name"] if node else []
     chosen += ["sets"]
+    options = {name: (opt, None) for name, opt in _OPTIONS.items() if name in chosen}
 
     def decorate(fn: Callable[..., _R]) -> Callable[..., _R]:
-        # Evaluated now (the module's names are all defined when its decorators run): typer
-        # takes a signature given as __signature__ as it is, strings and all.
-        sig = inspect.signature(fn, eval_str=True)
-        own = [p for p in sig.parameters.values() if p.name != "settings"]
-        added = [
-            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=opt)
-            for name, opt in _OPTIONS.items()
-            if name in chosen
-        ]
-
-        @functools.wraps(fn)
-        def command(*args: Any, **kwargs: Any) -> _R:
-            given = {name: kwargs.pop(name, None) for name in chosen}
-            sets = tuple(given.pop("sets") or ())
-            return fn(*args, settings=Settings(**given, sets=sets), **kwargs)
-
-        command.__signature__ = sig.replace(  # type: ignore[attr-defined]
-            parameters=[*own, *added], return_annotation=sig.return_annotation
-        )
-        return command
+        return graft_options(fn, options, "settings", _settings)
 
     return decorate

@@ -10,15 +10,20 @@ state I/O; 77 not permitted; 78 configuration.
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Final
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Final
 
 import typer
 
 from supervisor.base.errors import UsageError
-from supervisor.cli.common import AgentOpt, Settings, check_agent, with_settings
+from supervisor.cli.common import AgentOpt, Settings, check_agent, graft_options, with_settings
 from supervisor.cli.deploy import ContainerOpt
 from supervisor.core.durations import format_duration
 from supervisor.core.state import Run, iso_seconds
+
+if TYPE_CHECKING:
+    from supervisor.containers.debug import Workflow
 
 app = typer.Typer(
     name="debug",
@@ -81,15 +86,47 @@ def _run_line(run: Run | None) -> str:
     return f"run {run.id} {end}{how}: {neutral}, the backoff level is unchanged"
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """The options that name the agent a debug command is about."""
+
+    agent: str = "cilium-agent"
+    container: str | None = None
+    unit: str | None = None
+
+    def workflow(self, settings: Settings) -> Workflow:
+        """The debug workflow for this agent, with the command's configuration."""
+        from supervisor.containers.debug import Workflow
+        from supervisor.gate.operators import current_operator
+
+        agent = check_agent(self.agent)
+        return Workflow(
+            settings.load(),
+            agent,
+            current_operator(),
+            container=self.container,
+            unit=_unit(self.unit),
+        )
+
+
+def _with_target(fn: Callable[..., None]) -> Callable[..., None]:
+    """Give a debug command --agent, --container and --unit, as one ``target`` argument."""
+    options = {
+        "agent": (AgentOpt, "cilium-agent"),
+        "container": (ContainerOpt, None),
+        "unit": (UnitOpt, None),
+    }
+    return graft_options(fn, options, "target", _Target)
+
+
 @app.command("start", epilog=EXAMPLES["start"])
 @with_settings()
+@_with_target
 def start(
     entrypoint: EntrypointOpt = None,
     reason: ReasonOpt = None,
-    agent: AgentOpt = "cilium-agent",
-    container: ContainerOpt = None,
-    unit: UnitOpt = None,
     *,
+    target: _Target,
     settings: Settings,
 ) -> None:
     """Hold the gate, stop the agent on purpose, run a debug container of its image.
@@ -105,13 +142,9 @@ def start(
     """
     import shlex
 
-    from supervisor.containers.debug import Workflow
-    from supervisor.gate.operators import current_operator
-
-    agent, cfg = check_agent(agent), settings.load()
-    why = _reason(reason) or "no reason given"
-    flow = Workflow(cfg, agent, current_operator(), container=container, unit=_unit(unit))
-    done = flow.start(entrypoint, why)
+    flow = target.workflow(settings)
+    agent = flow.agent
+    done = flow.start(entrypoint, _reason(reason) or "no reason given")
     s = done.session
     if done.resumed:
         took = format_duration(max(0.0, flow.gate.clock() - s.started_at))
@@ -152,12 +185,11 @@ def start(
 
 @app.command("end", epilog=EXAMPLES["end"])
 @with_settings()
+@_with_target
 def end(
     reason: ReasonOpt = None,
-    agent: AgentOpt = "cilium-agent",
-    container: ContainerOpt = None,
-    unit: UnitOpt = None,
     *,
+    target: _Target,
     settings: Settings,
 ) -> None:
     """Remove the debug container, release the hold, start the agent at once (forced, audited).
@@ -168,11 +200,8 @@ def end(
     Exit 0 done (or nothing to end), 1 Docker or systemd failed (the message says what state
     the node is in), 2 usage, 74 state I/O, 77 not permitted, 78 configuration.
     """
-    from supervisor.containers.debug import Workflow
-    from supervisor.gate.operators import current_operator
-
-    agent, cfg = check_agent(agent), settings.load()
-    flow = Workflow(cfg, agent, current_operator(), container=container, unit=_unit(unit))
+    flow = target.workflow(settings)
+    agent = flow.agent
     done = flow.end(_reason(reason))
     lines = [f"removed debug container {name}" for name in done.removed]
     if done.session is None:

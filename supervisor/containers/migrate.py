@@ -442,18 +442,23 @@ def cluster_size_step(path: Path, explicit: int | None) -> int | None:
     return None if in_file == explicit else explicit
 
 
+def _config_text(path: Path) -> tuple[Path, int, str]:
+    """The file a config path names (symlinks followed), its mode and its text: 0644 and empty
+    when it does not exist yet; StateError (one line) when it cannot be read."""
+    target = Path(os.path.realpath(path))
+    try:
+        return target, stat.S_IMODE(target.stat().st_mode), target.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return target, 0o644, ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StateError(f"{path}: cannot read: {exc}") from None
+
+
 def record_cluster_size(path: Path, size: int) -> None:
     """Add ``cluster_size = size`` at the top of ``path`` (created 0644 if missing), every
     other byte and the file's mode kept (a top-level key must come before the first table).
     A symlinked config file is written where it points."""
-    target = Path(os.path.realpath(path))
-    try:
-        mode = stat.S_IMODE(target.stat().st_mode)
-        old = target.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        mode, old = 0o644, ""
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StateError(f"{path}: cannot read: {exc}") from None
+    target, mode, old = _config_text(path)
     line = f"cluster_size = {size}  # written by agent-supervisor migrate\n"
     _write_file(target, line + old, mode)
 
@@ -476,14 +481,7 @@ def docker_container_step(path: Path, container: str) -> str | None:
 def record_docker_container(path: Path, container: str) -> None:
     """Add ``container = "<container>"`` to the ``[docker]`` table of ``path`` (a new table
     at the end when there is none), every other byte and the file's mode kept."""
-    target = Path(os.path.realpath(path))
-    try:
-        mode = stat.S_IMODE(target.stat().st_mode)
-        old = target.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        mode, old = 0o644, ""
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StateError(f"{path}: cannot read: {exc}") from None
+    target, mode, old = _config_text(path)
     line = f"container = {json.dumps(container)}  # written by agent-supervisor migrate\n"
     header = re.search(r"^[ \t]*\[[ \t]*docker[ \t]*\][ \t]*(#.*)?$", old, re.MULTILINE)
     if header is not None:
