@@ -427,13 +427,15 @@ class Gate:
         if info is not None:
             fields["container"] = info.name
         last = new.last_run
-        if outcome == "exited" and last is not None:
+        # Only an end the history kept: Docker's exit of a lost history's placeholder binds the
+        # container and ends nothing (invariant 9), so there is no end to report.
+        if outcome == "exited" and last is not None and last.ended_at is not None:
             self.log.info(
                 EventId.DOCKER_RUN_ENDED,
                 **fields,
                 run_id=last.id,
                 exit_code=last.exit_code,
-                seconds=round(last.duration(last.ended_at or 0.0), 3),
+                seconds=round(last.ended_at - last.started_at, 3),
             )
         elif outcome == "outside" and last is not None:
             self.log.warning(
@@ -443,12 +445,13 @@ class Gate:
                 started_at=iso(last.started_at),
             )
         elif outcome == "withdrawn":
-            gone = [r for r in old.runs if new.run(r.id) is None]
+            # The run the withdrawal removed, compared whole: a history may repeat an id.
+            gone = [r for r in old.runs if r not in new.runs]
             self.log.warning(
                 EventId.DOCKER_APPROVAL_WITHDRAWN,
                 **fields,
-                run_id=gone[0].id if gone else None,
-                approved_at=iso(gone[0].started_at) if gone else None,
+                run_id=gone[0].id,
+                approved_at=iso(gone[0].started_at),
                 why=f"no start followed within {self.cfg.docker_grace:g}s",
             )
 
