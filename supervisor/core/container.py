@@ -29,25 +29,26 @@ SAME_RUN_SLACK: Final = 1.0
 #: Default of ``docker.grace``: how long an approval may wait for Docker's start.
 DEFAULT_GRACE: Final = 120.0
 
-_DOCKER_TIME: Final = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)")
+#: Docker's RFC 3339 time: seconds, an optional fraction (nanoseconds), "Z" or an offset.
+_DOCKER_TIME: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)")
 
 
 def parse_docker_time(text: object) -> float | None:
     """Docker's RFC 3339 time with nanoseconds -> seconds since the epoch; None for "never".
 
     Docker writes ``0001-01-01T00:00:00Z`` for a time that has not happened (a container that
-    never started); Python's ``fromisoformat`` takes at most microseconds, hence the trimming.
+    never started). Python 3.11's ``fromisoformat`` reads "Z" and a fraction of any length,
+    keeping the microseconds (nanoseconds are cut, not rounded); the pattern keeps out the
+    other ISO 8601 forms it would read too (a date alone, no time zone, week dates).
     """
-    if not isinstance(text, str) or not text or text.startswith("0001-01-01"):
+    if not isinstance(text, str):
         return None
-    m = _DOCKER_TIME.fullmatch(text.strip())
-    if m is None:
+    text = text.strip()
+    if text.startswith("0001-01-01") or _DOCKER_TIME.fullmatch(text) is None:
         return None
-    frac = (m.group(2) or "")[:6].ljust(6, "0")
-    tz = "+00:00" if m.group(3) == "Z" else m.group(3)
     try:
-        return datetime.fromisoformat(f"{m.group(1)}.{frac}{tz}").timestamp()
-    except ValueError:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:  # the pattern checks digits, not ranges: a month 13, a 25th hour
         return None
 
 
@@ -168,16 +169,15 @@ def reconcile(
     if info is None or d is None:
         return _done(events, _pending(last, now, grace), "withdrawn" if events else None)
     if last is not None and _covers(last, info.id, d, grace):
-        return _own_start(state, last, events, info, d, now, grace)
+        return _own_start(last, events, info, d, now, grace)
     if (last is None or d > last.started_at) and (known is None or d > known):
-        return _new_start(state, last, events, info, d)
+        return _new_start(last, events, info, d)
     # Docker's latest start is older than the latest run: nothing of it is news.
     view = "running" if info.running else _pending(last, now, grace)
     return _done(events, view, "withdrawn" if events else None)
 
 
 def _own_start(
-    state: AgentState,
     last: Run,
     events: list[Event],
     info: ContainerInfo,
@@ -193,7 +193,7 @@ def _own_start(
         # record; an f just before it is the previous run's end.)
         if last.ended_at is None:
             events.append(Ended(f, None, "docker", last.id))
-        return _outside(state, events, info, d)
+        return _outside(events, info, d)
     if info.running:
         if last.ended_at is None and last.container != info.id:
             events.append(Bound(last.id, info.id))
@@ -205,16 +205,14 @@ def _own_start(
     return _done(events, _pending(last, now, grace), "withdrawn" if events else None)
 
 
-def _new_start(
-    state: AgentState, last: Run | None, events: list[Event], info: ContainerInfo, d: float
-) -> Reconciled:
+def _new_start(last: Run | None, events: list[Event], info: ContainerInfo, d: float) -> Reconciled:
     """A start no run covers: the open run bound to the container ended at FinishedAt when
     Docker says so, and ``d`` is a start outside the gate."""
     f = info.finished_at
     bound_open = last is not None and last.ended_at is None and last.container is not None
     if bound_open and last is not None and f is not None and last.started_at <= f < d:
         events.append(Ended(f, None, "docker", last.id))
-    return _outside(state, events, info, d)
+    return _outside(events, info, d)
 
 
 def _unfollowed(
@@ -246,7 +244,7 @@ def _pending(last: Run | None, now: float, grace: float) -> DockerView:
     return "stopped"
 
 
-def _outside(state: AgentState, events: list[Event], info: ContainerInfo, d: float) -> Reconciled:
+def _outside(events: list[Event], info: ContainerInfo, d: float) -> Reconciled:
     """Docker's start ``d`` that no gate approved: added, and ended if Docker says so."""
     run_id = docker_run_id(info.id, d)
     events.append(Outside(d, run_id, info.id))
