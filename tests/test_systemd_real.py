@@ -48,7 +48,8 @@ from supervisor.storage.store import StateStore
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 REPO: Final = Path(__file__).resolve().parent.parent
-README: Final = REPO / "README.md"
+#: The deployment guide, where the README's install of each mode lives.
+DEPLOYMENT: Final = REPO / "docs" / "deployment.md"
 AGENT: Final = "cilium-agent"
 AGENT_UNIT: Final = "cilium-agent.service"
 DAEMON_UNIT: Final = "agent-supervisor.service"
@@ -66,33 +67,33 @@ MOUNT_NAMES: Final = ("as-test-run", "as-test-tmp", "as-test-var-tmp", "as-test-
                       "as-test-cgroup")  # fmt: skip
 
 
-# --- the README ----------------------------------------------------------------------------------
+# --- the deployment guide ----------------------------------------------------------------------------------
 
 
 def readme_section(mode: str) -> str:
-    """The README's section ``### Mode N``."""
-    text = README.read_text()
+    """The deployment guide's section ``### Mode N``."""
+    text = DEPLOYMENT.read_text()
     start = text.index(f"### Mode {mode}")
     end = text.find("\n### ", start + 1)
     return text[start : end if end != -1 else len(text)]
 
 
 def readme_blocks(mode: str, lang: str) -> list[str]:
-    """The code blocks of one language in the README's section ``### Mode N``, dedented."""
+    """The code blocks of one language in the deployment guide's section ``### Mode N``, dedented."""
     pattern = rf"```{lang}\n(.*?)\n[ \t]*```"
     return [textwrap.dedent(b) for b in re.findall(pattern, readme_section(mode), re.S)]
 
 
 def readme_install(mode: str) -> str:
-    """The shell commands of the README's section ``### Mode N`` that install the unit."""
+    """The shell commands of the deployment guide's section ``### Mode N`` that install the unit."""
     for block in readme_blocks(mode, "sh"):
         if "systemctl" in block:
             return block
-    raise AssertionError(f"README section 'Mode {mode}' has no sh block with systemctl")
+    raise AssertionError(f"docs/deployment.md section 'Mode {mode}' has no sh block with systemctl")
 
 
 def readme_config(mode: str) -> dict[str, Any]:
-    """The ``config.toml`` of the README's section ``### Mode N``."""
+    """The ``config.toml`` of the deployment guide's section ``### Mode N``."""
     (block,) = readme_blocks(mode, "toml")
     return tomllib.loads(block)
 
