@@ -226,8 +226,11 @@ class Gate:
                 self.log.warning(EventId.IDENTITY_WARNING, agent=self.agent, problem=warning)
         return report
 
-    def _ask_probe(self) -> ProbeReport | None:
-        return None if self.probe is None else self.probe()
+    def _ask_probe(self) -> ProbeReport:
+        """The probe's answer; only asked when a probe is configured (only then can a
+        decision need it)."""
+        assert self.probe is not None
+        return self.probe()
 
     # --- one decision -----------------------------------------------------------------------
 
@@ -262,14 +265,18 @@ class Gate:
         look = look if look is not None else self.look()
         cert = None if force else self.certificate(self.clock())
         problems = () if cert is None or cert.ok else tuple(cert.problems)
+
+        def locked(report: ProbeReport | None) -> GateResult:
+            return self._locked(force, reason, record, cancelled, look, problems, report, cert)
+
         report = None
         if not force and self.probe is not None and self._probe_matters(look, problems):
             report = self._ask_probe()
-        for _ in range(3):
-            result = self._locked(force, reason, record, cancelled, look, problems, report, cert)
-            if not result.decision.needs_probe:
-                break
-            report = self._ask_probe()
+        result = locked(report)
+        if result.decision.needs_probe:
+            # The slot came between the look and the lock. A decision with the probe's answer
+            # never needs it again: one more is the last.
+            result = locked(self._ask_probe())
         if announce and record:
             self._announce(result, reason)
         elif announce:
@@ -288,8 +295,7 @@ class Gate:
             self.policy,
             state,
             now.wall,  # if the slot comes while the lock is taken, the decision says so
-            Request(run_id="peek"),
-            Inputs(docker=view, identity=tuple(problems)),
+            inputs=Inputs(docker=view, identity=tuple(problems)),
         )
         return d.needs_probe
 
@@ -320,7 +326,7 @@ class Gate:
                     at,
                     Request(new_run_id(at), force=True, user=user, reason=reason),
                 )
-                return GateResult(d, certificate=cert)
+                return GateResult(d)  # forced: no certificate was asked for
             if record:
                 raise
             # status on a state directory it cannot lock (read-only): read without the lock.
@@ -342,15 +348,18 @@ class Gate:
                 ),
             )
             recorded = False
-            if record and not d.needs_probe:
-                if d.start and cancelled is not None and cancelled():
-                    # SIGTERM arrived while deciding (a probe can take seconds): record nothing.
-                    raise Cancelled
-                new = apply_all(state, d.events)
-                recorded = self._save(tx, new, now, must=d.start, forced=d.forced)
-                state = new if (recorded or not d.start) else state
-            elif isinstance(tx, Transaction):
-                self._save(tx, state, now, must=False, forced=False)
+            # Without the lock (status on a read-only directory) nothing is written.
+            if isinstance(tx, Transaction):
+                if record and not d.needs_probe:
+                    if d.start and cancelled is not None and cancelled():
+                        # SIGTERM arrived while deciding (a probe can take seconds): record
+                        # nothing.
+                        raise Cancelled
+                    new = apply_all(state, d.events)
+                    recorded = self._save(tx, new, now, must=d.start, forced=d.forced)
+                    state = new if (recorded or not d.start) else state
+                else:
+                    self._save(tx, state, now)
             return GateResult(
                 d,
                 tuple(tx.quarantined),
@@ -365,13 +374,19 @@ class Gate:
             if tx_cm is not None:
                 tx_cm.__exit__(None, None, None)
 
-    def _save(self, tx: Loaded, state: AgentState, now: Now, *, must: bool, forced: bool) -> bool:
-        """Write ``state`` if it changed; True when it is on disk. A start that cannot be
-        recorded raises (74), unless forced; anything else that cannot be written (Docker's
-        facts, an ask) is logged: a failure to keep it must not turn a refusal into an I/O
-        error."""
-        if not isinstance(tx, Transaction):
-            return False
+    def _save(
+        self,
+        tx: Transaction,
+        state: AgentState,
+        now: Now,
+        *,
+        must: bool = False,
+        forced: bool = False,
+    ) -> bool:
+        """Write ``state`` if it changed; True when it is on disk. A start (``must``) that
+        cannot be recorded raises (74), unless forced; anything else that cannot be written
+        (Docker's facts, an ask) is logged: a failure to keep it must not turn a refusal into an
+        I/O error."""
         if state is tx.state and tx.lost is None:
             return True
         try:
@@ -389,8 +404,14 @@ class Gate:
         ends, and the clocks (invariants 8, 9 and 12)."""
         state = loaded.state
         if loaded.lost is not None:
-            where = loaded.quarantined[-1] if loaded.quarantined else "left in place"
-            why = f"state file moved aside to {where}: {loaded.lost}"
+            # Read without the lock (a peek, status on a read-only directory), a bad file is
+            # left where it is: the next writer moves it aside.
+            where = (
+                f"moved aside to {loaded.quarantined[-1]}"
+                if loaded.quarantined
+                else "unreadable, left in place"
+            )
+            why = f"state file {where}: {loaded.lost}"
             state = apply(state, Lost(now.wall, new_run_id(now.wall), why))
         if loaded.pending:
             state = apply_all(state, loaded.pending)
@@ -494,7 +515,7 @@ class Gate:
             target = state.last_run if run_id is None else state.run(run_id)
             new = apply(state, end)
             if new is state:
-                self._save(tx, state, now, must=False, forced=False)
+                self._save(tx, state, now)
                 why = _not_closed(target, run_id)
                 self.log.info(
                     EventId.RUN_EXIT_IGNORED,
@@ -531,7 +552,7 @@ class Gate:
         with self.store.transaction(self.agent, self.clock()) as tx:
             now = self.now()
             state, _ = self._docker(self._brought_up(tx, now), Look(True, info), now.wall)
-            self._save(tx, state, now, must=False, forced=False)
+            self._save(tx, state, now)
             return state
 
     # --- operators --------------------------------------------------------------------------
@@ -540,13 +561,13 @@ class Gate:
         self,
         action: str,
         reason: str | None,
-        events: Callable[[AgentState, float], Sequence[Event]],
+        events: Callable[[float], Sequence[Event]],
         *,
         backup: bool = False,
         **extra: Any,
     ) -> OperatorResult:
         """An operator's decision (hold, override, release, reset): authorised, applied under
-        the lock, audited, logged. ``events`` builds the events from the state and the time."""
+        the lock, audited, logged. ``events`` builds the events from the time."""
         op = self.operator
         assert op is not None
         try:
@@ -568,7 +589,7 @@ class Gate:
             state = self._brought_up(tx, now)
             dropped = _flags_dropped(state, now.wall) if action == "reset" else ()
             saved = self.store.backup(self.agent, now.wall) if backup else None
-            new = apply_all(state, events(state, now.wall))
+            new = apply_all(state, events(now.wall))
             tx.write(_anchored(new, now), now.wall)
             fields = {**extra, "dropped": list(dropped)} if dropped else extra
             try:
@@ -607,9 +628,10 @@ class Gate:
         return self._flag("override", seconds, reason)
 
     def _flag(self, kind: str, seconds: float | None, reason: str) -> OperatorResult:
-        user = self.operator.display if self.operator else "unknown"
+        assert self.operator is not None  # as operator_action: an action has an operator
+        user = self.operator.display
 
-        def events(_state: AgentState, now: float) -> Sequence[Event]:
+        def events(now: float) -> Sequence[Event]:
             until = None if seconds is None else micro(now + seconds)
             return (FlagSet(kind, OperatorFlag(user, reason, micro(now), until)),)  # type: ignore[arg-type]
 
@@ -617,15 +639,15 @@ class Gate:
 
     def release(self, reason: str | None) -> OperatorResult:
         """Clear the hold and the override; the next ask is a first ask."""
-        return self.operator_action("release", reason, lambda _s, _n: (Released(),))
+        return self.operator_action("release", reason, lambda _n: (Released(),))
 
     def debug_started(self, session: DebugSession) -> OperatorResult:
         """A debug session began: the hold that keeps every gated start away for its length
         (until released) and the session itself, in one locked change, audited."""
 
-        def events(_state: AgentState, now: float) -> Sequence[Event]:
+        def events(now: float) -> Sequence[Event]:
             why = f"debug session in {session.container}: {session.reason}"
-            flag = OperatorFlag(session.user, why, micro(now), None)
+            flag = OperatorFlag(session.user, why, micro(now))  # until released
             return (FlagSet("hold", flag), DebugStarted(replace(session, started_at=micro(now))))
 
         return self.operator_action(
@@ -635,11 +657,11 @@ class Gate:
     def debug_ended(self, reason: str | None) -> OperatorResult:
         """The debug session ended: the session cleared and the hold released (the caller
         then starts the agent as an audited operator start)."""
-        return self.operator_action("debug end", reason, lambda _s, _n: (DebugEnded(), Released()))
+        return self.operator_action("debug end", reason, lambda _n: (DebugEnded(), Released()))
 
     def reset(self, reason: str | None) -> OperatorResult:
         """Forget the history (a backup of the file is kept); names the flags it drops."""
-        return self.operator_action("reset", reason, lambda _s, _n: (Reset(),), backup=True)
+        return self.operator_action("reset", reason, lambda _n: (Reset(),), backup=True)
 
     # --- waiting ----------------------------------------------------------------------------
 
@@ -751,9 +773,12 @@ def _not_closed(target: Run | None, run_id: str | None) -> str:
 
 
 def _anchored(state: AgentState, now: Now) -> AgentState:
-    """The state as it is written: with the clock anchor its new facts need (a state that had
-    none gets one now), so that the boot clock can place them later (invariant 8)."""
-    return apply(state, Rebased(now)) if state.anchor is None else state
+    """The state as it is written, in the frame of ``now`` (invariant 8): with the clock anchor
+    its new facts need (a state that had none gets one now), so that the boot clock can place
+    them later, and no fact after now (a time Docker or a report gave, pinned as every reader
+    would pin it), with the boot clock as without it. The state was brought up to date at this
+    same ``now``, so nothing else moves."""
+    return apply(state, Rebased(now))
 
 
 def _flags_dropped(state: AgentState, now: float) -> tuple[str, ...]:
