@@ -67,4 +67,4 @@ def format_duration(seconds: float) -> str:
         parts.append(f"{minutes:02d}m" if parts else f"{minutes}m")
     if secs:
         parts.append(f"{secs:02d}s" if parts else f"{secs}s")
-    return "".join(parts) or "0s"
+    return "".join(parts)  # total >= 1 here, so at least one part

@@ -486,14 +486,14 @@ def _target(
         why = f"{head}: backoff level {level} (x{m}): waiting for this node's window slot"
         slot, grid, period = s, "window", policy.window
     else:
-        why = f"{_admission_kind(state, s)}: waiting for this node's admission slot"
+        why = f"{_admission_kind(state)}: waiting for this node's admission slot"
         slot, grid = next_grid_slot(asked, admission, policy.offset), "admission"
         period = admission
     due = slot if told is None else max(slot, told)
     return _Plan(asked, slot, grid, period, due, why)  # type: ignore[arg-type]
 
 
-def _admission_kind(state: AgentState, s: float | None) -> str:
+def _admission_kind(state: AgentState) -> str:
     """Why a start goes to the admission grid, in the operator's words."""
     last = state.last_run
     if last is None:
@@ -504,7 +504,7 @@ def _admission_kind(state: AgentState, s: float | None) -> str:
         return "start after a run whose end is unknown (a reboot, a power loss)"
     if last.stopped_on_purpose:
         return "start after a deliberate stop"
-    return "start after a quiet period" if s is not None else "start"
+    return "start after a quiet period"
 
 
 def _lost_why(state: AgentState) -> str:

@@ -110,10 +110,6 @@ def node_id_from_name(node: str) -> int | None:
     ``bm-dc2-rack07-u12`` holds numbers, not an address, and a number from a name is no id
     (the rack unit ``12`` is the same in every rack).
     """
-    try:
-        return int(ipaddress.IPv4Address(node))
-    except ValueError:
-        pass
     for match in _EMBEDDED_IPV4.finditer(node):
         try:
             return int(ipaddress.IPv4Address(".".join(match.groups())))

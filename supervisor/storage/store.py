@@ -339,7 +339,7 @@ class StateStore:
                 raw = _read_all(fd, JOURNAL_BYTES * 2).strip()
             finally:
                 os.close(fd)
-        except (OSError, StateError):
+        except OSError:  # StateError (a hostile entry) is an OSError too
             return ()
         if not raw:
             return ()
@@ -366,14 +366,14 @@ class StateStore:
     def clear_journal(self, agent: str) -> None:
         """Empty the journal (its ends are in the state now), in place."""
         path = self.journal_path(agent)
-        with contextlib.suppress(OSError, StateError):
+        with contextlib.suppress(OSError):
             if self._check_entry(path, "journal") is not None:
                 self._overwrite(path, b" " * JOURNAL_BYTES)
 
     def ensure_journal(self, agent: str) -> None:
         """Allocate the journal while there is space (after every successful state write)."""
         path = self.journal_path(agent)
-        with contextlib.suppress(OSError, StateError):
+        with contextlib.suppress(OSError):
             if self._check_entry(path, "journal") is None:
                 atomic_write(path, b" " * JOURNAL_BYTES, mode=0o600, overwrite=False)
 
@@ -468,11 +468,12 @@ class StateStore:
                 size = fh.tell()
                 fh.seek(max(0, size - 64 * 1024))
                 lines = fh.read().splitlines()
-        except (OSError, StateError):
+        except OSError:
             return []
         out: list[dict[str, Any]] = []
         for raw in lines[-n:]:
-            with contextlib.suppress(ValueError, UnicodeDecodeError):
+            # ValueError: not JSON, not UTF-8; RecursionError: nested deeper than json can.
+            with contextlib.suppress(ValueError, RecursionError):
                 doc = json.loads(raw)
                 if isinstance(doc, dict):
                     out.append(doc)
