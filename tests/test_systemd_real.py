@@ -67,7 +67,7 @@ MOUNT_NAMES: Final = ("as-test-run", "as-test-tmp", "as-test-var-tmp", "as-test-
                       "as-test-cgroup")  # fmt: skip
 
 
-# --- the deployment guide ----------------------------------------------------------------------------------
+# --- the deployment guide ------------------------------------------------------------------------
 
 
 def readme_section(mode: str) -> str:
@@ -79,7 +79,8 @@ def readme_section(mode: str) -> str:
 
 
 def readme_blocks(mode: str, lang: str) -> list[str]:
-    """The code blocks of one language in the deployment guide's section ``### Mode N``, dedented."""
+    """The code blocks of one language in the deployment guide's section ``### Mode N``,
+    dedented."""
     pattern = rf"```{lang}\n(.*?)\n[ \t]*```"
     return [textwrap.dedent(b) for b in re.findall(pattern, readme_section(mode), re.S)]
 
