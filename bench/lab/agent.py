@@ -4,7 +4,7 @@ What a cilium-agent in kvstore mode does against etcd, reduced to the load it ma
 it lists the whole prefix (one Range of tens of thousands of keys, megabytes of JSON) with a
 client timeout, then watches the prefix and idles. When etcd stays unreachable for
 ``--unreachable`` seconds, or the resync times out or fails, it exits 1, and its supervisor
-decides when it runs again (``bench/lab.py`` supervises it four ways).
+decides when it runs again (the lab, ``bench/lab/``, supervises it four ways).
 
 Why this shape: 200 of these share two cores with etcd, so an idle agent must cost nothing
 (it blocks in ``recv`` on its watch) and a start must cost little (no third-party import, no
@@ -12,17 +12,20 @@ HTTP library: ``python -I -S`` starts in about 30 ms, and the resync is one requ
 socket to etcd's v3 JSON gateway, read to EOF without parsing the 30 MB body). HTTP/1.0 keeps
 the reading trivial: no chunking, the server closes the connection after the body.
 
+With ``--nice N`` it lowers its niceness to N before anything else (:func:`renice`).
+
 It reports on stdout, one line per event, flushed: ``start``; ``request`` (the resync was sent);
 ``synced KEYS BYTES SECONDS``; ``failed REASON SECONDS``; ``lost`` (the watch broke) and
 ``watching`` (it is established). The lab reads these lines; nothing else is printed.
 
-    python -I -S bench/lab_agent.py --port 2379 --prefix cilium/state/ --timeout 5
+    python -I -S bench/lab/agent.py --port 2379 --prefix cilium/state/ --timeout 5
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import socket
 import sys
@@ -175,6 +178,22 @@ def watch(host: str, port: int, prefix: bytes, revision: int, unreachable: float
         time.sleep(RETRY_SECONDS)
 
 
+def renice(level: int) -> None:
+    """Run the resync at niceness ``level`` once started (lowering it needs root; without, the
+    agent stays where it was started and says ``nice-denied``).
+
+    On a node the agent has a core of its own. Here it starts at the nodes' niceness (its
+    start-up yields to etcd), then reads its resync at ``level``: at nice 10 the box's other
+    load (other people's processes, at nice 0) would starve the reading into timeouts that
+    etcd did not cause.
+    """
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) > level:
+            os.setpriority(os.PRIO_PROCESS, 0, level)
+    except OSError:
+        say("nice-denied")
+
+
 def main(argv: list[str]) -> int:
     """Resync, then watch; 1 on any failure (the supervisor decides what comes next)."""
     args = dict(zip(argv[0::2], argv[1::2], strict=False))
@@ -183,6 +202,8 @@ def main(argv: list[str]) -> int:
     prefix = args.get("--prefix", "cilium/state/").encode()
     timeout = float(args.get("--timeout", "5"))
     unreachable = float(args.get("--unreachable", "5"))
+    if "--nice" in args:
+        renice(int(args["--nice"]))
     say("start")
     began = time.monotonic()
     try:
