@@ -34,9 +34,11 @@ from supervisor.core.policy import (
     WindowConfig,
     admission_seconds,
     decide,
+    next_grid_slot,
 )
 from supervisor.core.slots import SlotError, hash_offset, node_id_from_name, slot_offset
 from supervisor.core.state import (
+    MICRO,
     AgentState,
     Anchor,
     Ask,
@@ -46,6 +48,7 @@ from supervisor.core.state import (
     StateFormatError,
     clamp_future,
     from_document,
+    micro_units,
     rebase,
 )
 
@@ -134,7 +137,11 @@ def test_a_boot_clock_that_did_not_advance_still_places_the_facts() -> None:
 def test_another_boot_whose_clock_reads_later_places_nothing() -> None:
     """An anchor of another boot, even one whose boot clock read less than now's, cannot place
     the facts: their wall times stay, and the anchor is renewed."""
-    s = replace(started(AgentState(AGENT), T0, run_id="r1"), anchor=Anchor("old", T0 + 20, 10.0))
+    # The run began after the old anchor's boot (T0 + 9): were the boot clocks compared across
+    # boots, it would move by (80 - 4990) s.
+    s = replace(
+        started(AgentState(AGENT), T0 + 15, run_id="r1"), anchor=Anchor("old", T0 + 20, 10.0)
+    )
     again = rebase(s, Now(T0 + 100, 5000.0, BOOT))
     assert again == replace(s, anchor=Anchor(BOOT, T0 + 100, 5000.0))
 
@@ -594,3 +601,25 @@ def test_a_reason_is_recorded_only_with_force() -> None:
         run_id=RID,
         events=(Approved(T0, RID, via="override", user="alice"),),
     )
+
+
+# --- whole microseconds ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [0.3, T0, T0 + 1e-6, T0 + 0.1234565, 65042405417.26741, 93108147202.49133, 956429963442.2461],
+)
+def test_micro_units_is_the_least_whole_microsecond_at_or_after_the_time(ts: float) -> None:
+    """The least ``u`` with ``u / MICRO >= ts``, also past 2**53 microseconds (the year 2255),
+    where many microseconds read as one float and the first guess is too late by up to a
+    hundred (the last three times, found by search)."""
+    u = micro_units(ts)
+    assert u / MICRO >= ts
+    assert (u - 1) / MICRO < ts
+
+
+def test_a_grid_of_one_microsecond_has_a_slot_at_every_microsecond() -> None:
+    """The finest grid (window.min is any positive time): every whole microsecond is a slot."""
+    assert next_grid_slot(1.000001, 1e-6, 0.0) == 1.000001
+    assert next_grid_slot(1.0000005, 1e-6, 0.0) == 1.000001

@@ -9,10 +9,12 @@ between two opens, an fchmod that fails).
 
 from __future__ import annotations
 
+import calendar
 import errno
 import json
 import os
 import stat
+import time
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -401,3 +403,34 @@ def test_a_lock_file_whose_fchmod_fails_is_closed_and_one_error_line(
         pass
     assert str(excinfo.value) == "f: Operation not permitted"
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_state_file_rejected_without_words_is_named_by_the_errors_type(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A parser error with an empty message still says what it was (its type), not nothing."""
+    store = ready(state_dir)
+    store.state_path(AGENT).write_bytes(ONE_RUN)
+
+    def silent(doc: object, agent: str) -> AgentState:
+        raise ValueError()
+
+    monkeypatch.setattr(store_module, "from_document", silent)
+    assert store.read(AGENT).lost == "ValueError"
+
+
+def test_a_bad_file_moved_aside_with_no_time_given_is_stamped_with_the_clocks(
+    state_dir: Path,
+) -> None:
+    """A transaction opened without ``now`` moves a bad file aside under the wall clock's
+    time (and puts it back when nothing replaced it)."""
+    store = ready(state_dir)
+    store.state_path(AGENT).write_bytes(b"{")
+    before = time.time()
+    with store.transaction(AGENT) as tx:
+        (where,) = tx.quarantined
+    after = time.time()
+    stamp = Path(where).name.removeprefix(store.state_path(AGENT).name + ".corrupt-")
+    at = calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ"))
+    assert int(before) <= at <= after
+    assert store.state_path(AGENT).read_bytes() == b"{"

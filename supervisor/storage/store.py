@@ -64,7 +64,8 @@ LOCK_TIMEOUT: Final = 10.0
 AUDIT_FILE: Final = "audit.jsonl"
 
 
-def _stamp(now: float) -> str:
+def _stamp(now: float | None) -> str:
+    """``now`` (the current time when None, as gmtime(3) takes it) for a file name."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
 
 
@@ -281,7 +282,7 @@ class StateStore:
 
     def _quarantine(self, path: Path, now: float | None, why: str) -> str:
         """Move a bad state file aside (never delete it) and say where it went."""
-        stamp = _stamp(time.time() if now is None else now)
+        stamp = _stamp(now)
         target = path.with_name(f"{path.name}.corrupt-{stamp}")
         n = 1
         while os.path.lexists(target):
