@@ -64,13 +64,43 @@ def prose(path: Path) -> str:
     return "\n".join(words)
 
 
+#: mutmut's name of a mutant: ``module.x_function__mutmut_N`` or
+#: ``module.xǁClassǁmethod__mutmut_N``.
+MUTANT = re.compile(r"^(?P<module>.+?)\.x(?:ǁ(?P<cls>\w+?)ǁ|_)(?P<func>\w+?)__mutmut_\d+$")
+
+
+def unmutated(dotted: str) -> str:
+    """The function a mutant's name names (``supervisor.core.policy.multiplier`` for
+    ``supervisor.core.policy.x_multiplier__mutmut_1``); any other name as it is."""
+    m = MUTANT.match(dotted)
+    if m is None:
+        return dotted
+    return ".".join(p for p in (m["module"], m["cls"], m["func"]) if p)
+
+
+def test_a_mutants_name_names_its_function() -> None:
+    """The equivalent mutants' page names mutants; each must name a function that exists."""
+    assert unmutated("supervisor.core.policy.x_multiplier__mutmut_1") == (
+        "supervisor.core.policy.multiplier"
+    )
+    assert unmutated("supervisor.gate.service.xǁGateǁ_save__mutmut_6") == (
+        "supervisor.gate.service.Gate._save"
+    )
+    assert unmutated("supervisor.core.state.x__lost_why__mutmut_4") == (
+        "supervisor.core.state._lost_why"
+    )
+    assert not resolves(unmutated("supervisor.core.policy.x_no_such__mutmut_1"))
+
+
 @pytest.mark.parametrize("path", sources(), ids=lambda p: str(p.relative_to(REPO)))
 def test_every_name_a_file_mentions_exists(path: Path) -> None:
     """Dotted names resolve to a module or attribute; repository paths exist (a path made of a
     pattern, e.g. ``bench/lab-<N>.png``, is not a path)."""
     text = prose(path)
     missing = [
-        name for name in sorted(set(DOTTED.findall(text))) if not resolves(name.rstrip("."))
+        name
+        for name in sorted(set(DOTTED.findall(text)))
+        if not resolves(unmutated(name.rstrip(".")))
     ]
     for match in PATHS.finditer(text):
         rel = match.group(1).rstrip(".")
