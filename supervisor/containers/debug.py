@@ -77,7 +77,7 @@ from supervisor.gate.inspect import (
     inspect_container,
     labelled_containers,
 )
-from supervisor.gate.operators import Operator, authorize
+from supervisor.gate.operators import Operator
 from supervisor.gate.service import Gate
 from supervisor.storage.config import Config
 
@@ -344,7 +344,7 @@ class Workflow:
     def start(self, entrypoint: str | None, reason: str) -> Started:
         """Hold, stop the agent on purpose, run the debug container (see the module)."""
         self.gate.policy  # noqa: B018 - no cluster size: 78 before anything changes
-        self._authorize("debug start")
+        self.gate.authorize("debug start")
         wanted = entrypoint if entrypoint is not None else DEFAULT_ENTRYPOINT
         entrypoint_argv(wanted)
         name = self._agent_container()
@@ -505,7 +505,7 @@ class Workflow:
         """Remove the debug container, record a forced start, end the session and release,
         start the agent (see the module)."""
         self.gate.policy  # noqa: B018 - no cluster size: 78 before anything changes
-        self._authorize("debug end")
+        self.gate.authorize("debug end")
         session = self.gate.store.read(self.agent).state.debug
         if session is None:
             return self._no_session()
@@ -694,24 +694,6 @@ class Workflow:
             return ""
         return done.stdout.strip().removeprefix("ActiveState=")
 
-    def _authorize(self, action: str) -> None:
-        """Refuse (77) before anything changes; logged as every refused operator action."""
-        try:
-            authorize(
-                self.operator,
-                action,
-                self.cfg.state_dir,
-                self.cfg.operators_group,
-                source=self.cfg.source_of("operators_group"),
-            )
-        except Exception:
-            self.log.warning(
-                EventId.OPERATOR_REFUSED,
-                action=action,
-                agent=self.agent,
-                user=self.operator.display,
-            )
-            raise
 
 
 # --- doctor ----------------------------------------------------------------------------------

@@ -557,17 +557,9 @@ class Gate:
 
     # --- operators --------------------------------------------------------------------------
 
-    def operator_action(
-        self,
-        action: str,
-        reason: str | None,
-        events: Callable[[float], Sequence[Event]],
-        *,
-        backup: bool = False,
-        **extra: Any,
-    ) -> OperatorResult:
-        """An operator's decision (hold, override, release, reset): authorised, applied under
-        the lock, audited, logged. ``events`` builds the events from the time."""
+    def authorize(self, action: str) -> None:
+        """Refuse ``action`` (77, or 78 for a group the node lacks) to anyone who may not take
+        it, before anything changes; every refusal is logged as ``operator.refused``."""
         op = self.operator
         assert op is not None
         try:
@@ -583,6 +575,21 @@ class Gate:
                 EventId.OPERATOR_REFUSED, action=action, agent=self.agent, user=op.display
             )
             raise
+
+    def operator_action(
+        self,
+        action: str,
+        reason: str | None,
+        events: Callable[[float], Sequence[Event]],
+        *,
+        backup: bool = False,
+        **extra: Any,
+    ) -> OperatorResult:
+        """An operator's decision (hold, override, release, reset): authorised, applied under
+        the lock, audited, logged. ``events`` builds the events from the time."""
+        self.authorize(action)
+        op = self.operator
+        assert op is not None
         with self.store.transaction(self.agent, self.clock()) as tx:
             now = self.now()
             self.store.check_audit()  # refuse before changing anything if it cannot be audited
