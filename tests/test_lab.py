@@ -384,6 +384,54 @@ def test_share_is_what_etcd_serves_of_the_fleets_asks() -> None:
     assert lab.capacity.admission_share(6.0, 1.0, 5000) == lab.capacity.MIN_SHARE
 
 
+def test_an_abbreviated_option_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--plot x`` is an error, not ``--plot-dir x`` (a 20-minute run used to end there)."""
+    with pytest.raises(SystemExit) as exc:
+        lab.cli.parse_args(["--plot", "x"], "lab")
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --plot x" in capsys.readouterr().err
+    assert lab.cli.parse_args(["--plot-dir", "x"], "lab").plot_dir == "x"
+
+
+@pytest.mark.filterwarnings("ignore:No artists with labels:UserWarning")  # no fleet to draw
+def test_a_plot_that_cannot_be_written_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plot directory that cannot be made costs the picture, not the run's figures: one line,
+    no traceback; a directory that does not exist yet is made."""
+    pytest.importorskip("matplotlib")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    setup = Setup(
+        agents=200,
+        outage=60.0,
+        timeout=5.0,
+        unreachable=5.0,
+        window=144.0,
+        slots="hash",
+        stable_after=30.0,
+        bound=None,
+        observe=None,
+        settle=None,
+        quiet=10.0,
+        parallel=2,
+        workdir=tmp_path,
+        config_file=tmp_path / "c.toml",
+        cli=("agent-supervisor",),
+        max_latency=0.1,
+        probe_timeout=2.0,
+    )
+    args = lab.cli.parse_args(["--plot-dir", str(blocker / "sub")], "lab")
+    assert lab.cli._plot(args, "outage", [], setup, 20_000, 20.6, 400.0, "now", "cmd") is None
+    assert f"plot: not written to {blocker / 'sub' / 'lab-200.png'}: Not a directory" in (
+        capsys.readouterr().err
+    )
+    args = lab.cli.parse_args(["--plot-dir", str(tmp_path / "new" / "dir")], "lab")
+    written = lab.cli._plot(args, "outage", [], setup, 20_000, 20.6, 400.0, "now", "cmd")
+    assert written == str(tmp_path / "new" / "dir" / "lab-200.png")
+    assert Path(written).stat().st_size > 0
+
+
 def test_fleets_are_scenarios_times_policies_or_named() -> None:
     """--fleets names a scenario (every policy) or a scenario:policy; outage fleets come first."""
     pols = ["restart-loop", "agent-supervisor+probe"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -83,6 +84,8 @@ def parse_args(argv: Sequence[str] | None, prog: str) -> argparse.Namespace:
     """The command line."""
     ap = argparse.ArgumentParser(
         prog=prog,
+        # --plot must not quietly mean --plot-dir: a run of 20 minutes would end in a traceback.
+        allow_abbrev=False,
         description="A fleet in one box against a real etcd: what a restart storm does to it, "
         "and what the gate does (bench/lab/__init__.py says how).",
     )
@@ -480,6 +483,8 @@ def _plot(
     """The scenario's plot (see :mod:`plot`); its path, or None without matplotlib."""
     name = f"lab-{args.agents}.png" if scenario == "outage" else f"lab-crash-live-{args.agents}.png"
     path = Path(args.plot_dir) / name
+    with contextlib.suppress(OSError):  # an error says so where the picture is written
+        path.parent.mkdir(parents=True, exist_ok=True)
     cap = "-" if capacity is None else f"{capacity:.0f}"
     what = f"etcd down {args.outage:g} s" if scenario == "outage" else "every agent killed at once"
     title = (
@@ -497,6 +502,10 @@ def _plot(
             )
     except ImportError:
         log("plot: not written (pip install matplotlib, the 'plot' extra)")
+        return None
+    except OSError as exc:
+        # The figures are printed and saved as JSON whatever becomes of the picture.
+        log(f"plot: not written to {path}: {exc.strerror or exc}")
         return None
     return str(path)
 
