@@ -384,6 +384,29 @@ def test_share_is_what_etcd_serves_of_the_fleets_asks() -> None:
     assert lab.capacity.admission_share(6.0, 1.0, 5000) == lab.capacity.MIN_SHARE
 
 
+def a_setup(tmp_path: Path, agents: int, window: float) -> Setup:
+    """A lab's set-up for ``agents`` and ``window`` (D = 60 s, timeouts 5 s, hash slots)."""
+    return Setup(
+        agents=agents,
+        outage=60.0,
+        timeout=5.0,
+        unreachable=5.0,
+        window=window,
+        slots="hash",
+        stable_after=30.0,
+        bound=None,
+        observe=None,
+        settle=None,
+        quiet=10.0,
+        parallel=2,
+        workdir=tmp_path,
+        config_file=tmp_path / "c.toml",
+        cli=("agent-supervisor",),
+        max_latency=0.1,
+        probe_timeout=2.0,
+    )
+
+
 def test_an_abbreviated_option_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     """``--plot x`` is an error, not ``--plot-dir x`` (a 20-minute run used to end there)."""
     with pytest.raises(SystemExit) as exc:
@@ -402,25 +425,7 @@ def test_a_plot_that_cannot_be_written_is_one_line(
     pytest.importorskip("matplotlib")
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    setup = Setup(
-        agents=200,
-        outage=60.0,
-        timeout=5.0,
-        unreachable=5.0,
-        window=144.0,
-        slots="hash",
-        stable_after=30.0,
-        bound=None,
-        observe=None,
-        settle=None,
-        quiet=10.0,
-        parallel=2,
-        workdir=tmp_path,
-        config_file=tmp_path / "c.toml",
-        cli=("agent-supervisor",),
-        max_latency=0.1,
-        probe_timeout=2.0,
-    )
+    setup = a_setup(tmp_path, agents=200, window=144.0)
     args = lab.cli.parse_args(["--plot-dir", str(blocker / "sub")], "lab")
     assert lab.cli._plot(args, "outage", [], setup, 20_000, 20.6, 400.0, "now", "cmd") is None
     assert f"plot: not written to {blocker / 'sub' / 'lab-200.png'}: Not a directory" in (
@@ -453,25 +458,7 @@ def test_fleets_are_scenarios_times_policies_or_named() -> None:
 def test_a_gated_fleet_settles_past_its_window_slot(tmp_path: Path) -> None:
     """A gated fleet's event comes after every agent's window slot S (at most 2W after its
     start), so the start after it goes to the admission grid; the bound counts D."""
-    setup = Setup(
-        agents=10,
-        outage=60.0,
-        timeout=5.0,
-        unreachable=5.0,
-        window=100.0,
-        slots="hash",
-        stable_after=30.0,
-        bound=None,
-        observe=None,
-        settle=None,
-        quiet=10.0,
-        parallel=2,
-        workdir=tmp_path,
-        config_file=tmp_path / "c.toml",
-        cli=("agent-supervisor",),
-        max_latency=0.1,
-        probe_timeout=2.0,
-    )
+    setup = a_setup(tmp_path, agents=10, window=100.0)
     assert lab.scenarios.settle_for("agent-supervisor", setup) >= 2 * setup.window
     assert lab.scenarios.settle_for("restart-loop", setup) < 10
     assert lab.scenarios.bound_for("outage", setup) == 60 + 200 + 60
