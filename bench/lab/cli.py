@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
@@ -483,8 +482,6 @@ def _plot(
     """The scenario's plot (see :mod:`plot`); its path, or None without matplotlib."""
     name = f"lab-{args.agents}.png" if scenario == "outage" else f"lab-crash-live-{args.agents}.png"
     path = Path(args.plot_dir) / name
-    with contextlib.suppress(OSError):  # an error says so where the picture is written
-        path.parent.mkdir(parents=True, exist_ok=True)
     cap = "-" if capacity is None else f"{capacity:.0f}"
     what = f"etcd down {args.outage:g} s" if scenario == "outage" else "every agent killed at once"
     title = (
@@ -492,6 +489,7 @@ def _plot(
         f"W = {setup.window:g} s, C = {cap}/min; {date}"
     )
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         if scenario == "outage":
             write_outage_plot(rows, path, title, command, args.outage)
         else:

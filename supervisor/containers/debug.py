@@ -695,7 +695,6 @@ class Workflow:
         return done.stdout.strip().removeprefix("ActiveState=")
 
 
-
 # --- doctor ----------------------------------------------------------------------------------
 
 
